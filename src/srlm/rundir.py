@@ -1,0 +1,87 @@
+"""The run directory: where every stage of a run writes, and the manifest that makes `srlm run` resumable.
+
+    RUN_DIR/
+      config.yaml                 the fully resolved config of the run
+      manifest.json               per stage: status, fingerprint, stats, seconds
+      summary.json                per iteration: prompts, responses, parse rate, pairs, lengths, DPO metrics
+      models/m1/                  M1 = SFT on IFT + EFT (a plain Hugging Face checkpoint)
+      iter_1/prompts.jsonl        new prompts (+ prompts.attempts.jsonl: every raw attempt and its fate)
+      iter_1/responses.jsonl      N candidates per prompt from M1
+      iter_1/judgements.jsonl     K judgements per candidate, by M1
+      iter_1/pairs.jsonl          best vs worst per prompt
+      models/m2/                  M2 = DPO(M1) on iter_1/pairs.jsonl
+      iter_2/...  models/m3/      and so on
+
+A stage is skipped when the manifest says it finished with the same fingerprint (a hash of the config it reads,
+chained with the fingerprints of the stages before it) and its outputs exist. A stage that must run again makes
+every later stage run again. A stage interrupted mid-way keeps its `.partial` records when it resumes with the same
+fingerprint; with a different one they are deleted first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Callable
+
+from srlm.errors import SrlmError
+from srlm.io import read_json, write_json
+
+MANIFEST_VERSION = 1
+
+
+class RunDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise SrlmError(f"{self.root}: run directory path exists and is not a directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.manifest_path = self.root / "manifest.json"
+        self.manifest = read_json(self.manifest_path) if self.manifest_path.exists() else {"version": MANIFEST_VERSION, "stages": {}}
+        self.chain = "start"
+        self.rerun_rest = False
+
+    def model_dir(self, t: int) -> Path:
+        return self.root / "models" / f"m{t}"
+
+    def iter_dir(self, t: int) -> Path:
+        return self.root / f"iter_{t}"
+
+    def save(self) -> None:
+        write_json(self.manifest_path, self.manifest)
+
+    def stage(self, key: str, config_fingerprint: str, outputs: list[Path], run: Callable[[], dict]) -> dict:
+        """Run `run()` unless the stage already finished with the same inputs; returns the stage's stats."""
+        self.chain = hashlib.sha256(f"{self.chain}|{key}|{config_fingerprint}".encode()).hexdigest()[:16]
+        entry = self.manifest["stages"].get(key)
+        finished = (
+            entry is not None and entry["status"] == "done" and entry["fingerprint"] == self.chain
+            and all(p.exists() for p in outputs)
+        )
+        if finished and not self.rerun_rest:
+            print(f"srlm: {key}: already done, skipped", flush=True)
+            return entry["stats"]
+        if entry is not None and entry["fingerprint"] != self.chain:
+            for out in outputs:  # records from a run with other settings must not be mixed in
+                for stale in out.parent.glob(f"{out.stem}*.partial"):
+                    stale.unlink()
+        self.rerun_rest = True
+        resumed = entry is not None and entry["status"] == "running" and entry["fingerprint"] == self.chain
+        print(f"srlm: {key}: {'resuming' if resumed else 'running'}", flush=True)
+        self.manifest["stages"][key] = {"status": "running", "fingerprint": self.chain, "started": time.time()}
+        self.save()
+        start = time.perf_counter()
+        stats = run()
+        self.manifest["stages"][key] = {
+            "status": "done",
+            "fingerprint": self.chain,
+            "seconds": round(time.perf_counter() - start, 1),
+            "outputs": [str(p.relative_to(self.root)) for p in outputs],
+            "stats": stats,
+        }
+        self.save()
+        return stats
+
+    def seconds(self, prefix: str) -> float:
+        return round(sum(e.get("seconds", 0) for k, e in self.manifest["stages"].items() if k.startswith(prefix)), 1)

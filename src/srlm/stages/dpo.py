@@ -1,0 +1,75 @@
+"""Stage `dpo`: DPO from M_t with M_t as the reference model, on the pairs of this iteration (paper section 3).
+
+    srlm dpo --pairs pairs.jsonl --model M_t --out M_t+1 [key=value ...]
+
+TRL's `DPOTrainer` with beta 0.1. The reference is the starting model itself: its log-probabilities on every pair
+are computed once before training (`precompute_ref_log_probs`), so no second copy of the model is kept in memory.
+With LoRA, the reference is the model with its adapters disabled. The result is saved as a full checkpoint (LoRA
+merged) that the next iteration and any Hugging Face tool can load. An empty pair file is an error: a DPO step on
+nothing would silently copy M_t forward as M_t+1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from srlm.config import DpoConfig
+from srlm.errors import SrlmError
+from srlm.io import iter_jsonl
+from srlm.stages import training
+
+PAIR_SCHEMA = {"prompt": list, "chosen": list, "rejected": list}
+
+
+def run_dpo(
+    model_path: str,
+    pairs_path: Path,
+    out_dir: Path,
+    cfg: DpoConfig,
+    *,
+    seed: int,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    chat_template: str | None = None,
+) -> dict:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from srlm.models import load_model
+
+    pairs = [{k: r[k] for k in PAIR_SCHEMA} for r in iter_jsonl(pairs_path, PAIR_SCHEMA)]
+    if not pairs:
+        raise SrlmError(f"{pairs_path}: zero preference pairs; refusing to train on nothing (M_t+1 would equal M_t)")
+
+    loaded = load_model(model_path, chat_template=chat_template, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
+    out_dir = Path(out_dir)
+    training.check_free_disk(loaded.model, out_dir)
+    training.set_dropout(loaded.model, cfg.dropout)
+    with training.scratch_dir(out_dir) as scratch:
+        args = DPOConfig(
+            **training.trainer_kwargs(cfg=cfg, device=loaded.device, dtype=loaded.model.dtype, seed=seed, output_dir=scratch),
+            beta=cfg.beta,
+            precompute_ref_log_probs=True,
+            disable_dropout=cfg.dropout == 0,
+        )
+        trainer = DPOTrainer(
+            model=loaded.model,
+            ref_model=None,
+            args=args,
+            train_dataset=Dataset.from_list(pairs),
+            processing_class=loaded.tokenizer,
+            peft_config=training.peft_config(cfg.lora),
+            callbacks=[training.nan_guard()],
+        )
+        trainer.train()
+        training.finish_and_save(trainer, loaded.tokenizer, out_dir)
+    stats = training.log_history_stats(
+        trainer.state.log_history,
+        {"rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin",
+         "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected"},
+    )
+    steps_seconds = stats.get("train_seconds")
+    if steps_seconds:
+        stats["pairs_per_second"] = round(len(pairs) * cfg.epochs / steps_seconds, 3)
+    return {"pairs": len(pairs), **stats}

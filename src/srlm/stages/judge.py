@@ -1,0 +1,81 @@
+"""Stage `judge`: M_t scores each candidate with the additive 5-point judge, K samples averaged (paper 4.3, 5).
+
+    srlm judge --responses responses.jsonl --out judgements.jsonl --model DIR [key=value ...]
+
+Each response gets `judge.num_samples` judgements (default 3, sampled at T 0.7, top-p 0.9 like the responses).
+Every judgement text is kept with its parsed score; the response's score is the mean of the parsable ones, or
+None when none parsed (a missing value, never 0). The parse rate is reported: after EFT training it should be
+high, and a falling parse rate is the first sign of a judge that has lost its format.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from srlm.backends import GenerationRequest, Sampling
+from srlm.config import JudgeConfig
+from srlm.io import ResumableJsonlWriter, read_jsonl, stable_seed
+from srlm.judge import average_score, load_template, parse_score, render
+from srlm.stages.common import chunks, progress
+
+RESPONSE_SCHEMA = {"prompt_id": str, "response_id": str, "prompt": str, "response": str}
+
+
+def run_judge(responses_path: Path, out_path: Path, backend, cfg: JudgeConfig, *, seed: int, chunk_prompts: int = 16) -> dict:
+    responses = read_jsonl(responses_path, RESPONSE_SCHEMA)
+    template = load_template(cfg.template_file)
+    sampling = Sampling(n=cfg.num_samples, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+    by_id = {r["response_id"]: r for r in responses}
+    requests, too_long = [], []
+    for r in responses:
+        request = GenerationRequest(
+            r["response_id"], sampling, stable_seed(seed, "judge", r["response_id"]),
+            messages=[{"role": "user", "content": render(template, r["prompt"], r["response"])}],
+        )
+        (requests if backend.count_prompt_tokens(request) <= cfg.max_prompt_tokens else too_long).append(request)
+
+    writer = ResumableJsonlWriter(out_path, id_field="response_id")
+    todo = [r for r in requests if r.request_id not in writer.done_ids]
+    # A chunk holds the responses of about `chunk_prompts` prompts, so resume granularity matches `respond`.
+    chunk_size = chunk_prompts * max(1, len(responses) // max(1, len({r["prompt_id"] for r in responses})))
+    with progress(len(requests), "judge", initial=len(requests) - len(todo), unit="response") as bar:
+        for chunk in chunks(todo, chunk_size):
+            outputs = backend.generate(list(chunk), on_done=bar.update)
+            writer.append(_record(by_id[req.request_id], outs) for req, outs in zip(chunk, outputs))
+    writer.append(
+        {**_record(by_id[req.request_id], []), "skipped": "judge_prompt_too_long"}
+        for req in too_long if req.request_id not in writer.done_ids
+    )
+    order = {r["response_id"]: i for i, r in enumerate(responses)}
+    records = writer.finish(order_key=lambda r: order[r["response_id"]])
+    return summarize_judgements(records)
+
+
+def _record(response: dict, completions) -> dict:
+    judgements = [{"text": c.text, "score": parse_score(c.text), "finish_reason": c.finish_reason} for c in completions]
+    scores = [j["score"] for j in judgements]
+    return {
+        "prompt_id": response["prompt_id"],
+        "response_id": response["response_id"],
+        "judgements": judgements,
+        "scores": scores,
+        "score": average_score(scores),
+    }
+
+
+def summarize_judgements(records: list[dict]) -> dict:
+    total = sum(len(r["judgements"]) for r in records)
+    parsed = sum(1 for r in records for j in r["judgements"] if j["score"] is not None)
+    scored = [r["score"] for r in records if r["score"] is not None]
+    histogram = Counter(str(round(s)) for s in scored)
+    return {
+        "responses": len(records),
+        "judgements": total,
+        "judge_parse_rate": round(parsed / total, 4) if total else None,
+        "responses_scored": len(scored),
+        "responses_unscored": len(records) - len(scored),
+        "skipped_judge_prompt_too_long": sum(1 for r in records if r.get("skipped") == "judge_prompt_too_long"),
+        "score_mean": round(sum(scored) / len(scored), 3) if scored else None,
+        "score_histogram": {str(k): histogram.get(str(k), 0) for k in range(6)},
+    }

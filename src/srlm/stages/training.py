@@ -1,0 +1,120 @@
+"""What SFT and DPO share: trainer arguments for CPU or GPU, LoRA, the NaN guard, the disk check and saving.
+
+Training itself is TRL's (`SFTTrainer`, `DPOTrainer`); this module only sets them up the way the paper and this
+machine need: precision chosen for the device (fp32 on CPU, where bf16 runs in a slow fallback), cosine decay to
+a floor learning rate, dropout 0.1, no checkpoints or loggers that the user did not ask for.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+from srlm.config import LoraConfig
+from srlm.errors import SrlmError
+from srlm.models import save_model
+
+
+def trainer_kwargs(*, cfg, device: str, dtype, seed: int, output_dir: str) -> dict:
+    """Keyword arguments shared by SFTConfig and DPOConfig."""
+    import torch
+
+    if cfg.batch_size % cfg.micro_batch_size:
+        raise SrlmError(f"batch_size {cfg.batch_size} must be a multiple of micro_batch_size {cfg.micro_batch_size}")
+    peak = cfg.learning_rate
+    return dict(
+        output_dir=output_dir,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=cfg.batch_size // cfg.micro_batch_size,
+        learning_rate=peak,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr": min(cfg.learning_rate_end, peak)},
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a fraction of the total steps
+        max_length=cfg.max_length_tokens,
+        bf16=dtype == torch.bfloat16,
+        fp16=False,
+        use_cpu=device == "cpu",
+        seed=seed,
+        data_seed=seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def peft_config(lora: LoraConfig):
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=lora.target_modules, task_type="CAUSAL_LM")
+
+
+def set_dropout(model, dropout: float) -> None:
+    """The paper trains with dropout 0.1; Llama-style configs carry it as attention_dropout (0 by default)."""
+    for name in ("attention_dropout", "dropout", "hidden_dropout"):
+        if hasattr(model.config, name):
+            setattr(model.config, name, dropout)
+
+
+def check_free_disk(model, out_dir: Path, margin: float = 1.2) -> None:
+    """Refuse to start training when the finished model could not be saved: learn it now, not after hours."""
+    need = sum(p.numel() * p.element_size() for p in model.parameters()) * margin
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out_dir.parent).free
+    if free < need:
+        raise SrlmError(f"{out_dir.parent}: {free / 2**30:.2f} GiB free, saving the model needs about {need / 2**30:.2f} GiB")
+
+
+def nan_guard():
+    """A callback that stops training at the first non-finite loss, before a broken model can be saved."""
+    from transformers import TrainerCallback
+
+    class StopOnNonFiniteLoss(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise SrlmError(
+                    f"training loss became {loss} at step {state.global_step}; stopping without saving a model "
+                    "(lower the learning rate, or check the data)"
+                )
+
+    return StopOnNonFiniteLoss()
+
+
+def finish_and_save(trainer, tokenizer, out_dir: Path) -> None:
+    """Merge LoRA adapters (so the next iteration and any HF tool load a plain model), then save atomically."""
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    set_dropout(model, 0.0)  # the saved model is for inference; training stages set dropout again
+    model.config.use_cache = True
+    save_model(model, tokenizer, out_dir)
+
+
+def scratch_dir(out_dir: Path) -> tempfile.TemporaryDirectory:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-trainer-", dir=out_dir.parent)
+
+
+def log_history_stats(history: list[dict], keys: dict[str, str]) -> dict:
+    """Means of logged training metrics (e.g. rewards/accuracies) over all logged steps, plus the first and last loss."""
+    out = {}
+    for key, name in keys.items():
+        values = [h[key] for h in history if key in h and isinstance(h[key], (int, float))]
+        if values:
+            out[name] = round(sum(values) / len(values), 4)
+    losses = [h["loss"] for h in history if "loss" in h]
+    if losses:
+        out["loss_first"], out["loss_last"] = round(losses[0], 4), round(losses[-1], 4)
+    train = [h for h in history if "train_runtime" in h]
+    if train:
+        out["train_seconds"] = round(train[-1]["train_runtime"], 3)
+    out["steps"] = max((h.get("step", 0) for h in history), default=0)
+    return out
