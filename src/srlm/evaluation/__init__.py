@@ -1,0 +1,1 @@
+"""Evaluation: how well a model judges (agreement with human rankings) and how well it answers (head-to-head win rates)."""

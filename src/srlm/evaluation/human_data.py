@@ -1,0 +1,446 @@
+"""Readers for human-ranked replies: the ground truth that a judge's scores are compared with (paper-spec 6.5).
+
+Both readers produce `RankedGroup`s: one conversation context (the messages up to and including the last user turn)
+and the replies to it, each with a human rank (0 = best, equal ranks = a human tie). Judge scores are not part of
+them: an evaluation stage scores each reply and hands `(rank, score)` groups to `srlm.evaluation.metrics`.
+
+- `read_oasst_trees`: OpenAssistant message trees, where humans ranked sibling assistant replies. Every user turn
+  with ranked assistant replies is a group, at any depth of the conversation, not just the first turn.
+- `read_preference_pairs`: chosen / rejected pairs, either `{"prompt", "chosen", "rejected"}` records or
+  Anthropic HH-RLHF dialogues (`"\\n\\nHuman: ... \\n\\nAssistant: ..."`), plain or gzip-compressed.
+
+Real data is messy, so whatever a reader leaves out is counted by reason and returned beside the groups; malformed
+input (wrong types, a missing field, a tree that loops) is a `DataError` naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+from srlm.errors import DataError
+from srlm.io import stable_id
+
+# OpenAssistant calls the user "prompter"; chat templates want "user".
+_OASST_ROLES = {"prompter": "user", "user": "user", "assistant": "assistant"}
+
+
+@dataclass
+class RankedGroup:
+    """Replies to one conversation, ranked by humans.
+
+    context: the conversation so far as chat messages [{"role": "user"|"assistant", "content": str}], ending with
+        the user turn that the replies answer.
+    replies: [{"text": str, "rank": int, "reply_id": str}], rank 0 = best, equal ranks = tied.
+    group_id: `stable_id` of the context and the ranked replies, so it is the same in every run.
+    source: where the group came from, "file:line", for messages about it.
+    meta: what the source says about the group beyond that (for OASST: message_tree_id, parent_message_id).
+    """
+
+    group_id: str
+    context: list[dict]
+    replies: list[dict]
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_ordered_pairs(self) -> int:
+        """Reply pairs whose human ranks differ: the pairs a pairwise accuracy is computed on."""
+        ranks = [reply["rank"] for reply in self.replies]
+        return sum(1 for i in range(len(ranks)) for j in range(i + 1, len(ranks)) if ranks[i] != ranks[j])
+
+
+class ReadResult(NamedTuple):
+    """What a reader returns: `groups, counts = read_...(path)`.
+
+    counts: how many records were read, groups and replies kept, and `skipped_<reason>` for everything left out.
+    """
+
+    groups: list[RankedGroup]
+    counts: dict[str, int]
+
+
+def _group_id(context: list[dict], replies: list[dict]) -> str:
+    return stable_id(
+        json.dumps(context, ensure_ascii=False, sort_keys=True),
+        json.dumps([[r["rank"], r["text"]] for r in replies], ensure_ascii=False),
+    )
+
+
+def _relative_ranks(ranks: list[int]) -> list[int]:
+    """Ranks renumbered so that the best kept reply is 0: rank = how many kept replies are strictly better.
+
+    Filtering (unranked or synthetic replies) can remove the rank-0 reply; renumbering keeps "rank 0 = best" true
+    and keeps ties as ties (this is scipy's rankdata(method="min") - 1).
+    """
+    return [sum(1 for other in ranks if other < rank) for rank in ranks]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading JSONL, plain or gzip, with line numbers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _iter_numbered_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for each non-blank line; gzip is detected by the ".gz" suffix.
+
+    Like `srlm.io.iter_jsonl` (same checks and messages), but it also yields the line number, which the readers
+    need for their own messages, and it reads gzip-compressed files.
+    """
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a JSONL file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    line_no = 0
+    try:
+        with opener(path, "rb") as handle:
+            for line_no, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}:{line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{line_no}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+                except RecursionError:
+                    raise DataError(f"{path}:{line_no}: JSON nested too deeply to read") from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+                yield line_no, record
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}:{line_no + 1}: corrupt or truncated gzip data ({exc})") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# OpenAssistant trees
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _oasst_field(message: dict, name: str, where: str, expected: type | tuple[type, ...], *, required: bool = True) -> Any:
+    """A field of an OASST message, type-checked. `where` is "file:line: prompt.replies[2]"-style."""
+    if name not in message:
+        if required:
+            raise DataError(f"{where}: missing field '{name}'")
+        return None
+    value = message[name]
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if value is not None and (isinstance(value, bool) and bool not in types or not isinstance(value, types)):
+        names = " or ".join(t.__name__ for t in types)
+        raise DataError(f"{where}.{name}: must be {names}, got {type(value).__name__} {json.dumps(value)[:60]}")
+    if value is None and required:
+        raise DataError(f"{where}.{name}: is null")
+    return value
+
+
+def read_oasst_trees(
+    path: str | Path, *, include_synthetic: bool = False, min_replies: int = 2
+) -> ReadResult:
+    """Groups of human-ranked sibling assistant replies from OpenAssistant tree JSONL (one tree per line).
+
+    Each line is {"message_tree_id", "prompt": message}, where a message has "text", "role" ("prompter" or
+    "assistant"), "replies" (child messages) and, on ranked replies, "rank" (0 = best). Every user message whose
+    assistant replies carry ranks makes a group, at any depth; its context is the path from the root to it.
+
+    Left out, and counted in `counts`:
+    - skipped_unranked: assistant replies without a rank (rank missing or null);
+    - skipped_synthetic: model-written replies (`synthetic: true`), unless include_synthetic;
+    - skipped_deleted: replies marked deleted or that failed review (`review_result: false`);
+    - skipped_synthetic_context / skipped_deleted_context: groups whose context contains such a message: the
+      conversation itself is not human-only (or was withdrawn), so its replies are not looked at;
+    - skipped_too_few_replies: user turns with assistant replies but fewer than `min_replies` usable ones (one
+      reply has no ranking to agree with).
+    Also counted: trees, messages, synthetic_messages, groups, replies, ordered_pairs (reply pairs with different
+    human ranks), first_turn_groups (groups answering the first user turn).
+
+    Ranks are renumbered among the kept replies so that the best is 0 (see `_relative_ranks`).
+    Raises DataError for malformed trees: a missing or mistyped field, a rank that is not a non-negative integer,
+    an unknown role, a message id seen twice in one tree (a cycle or a duplicate), or a parent_id that does not
+    name the enclosing message.
+    """
+    path = Path(path)
+    if min_replies < 1:
+        raise ValueError(f"min_replies must be >= 1, got {min_replies}")
+    counts: Counter[str] = Counter()
+    groups: list[RankedGroup] = []
+    seen_group_ids: set[str] = set()
+
+    for line_no, tree in _iter_numbered_records(path):
+        at = f"{path}:{line_no}"
+        root = tree.get("prompt")
+        if not isinstance(root, dict):
+            raise DataError(f"{at}: field 'prompt' must be a message object, got {type(root).__name__}")
+        tree_id = tree.get("message_tree_id")
+        counts["trees"] += 1
+        seen_message_ids: set[str] = set()
+
+        # Depth-first walk with an explicit stack (no recursion limit on long conversations). Each entry:
+        # (message, its field path for messages, the conversation before it, why an ancestor excludes it or None,
+        #  the enclosing message's id).
+        stack: list[tuple[dict, str, list[dict], str | None, str | None]] = [(root, "prompt", [], None, None)]
+        while stack:
+            message, field_path, history, excluded_by, parent_message_id = stack.pop()
+            where = f"{at}: {field_path}"
+            text, role, replies, message_id = _check_message(message, where, seen_message_ids, parent_message_id)
+            counts["messages"] += 1
+            synthetic = bool(_oasst_field(message, "synthetic", where, bool, required=False))
+            counts["synthetic_messages"] += synthetic
+            # Why this message cannot be part of a human-only conversation, if it cannot.
+            own_exclusion = _exclusion_reason(message, where, include_synthetic)
+            excluded_here = excluded_by or own_exclusion
+            conversation = history + [{"role": role, "content": text}]
+
+            children = []
+            for index, child in enumerate(replies):
+                child_path = f"{field_path}.replies[{index}]"
+                if not isinstance(child, dict):
+                    raise DataError(f"{at}: {child_path}: expected a message object, got {type(child).__name__}")
+                children.append((child, child_path))
+            for child, child_path in reversed(children):  # reversed: the stack then visits them in file order
+                stack.append((child, child_path, conversation, excluded_here, message_id))
+
+            if role != "user":
+                continue
+            assistant_children = [
+                (child, child_path) for child, child_path in children
+                if _OASST_ROLES.get(child.get("role")) == "assistant"
+            ]
+            if not assistant_children:
+                continue
+            if excluded_here:
+                counts[f"skipped_{excluded_here}_context"] += 1
+                continue
+            group = _oasst_group(assistant_children, conversation, at, counts, include_synthetic)
+            if len(group) < min_replies:
+                counts["skipped_too_few_replies"] += 1
+                continue
+            ranks = _relative_ranks([reply["rank"] for reply in group])
+            kept = [dict(reply, rank=rank) for reply, rank in zip(group, ranks)]
+            ranked_group = RankedGroup(
+                group_id=_group_id(conversation, kept),
+                context=[dict(turn) for turn in conversation],  # copies: groups must not share mutable messages
+                replies=kept,
+                source=at,
+                meta={"message_tree_id": tree_id, "parent_message_id": message_id},
+            )
+            if ranked_group.group_id in seen_group_ids:
+                counts["skipped_duplicate"] += 1
+                continue
+            seen_group_ids.add(ranked_group.group_id)
+            groups.append(ranked_group)
+            counts["groups"] += 1
+            counts["replies"] += len(kept)
+            counts["ordered_pairs"] += ranked_group.n_ordered_pairs
+            counts["first_turn_groups"] += len(conversation) == 1
+
+    if counts["trees"] == 0:
+        raise DataError(f"{path}: no records")
+    return ReadResult(groups, _with_all_keys(counts, _OASST_COUNT_KEYS))
+
+
+def _check_message(
+    message: dict, where: str, seen_message_ids: set[str], parent_message_id: str | None
+) -> tuple[str, str, list, str | None]:
+    """(text, chat role, replies, message_id) of an OASST message, after checking its fields and its place in the tree.
+
+    A nested JSON tree cannot loop by itself; a cycle in the source data shows up as a message id reappearing
+    below itself (or a parent_id naming another message), and either is an error.
+    """
+    text = _oasst_field(message, "text", where, str)
+    role_name = _oasst_field(message, "role", where, str)
+    if role_name not in _OASST_ROLES:
+        raise DataError(f"{where}.role: unknown role {role_name!r}, expected 'prompter' or 'assistant'")
+    replies = _oasst_field(message, "replies", where, list, required=False) or []
+    message_id = _oasst_field(message, "message_id", where, str, required=False)
+    parent_id = _oasst_field(message, "parent_id", where, str, required=False)
+    if message_id is not None:
+        if message_id in seen_message_ids:
+            raise DataError(f"{where}.message_id: {message_id} appears twice in the tree (a cycle or a duplicate)")
+        seen_message_ids.add(message_id)
+    if parent_id is not None and parent_message_id is not None and parent_id != parent_message_id:
+        raise DataError(f"{where}.parent_id: {parent_id} does not match the enclosing message {parent_message_id}")
+    return text, _OASST_ROLES[role_name], replies, message_id
+
+
+def _exclusion_reason(message: dict, where: str, include_synthetic: bool) -> str | None:
+    """'deleted' or 'synthetic' when this message (and so everything below it) is not usable human data."""
+    deleted = _oasst_field(message, "deleted", where, bool, required=False)
+    review_result = _oasst_field(message, "review_result", where, bool, required=False)
+    if deleted or review_result is False:
+        return "deleted"
+    if not include_synthetic and _oasst_field(message, "synthetic", where, bool, required=False):
+        return "synthetic"
+    return None
+
+
+def _oasst_group(
+    assistant_children: list[tuple[dict, str]], conversation: list[dict], at: str, counts: Counter, include_synthetic: bool
+) -> list[dict]:
+    """The usable ranked replies among a user turn's assistant replies; the others are counted by reason."""
+    usable = []
+    for child, child_path in assistant_children:
+        where = f"{at}: {child_path}"
+        text = _oasst_field(child, "text", where, str)
+        reason = _exclusion_reason(child, where, include_synthetic)
+        rank = child.get("rank")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+            raise DataError(f"{where}.rank: must be a non-negative integer or null, got {json.dumps(rank)[:60]}")
+        if reason is None and rank is None:
+            reason = "unranked"
+        if reason is not None:
+            counts[f"skipped_{reason}"] += 1
+            continue
+        reply_id = child.get("message_id") or stable_id(json.dumps(conversation, ensure_ascii=False), text)
+        usable.append({"text": text, "rank": rank, "reply_id": reply_id})
+    return usable
+
+
+_OASST_COUNT_KEYS = (
+    "trees", "messages", "synthetic_messages", "groups", "replies", "ordered_pairs", "first_turn_groups",
+    "skipped_unranked", "skipped_synthetic", "skipped_deleted", "skipped_synthetic_context",
+    "skipped_deleted_context", "skipped_too_few_replies", "skipped_duplicate",
+)
+
+
+def _with_all_keys(counts: Counter, keys: tuple[str, ...]) -> dict[str, int]:
+    """Every expected key, zeros included, so that reports always have the same shape."""
+    return {key: int(counts.get(key, 0)) for key in keys} | {k: int(v) for k, v in counts.items() if k not in keys}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Preference pairs (generic and HH-RLHF)
+# ----------------------------------------------------------------------------------------------------------------
+
+# A speaker marker of an HH-RLHF dialogue: every turn starts with "\n\nHuman:" or "\n\nAssistant:".
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def _parse_hh_dialogue(dialogue: str, where: str) -> list[dict]:
+    """An HH-RLHF dialogue as chat messages, consecutive turns of one speaker merged into one message.
+
+    A few HH dialogues have two "Assistant:" turns in a row (an artefact of the collection interface); chat
+    templates expect alternating roles, so such turns are joined with a blank line.
+    """
+    markers = list(_HH_TURN.finditer(dialogue))
+    if not markers or markers[0].start() != 0 and dialogue[: markers[0].start()].strip():
+        raise DataError(f"{where}: not an HH-RLHF dialogue (expected it to start with '\\n\\nHuman:')")
+    messages: list[dict] = []
+    for marker, following in zip(markers, markers[1:] + [None]):
+        role = _HH_ROLES[marker.group(1)]
+        content = dialogue[marker.end() : following.start() if following else len(dialogue)].strip()
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"] = f"{messages[-1]['content']}\n\n{content}".strip()
+        else:
+            messages.append({"role": role, "content": content})
+    return messages
+
+
+def _split_hh_pair(chosen: str, rejected: str, where: str) -> tuple[list[dict], str, str] | None:
+    """(shared context, chosen final reply, rejected final reply), or None when the two dialogues do not differ
+    only in their final assistant turn (a handful of HH records diverge earlier, or one side continues)."""
+    chosen_messages = _parse_hh_dialogue(chosen, f"{where}: field 'chosen'")
+    rejected_messages = _parse_hh_dialogue(rejected, f"{where}: field 'rejected'")
+    shared = 0
+    while (
+        shared < min(len(chosen_messages), len(rejected_messages))
+        and chosen_messages[shared] == rejected_messages[shared]
+    ):
+        shared += 1
+    # The replies must be exactly one assistant message each after a shared context that ends with a user turn.
+    # If the final turns are equal the whole dialogues are equal, so back off by one to compare them as replies.
+    if shared == len(chosen_messages) == len(rejected_messages):
+        shared -= 1
+    chosen_rest, rejected_rest = chosen_messages[shared:], rejected_messages[shared:]
+    if (
+        shared == 0
+        or chosen_messages[shared - 1]["role"] != "user"
+        or len(chosen_rest) != 1
+        or len(rejected_rest) != 1
+        or chosen_rest[0]["role"] != "assistant"
+        or rejected_rest[0]["role"] != "assistant"
+    ):
+        return None
+    return chosen_messages[:shared], chosen_rest[0]["content"], rejected_rest[0]["content"]
+
+
+def _required_string(record: dict, name: str, at: str) -> str:
+    if name not in record:
+        raise DataError(f"{at}: missing field '{name}'")
+    value = record[name]
+    if not isinstance(value, str):
+        raise DataError(f"{at}: field '{name}' must be a string, got {type(value).__name__} {json.dumps(value)[:60]}")
+    return value
+
+
+def read_preference_pairs(path: str | Path) -> ReadResult:
+    """Chosen / rejected pairs as two-reply groups (chosen rank 0, rejected rank 1). ".gz" files are decompressed.
+
+    Two formats, told apart per record by the presence of "prompt":
+    - {"prompt": str, "chosen": str, "rejected": str}: the context is one user message, the replies are chosen
+      and rejected as they are;
+    - HH-RLHF {"chosen": str, "rejected": str}: two whole dialogues ("\\n\\nHuman: ...\\n\\nAssistant: ...") that
+      share a prefix; the shared messages become the context and the two final assistant turns the replies.
+
+    Left out, and counted in `counts`:
+    - skipped_identical: chosen and rejected are the same string (or the same final reply), so there is no
+      preference to agree with;
+    - skipped_not_final_turn: HH dialogues that differ before their final assistant turn, or where one side has
+      more turns: the two replies do not answer the same context;
+    - skipped_duplicate: a record whose context and replies were already read.
+    Also counted: records, groups, replies, ordered_pairs, first_turn_groups.
+    Raises DataError (file:line and field) for a missing or non-string field, or a dialogue that is not in HH form.
+    """
+    path = Path(path)
+    counts: Counter[str] = Counter()
+    groups: list[RankedGroup] = []
+    seen_group_ids: set[str] = set()
+    for line_no, record in _iter_numbered_records(path):
+        at = f"{path}:{line_no}"
+        counts["records"] += 1
+        chosen = _required_string(record, "chosen", at)
+        rejected = _required_string(record, "rejected", at)
+        if chosen == rejected:
+            counts["skipped_identical"] += 1
+            continue
+        if "prompt" in record:
+            prompt = _required_string(record, "prompt", at)
+            context = [{"role": "user", "content": prompt}]
+        else:
+            split = _split_hh_pair(chosen, rejected, at)
+            if split is None:
+                counts["skipped_not_final_turn"] += 1
+                continue
+            context, chosen, rejected = split
+            if chosen == rejected:  # possible after whitespace is stripped from the turns
+                counts["skipped_identical"] += 1
+                continue
+        replies = [
+            {"text": text, "rank": rank, "reply_id": stable_id(json.dumps(context, ensure_ascii=False), text)}
+            for rank, text in ((0, chosen), (1, rejected))
+        ]
+        group = RankedGroup(group_id=_group_id(context, replies), context=context, replies=replies, source=at)
+        if group.group_id in seen_group_ids:
+            counts["skipped_duplicate"] += 1
+            continue
+        seen_group_ids.add(group.group_id)
+        groups.append(group)
+        counts["groups"] += 1
+        counts["replies"] += 2
+        counts["ordered_pairs"] += 1
+        counts["first_turn_groups"] += len(context) == 1
+
+    if counts["records"] == 0:
+        raise DataError(f"{path}: no records")
+    keys = ("records", "groups", "replies", "ordered_pairs", "first_turn_groups",
+            "skipped_identical", "skipped_not_final_turn", "skipped_duplicate")
+    return ReadResult(groups, _with_all_keys(counts, keys))
