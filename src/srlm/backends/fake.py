@@ -2,11 +2,13 @@
 
 By default it plays every role of the loop well enough to exercise it: it continues a Self-Instruct task list with
 new numbered tasks, answers a chat prompt with a text whose length depends on the request, and answers a judge
-prompt with a short justification ending in `Score: N`. A test can pass its own `script(request, index) -> str`.
+prompt with a short justification ending in `Score: N`. A test can pass its own `script(request, index) -> str`. The environment variable `SRLM_FAKE_DELAY_SECONDS`
+makes each request take that long, so that tests can kill a run in the middle of a generation stage.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -54,8 +56,10 @@ class FakeBackend:
 
     def generate(self, requests, on_done=None):
         start = time.perf_counter()
+        delay = float(os.environ.get("SRLM_FAKE_DELAY_SECONDS", "0"))
         results = []
         for request in requests:
+            time.sleep(delay)
             completions = []
             for i in range(request.sampling.n):
                 text = self.script(request, i)

@@ -1,18 +1,121 @@
-"""Batched generation with transformers, on CPU or GPU.
+"""Batched generation with transformers models, on CPU or GPU, with the prefill shared wherever it can be.
 
-Requests are sorted by prompt length and packed into batches under a token budget (prompt + new tokens, summed
-over all sequences of the batch), so short prompts are not padded to the longest one in the set and a batch never
-outgrows memory. Each batch is left-padded and decoded in one `generate` call with `num_return_sequences=n`.
-Sampling is seeded per batch from the ids in it: a resumed run, which replays the same chunks, samples the same
-text as an uninterrupted one.
+Why not `model.generate`: in this loop nearly every prompt is long and shared. The judge prompt is a ~300-token
+rubric with a short question and answer at the end, judged K times; a response prompt is sampled N times.
+`generate` prefills each of those sequences separately (`num_return_sequences` copies the prompt before the
+prefill), which on a CPU made judging cost several times the decoding itself. This loop:
+
+1. packs requests into batches under a token budget (prompt + new tokens, summed over sequences), longest first,
+   so short prompts are not padded to the longest of the whole set and a batch never outgrows memory;
+2. prefills the longest token prefix common to the batch (the chat header and the judge rubric) once, and copies
+   its key/value cache to every row;
+3. prefills each prompt's own suffix once, then copies the cache N times for its N samples;
+4. samples (temperature, top-p) and drops rows from the batch as soon as they reach end-of-sequence, so no step is
+   spent decoding finished sequences.
+
+Padding sits between the shared prefix and each suffix; the attention mask hides it and position ids skip it, so
+each row sees exactly the positions it would see alone. Sampling uses one torch.Generator per batch, seeded from
+the request ids in it: a resumed run, which replays the same chunks, samples the same text.
 """
 
 from __future__ import annotations
 
 import time
 
-from srlm.backends.base import Completion, GenerationRequest, GenerationStats
+from srlm.backends.base import Completion, GenerationRequest, GenerationStats, Sampling
 from srlm.io import stable_seed
+
+
+NUCLEUS_CANDIDATES = 256
+
+
+def sample_next(logits, sampling: Sampling, generator):
+    """One token per row: greedy at temperature 0, else temperature then nucleus (top-p) sampling.
+
+    Sorting a 50k-token vocabulary for every row at every step cost more than the model's own matmuls on a CPU.
+    The nucleus is almost always inside the top few hundred tokens, so it is looked for there first; a row whose
+    top candidates do not reach `top_p` falls back to the full sort, so the result is exact either way.
+    """
+    import torch
+
+    if sampling.greedy:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p >= 1.0:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
+    top_probs, top_ids = probs.topk(k, dim=-1)  # sorted, descending
+    if not bool((top_probs.sum(dim=-1) >= sampling.top_p).all()):
+        top_probs, top_ids = probs.sort(dim=-1, descending=True)
+    # Keep the smallest prefix of tokens whose mass reaches top_p (the token that crosses it included).
+    outside = top_probs.cumsum(dim=-1) - top_probs > sampling.top_p
+    top_probs = top_probs.masked_fill(outside, 0.0)
+    choice = torch.multinomial(top_probs, 1, generator=generator)
+    return top_ids.gather(-1, choice).squeeze(-1)
+
+
+def common_prefix_length(sequences: list[list[int]]) -> int:
+    first = sequences[0]
+    length = min(len(s) for s in sequences)
+    for seq in sequences[1:]:
+        i = 0
+        while i < length and seq[i] == first[i]:
+            i += 1
+        length = i
+    return length
+
+
+def preallocated_cache(capacity: int):
+    """A transformers KV cache whose layers write into buffers sized for the whole generation.
+
+    The stock DynamicCache grows by `torch.cat` at every step, copying the whole cache of every layer each time:
+    on a CPU that was a fifth of the judging time. These layers allocate `capacity` positions once and write each new
+    key/value in place. Falls back to the stock cache where this transformers version builds caches differently.
+    """
+    import torch
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        def lazy_initialization(self, key_states, value_states):
+            batch, heads, _, dim = key_states.shape
+            self.key_buffer = key_states.new_empty((batch, heads, capacity, dim))
+            self.value_buffer = value_states.new_empty((batch, heads, capacity, value_states.shape[-1]))
+            self.length = 0
+            self.device = key_states.device
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.length + key_states.shape[-2]
+            if end > self.key_buffer.shape[-2]:
+                raise RuntimeError(f"KV cache capacity {capacity} exceeded ({end} positions)")
+            self.key_buffer[:, :, self.length:end] = key_states
+            self.value_buffer[:, :, self.length:end] = value_states
+            self.length = end
+            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length if self.is_initialized else 0
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.is_initialized:
+                self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
+                self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
+                self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.is_initialized:
+                self.key_buffer = self.key_buffer[indices]
+                self.value_buffer = self.value_buffer[indices]
+                self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
+
+    cache = DynamicCache()
+    if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer and not cache.layers:
+        cache.layer_class_to_replicate = PreallocatedLayer
+    return cache
 
 
 class HFBackend:
@@ -24,12 +127,16 @@ class HFBackend:
         self.device = device
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
-        self.stats = GenerationStats()
+        self.stats = GenerationStats(extra={"shared_prefix_tokens": 0, "prefill_tokens": 0, "batches": 0})
         eos = {tokenizer.eos_token_id}
         config_eos = getattr(model.generation_config, "eos_token_id", None)
         eos.update(config_eos if isinstance(config_eos, list) else [config_eos])
         self.eos_ids = sorted(i for i in eos if i is not None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        # transformers 5.x renamed the forward argument `past_key_values` to `cache`; accept both versions.
+        import inspect
+
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @classmethod
     def create(cls, loaded_model, max_batch_tokens: int = 16384, max_batch_size: int = 64, **_options):
@@ -68,44 +175,18 @@ class HFBackend:
                 yield sampling, batch
 
     def generate(self, requests, on_done=None):
-        import torch
-        from transformers import GenerationConfig
-
         start = time.perf_counter()
         items = [(i, self._prompt_ids(r), r) for i, r in enumerate(requests)]
         results: list[list[Completion] | None] = [None] * len(requests)
         for sampling, batch in self._batches(items):
-            width = max(len(ids) for _, ids, _ in batch)
-            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (_, ids, _) in enumerate(batch):
-                input_ids[row, width - len(ids):] = torch.tensor(ids)
-                attention[row, width - len(ids):] = 1
-            config = GenerationConfig(
-                do_sample=not sampling.greedy,
-                temperature=sampling.temperature if not sampling.greedy else None,
-                top_p=sampling.top_p if not sampling.greedy else None,
-                top_k=0,  # the paper samples with temperature and top-p only
-                max_new_tokens=sampling.max_new_tokens,
-                num_return_sequences=sampling.n,
-                pad_token_id=self.pad_id,
-                eos_token_id=self.eos_ids,
-            )
-            torch.manual_seed(stable_seed(*(r.request_id for _, _, r in batch), *(r.seed for _, _, r in batch)))
-            with torch.inference_mode():
-                output = self.model.generate(
-                    input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), generation_config=config
-                )
-            new_tokens = output[:, width:].tolist()
-            for row, (index, ids, request) in enumerate(batch):
+            seed = stable_seed(*(r.request_id for _, _, r in batch), *(r.seed for _, _, r in batch))
+            token_lists = self._decode_batch([ids for _, ids, _ in batch], sampling, seed)
+            for row, (index, ids, _) in enumerate(batch):
                 completions = []
-                for k in range(sampling.n):
-                    tokens = new_tokens[row * sampling.n + k]
-                    stop = next((j for j, t in enumerate(tokens) if t in self.eos_ids), None)
-                    kept = tokens if stop is None else tokens[:stop]
-                    text = self.tokenizer.decode(kept, skip_special_tokens=True)
-                    completions.append(Completion(text.strip(), len(kept), "length" if stop is None else "stop"))
-                    self.stats.new_tokens += len(kept)
+                for tokens, finished in token_lists[row * sampling.n : (row + 1) * sampling.n]:
+                    text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                    completions.append(Completion(text.strip(), len(tokens), "stop" if finished else "length"))
+                    self.stats.new_tokens += len(tokens)
                 results[index] = completions
                 self.stats.sequences += sampling.n
                 self.stats.prompt_tokens += len(ids) * sampling.n
@@ -113,6 +194,75 @@ class HFBackend:
                 on_done(len(batch))
         self.stats.seconds += time.perf_counter() - start
         return results
+
+    # -- the decode loop --------------------------------------------------------------------------------------
+    def _decode_batch(self, prompts: list[list[int]], sampling: Sampling, seed: int) -> list[tuple[list[int], bool]]:
+        """(new tokens, reached EOS) for each prompt x sample, in order prompt 0 sample 0..n-1, prompt 1, ..."""
+        import torch
+
+        device, n, rows = self.device, sampling.n, len(prompts)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        # Leave each prompt at least one token of its own, whose logits start the sampling.
+        shared = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
+        cache = preallocated_cache(max(len(p) for p in prompts) + sampling.max_new_tokens)
+        with torch.inference_mode():
+            if shared > 0:
+                prefix = torch.tensor([prompts[0][:shared]], device=device)
+                self.model(input_ids=prefix, **{self.cache_arg: cache}, use_cache=True, logits_to_keep=1)
+                cache.batch_repeat_interleave(rows)
+            suffixes = [p[shared:] for p in prompts]
+            width = max(len(s) for s in suffixes)
+            input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((rows, shared + width), dtype=torch.long)
+            mask[:, :shared] = 1
+            for row, suffix in enumerate(suffixes):
+                input_ids[row, width - len(suffix):] = torch.tensor(suffix)
+                mask[row, shared + width - len(suffix):] = 1
+            mask = mask.to(device)
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            out = self.model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions[:, shared:],
+                             **{self.cache_arg: cache}, use_cache=True, logits_to_keep=1)
+            self.stats.extra["shared_prefix_tokens"] += shared
+            self.stats.extra["prefill_tokens"] += shared + sum(len(s) for s in suffixes)
+            self.stats.extra["batches"] += 1
+
+            # N samples per prompt: copy the prompt's cache rather than prefilling it N times.
+            logits = out.logits[:, -1].repeat_interleave(n, dim=0)
+            if n > 1:
+                cache.batch_repeat_interleave(n)
+            mask = mask.repeat_interleave(n, dim=0)
+            last_position = positions[:, -1].repeat_interleave(n)
+            alive = torch.arange(rows * n, device=device)  # which output sequence each cache row belongs to
+            tokens: list[list[int]] = [[] for _ in range(rows * n)]
+            finished = [False] * (rows * n)  # per output sequence
+            eos = torch.tensor(self.eos_ids, device=device)
+
+            done = torch.zeros(rows * n, dtype=torch.bool, device=device)  # per cache row
+            for step in range(sampling.max_new_tokens):
+                next_tokens = sample_next(logits, sampling, generator)
+                newly_done = torch.isin(next_tokens, eos) & ~done
+                for seq, token, was_done, stop in zip(alive.tolist(), next_tokens.tolist(), done.tolist(),
+                                                      newly_done.tolist()):
+                    if stop:
+                        finished[seq] = True
+                    elif not was_done:
+                        tokens[seq].append(token)
+                done |= newly_done
+                if step == sampling.max_new_tokens - 1 or bool(done.all()):
+                    break
+                # Dropping finished rows copies the whole cache, so it waits until a quarter of the rows are done;
+                # until then they ride along and their tokens are ignored.
+                if int(done.sum()) * 4 >= len(done):
+                    keep = (~done).nonzero().squeeze(-1)
+                    cache.batch_select_indices(keep)
+                    alive, mask, last_position = alive[keep], mask[keep], last_position[keep]
+                    next_tokens, done = next_tokens[keep], done[keep]
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+                last_position = last_position + 1
+                out = self.model(input_ids=next_tokens[:, None], attention_mask=mask,
+                                 position_ids=last_position[:, None], **{self.cache_arg: cache}, use_cache=True)
+                logits = out.logits[:, -1]
+        return list(zip(tokens, finished))
 
     def close(self) -> None:
         import gc

@@ -1,0 +1,378 @@
+"""The `srlm eval` subcommands (`judge`, `winrate`, `generate`, `grade`) and `srlm report`.
+
+`add_eval_commands(subparsers)` registers them on the main CLI. Like every other command they take `--recipe` or
+`--config` plus `key=value` overrides, so the judge evaluated here is configured exactly as in the loop
+(`judge.template_file`, `judge.num_samples`, ...) and `backend.name=fake` runs any of them without a model.
+Handlers print a small table, write their files and return the exit status; a `SrlmError` propagates to the main
+CLI, which prints it and exits with 2. Library code is imported inside the handlers so `srlm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+JUDGE_HELP = """\
+Measure the judge against human rankings (paper Table 4): every reply of every human-ranked group is scored
+judge.num_samples times with the configured judge template, scores are averaged, and the rankings compared:
+pairwise accuracy, 5-best, exact match, Spearman, Kendall tau, each with a 95% bootstrap interval.
+
+Writes OUT (metrics JSON, with the tie policy beside the numbers) and OUT's .items.jsonl (every judgement text,
+per-sample scores and the mean score per reply, so anyone can recompute the metrics).
+
+example:
+  srlm eval judge --data ../shared/data/oasst/en_100_tree.jsonl --model runs/x/models/m1 --out judge_m1.json
+"""
+
+WINRATE_HELP = """\
+Head-to-head win rate of model A against model B (paper 6.1): both sides answer every prompt (or their answers
+are read from files), a pairwise judge compares each pair in BOTH orders, and A wins only when both orders agree;
+a disagreement is a tie. Reports win / tie / loss, win rate (win + tie/2), mean lengths (characters) and a
+length-controlled win rate. Writes OUT and OUT's .items.jsonl (answers, judgements and verdicts).
+
+examples:
+  srlm eval winrate --prompts test_prompts.jsonl --model-a runs/x/models/m3 --model-b runs/x/models/m2 \\
+      --judge-model JUDGE --out m3_vs_m2.json
+  srlm eval winrate --outputs-a m3/model_outputs.json --outputs-b m2/model_outputs.json --judge-model JUDGE \\
+      --out m3_vs_m2.json
+"""
+
+GENERATE_HELP = """\
+Answer an evaluation set with a model. --set mtbench: MT-Bench's two-turn questions (turn 2 is asked after the
+model's own turn-1 answer; FastChat's per-category temperatures unless --temperature); --set alpacaeval:
+AlpacaEval's instructions, written as AlpacaEval's model_outputs.json (a JSON list of {instruction, output,
+generator, dataset}); --set FILE: any prompt file srlm reads (JSONL with 'prompt' or 'instruction', ...).
+Other sets decode greedily unless --temperature is given.
+
+examples:
+  srlm eval generate --set mtbench --data ../shared/data/mt_bench/question.jsonl --model DIR --out mtbench.jsonl
+  srlm eval generate --set alpacaeval --data alpaca_eval.json --model DIR --out model_outputs.json
+"""
+
+GRADE_HELP = """\
+Grade answers one at a time with a local judge: --grader additive (the paper's additive 5-point judge, as
+configured by judge.*) or --grader mtbench (an MT-Bench-style 1-10 grader ending in 'Rating: [[N]]'). Each turn is
+graded with the conversation before it. Reports the mean overall, per turn and per category, and for MT-Bench the
+paper's two category groups. Reads any file `srlm eval generate` writes.
+
+example:
+  srlm eval grade --answers mtbench.jsonl --grader mtbench --judge-model JUDGE --out mtbench_grades.json
+"""
+
+REPORT_HELP = """\
+Write RUN_DIR/report.html (self-contained: inline SVG plots, no external files or URLs) and RUN_DIR/report.md
+with the same numbers, from RUN_DIR/summary.json and the iteration files: judge score histograms, chosen vs
+rejected lengths, win rates and judge accuracy across iterations (when the run recorded them), and the best and
+worst preference pair of each iteration.
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--recipe", help="a shipped recipe (see `srlm recipes`)")
+    group.add_argument("--config", help="a YAML config file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. judge.num_samples=1 backend.name=fake")
+
+
+def _config(args):
+    from srlm.config import load_config
+
+    return load_config(args.recipe, args.config, list(args.overrides))
+
+
+def _backend(cfg, model: str | None):
+    """A generation backend for `model` (default: model.name_or_path of the config); no model for 'fake'."""
+    from srlm.backends import make_backend
+
+    loaded = None
+    if cfg.backend.name != "fake":
+        from srlm.models import load_model
+
+        m = cfg.model
+        loaded = load_model(model or m.name_or_path, chat_template=m.chat_template,
+                            trust_remote_code=m.trust_remote_code, dtype=m.dtype, device=m.device)
+    return make_backend(cfg.backend.name, loaded, max_batch_tokens=cfg.backend.max_batch_tokens,
+                        max_batch_size=cfg.backend.max_batch_size)
+
+
+def _model_name(model: str | None, cfg) -> str:
+    name = model or cfg.model.name_or_path
+    path = Path(name)
+    # runs/x/models/m3 -> "x/m3": the run and the iteration are what a reader needs to tell outputs apart.
+    if path.parent.name == "models" and path.parent.parent.name:
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name or name
+
+
+# -- handlers ----------------------------------------------------------------------------------------------------
+
+
+def cmd_eval_judge(args) -> int:
+    from srlm.evaluation.judge_eval import evaluate_judge, format_judge_table, read_human_groups, write_judge_eval
+
+    cfg = _config(args)
+    groups, counts, data_format = read_human_groups(args.data, args.format)
+    if args.limit:
+        groups = groups[: args.limit]
+    backend = _backend(cfg, args.model)
+    try:
+        metrics, items = evaluate_judge(groups, backend, cfg.judge, seed=cfg.seed,
+                                        bootstrap_samples=args.bootstrap_samples)
+    finally:
+        backend.close()
+    metrics["data"] = {"path": str(args.data), "format": data_format, "reader_counts": counts,
+                       "groups_used": len(groups), "limit": args.limit}
+    metrics["judge"]["model"] = args.model or cfg.model.name_or_path
+    out, items_path = write_judge_eval(args.out, metrics, items)
+    print(f"judge agreement with human rankings ({data_format}: {args.data})")
+    print(format_judge_table(metrics))
+    print(f"wrote {out} and {items_path}")
+    return 0
+
+
+def _answers_by_prompt(path: str) -> dict[str, str]:
+    from srlm.evaluation.prompt_sets import read_answers
+
+    return {rec["questions"][0].strip(): rec["answers"][0] for rec in read_answers(path)}
+
+
+def cmd_eval_winrate(args) -> int:
+    from srlm.errors import SrlmError
+    from srlm.evaluation.judge_eval import items_path_for
+    from srlm.evaluation.winrate import format_winrate_table, load_pairwise_template, pairwise_winrate
+    from srlm.io import write_json, write_jsonl
+
+    cfg = _config(args)
+    generating = args.model_a is not None or args.model_b is not None
+    reading = args.outputs_a is not None or args.outputs_b is not None
+    if generating == reading or (generating and not (args.model_a and args.model_b)) or (
+            reading and not (args.outputs_a and args.outputs_b)):
+        raise SrlmError("give either --model-a and --model-b (answers are generated) or --outputs-a and --outputs-b "
+                        "(answers are read), not a mix")
+    if generating and not args.prompts:
+        raise SrlmError("--model-a/--model-b need --prompts FILE to answer")
+
+    if args.prompts:
+        from srlm.data.formats import load_records
+
+        prompts = [r["prompt"] for r in load_records(args.prompts, kind="prompts")]
+    else:
+        prompts = list(_answers_by_prompt(args.outputs_a))
+    if args.limit:
+        prompts = prompts[: args.limit]
+
+    if generating:
+        answers_a = _generate_single_turn(cfg, args.model_a, prompts, args)
+        answers_b = _generate_single_turn(cfg, args.model_b, prompts, args)
+        name_a, name_b = _model_name(args.model_a, cfg), _model_name(args.model_b, cfg)
+    else:
+        answers_a, answers_b = [], []
+        for path, out in ((args.outputs_a, answers_a), (args.outputs_b, answers_b)):
+            by_prompt = _answers_by_prompt(path)
+            missing = [p for p in prompts if p.strip() not in by_prompt]
+            if missing:
+                raise SrlmError(f"{path}: no answer for {len(missing)} of {len(prompts)} prompts, e.g. "
+                                f"{missing[0][:80]!r}")
+            out.extend(by_prompt[p.strip()] for p in prompts)
+        name_a, name_b = Path(args.outputs_a).name, Path(args.outputs_b).name
+
+    judge = _backend(cfg, args.judge_model)
+    try:
+        result = pairwise_winrate(prompts, answers_a, answers_b, judge, seed=cfg.seed,
+                                  max_new_tokens=args.judge_max_new_tokens or cfg.judge.max_new_tokens,
+                                  temperature=args.judge_temperature,
+                                  template=load_pairwise_template(args.template),
+                                  bootstrap_samples=args.bootstrap_samples)
+    finally:
+        judge.close()
+    metrics = result["metrics"]
+    metrics.update(model_a=name_a, model_b=name_b, judge_model=args.judge_model or cfg.model.name_or_path,
+                   template_file=args.template or "built-in pairwise template")
+    items_path = items_path_for(args.out)
+    write_jsonl(items_path, result["items"])
+    write_json(args.out, {**metrics, "items_file": items_path.name})
+    print(f"win rate of A = {name_a} against B = {name_b}, {len(prompts)} prompts, both orders")
+    print(format_winrate_table(metrics, "A", "B"))
+    print(f"wrote {args.out} and {items_path}")
+    return 0
+
+
+def _generate_single_turn(cfg, model: str, prompts: list[str], args) -> list[str]:
+    from srlm.evaluation.prompt_sets import PromptItem, default_sampling, generate_answers
+
+    items = [PromptItem(id=str(i), turns=[p]) for i, p in enumerate(prompts)]
+    sampling_for = default_sampling("file", temperature=args.temperature, top_p=cfg.respond.top_p,
+                                    max_new_tokens=args.max_new_tokens or cfg.respond.max_new_tokens)
+    backend = _backend(cfg, model)
+    try:
+        return [rec["answers"][0] for rec in generate_answers(items, backend, seed=cfg.seed, sampling_for=sampling_for)]
+    finally:
+        backend.close()
+
+
+def cmd_eval_generate(args) -> int:
+    from srlm.evaluation.prompt_sets import default_sampling, generate_answers, load_prompt_set, write_answers
+
+    cfg = _config(args)
+    prompt_set = load_prompt_set(args.set, args.data, limit=args.limit)
+    sampling_for = default_sampling(prompt_set.name, temperature=args.temperature, top_p=cfg.respond.top_p,
+                                    max_new_tokens=args.max_new_tokens or cfg.respond.max_new_tokens)
+    backend = _backend(cfg, args.model)
+    try:
+        records = generate_answers(prompt_set.items, backend, seed=cfg.seed, sampling_for=sampling_for)
+    finally:
+        backend.close()
+    generator = args.generator or _model_name(args.model, cfg)
+    path = write_answers(args.out, prompt_set, records, generator)
+    turns = sum(len(r["answers"]) for r in records)
+    cut = sum(1 for r in records for f in r["finish_reasons"] if f == "length")
+    print(f"answered {len(records)} questions ({turns} turns) of {prompt_set.name} {prompt_set.source} with "
+          f"{generator}; {cut} answers cut at max_new_tokens")
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_eval_grade(args) -> int:
+    from srlm.backends import Sampling
+    from srlm.evaluation.judge_eval import items_path_for
+    from srlm.evaluation.prompt_sets import format_grade_table, grade_answers, make_grader, read_answers
+    from srlm.io import write_json, write_jsonl
+
+    cfg = _config(args)
+    answered = read_answers(args.answers)
+    if args.limit:
+        answered = answered[: args.limit]
+    grader = make_grader(args.grader, cfg.judge.template_file)
+    # The additive judge is sampled as the loop samples it; the MT-Bench grader, like GPT-4 in FastChat, decodes
+    # greedily once, with room for its longer explanation.
+    if args.grader == "additive":
+        default_n, default_t, default_tokens = cfg.judge.num_samples, cfg.judge.temperature, cfg.judge.max_new_tokens
+    else:
+        default_n, default_t, default_tokens = 1, 0.0, 256
+    sampling = Sampling(n=args.samples or default_n,
+                        temperature=default_t if args.temperature is None else args.temperature,
+                        top_p=cfg.judge.top_p, max_new_tokens=args.max_new_tokens or default_tokens)
+    backend = _backend(cfg, args.judge_model)
+    try:
+        metrics, items = grade_answers(answered, backend, grader, seed=cfg.seed, sampling=sampling)
+    finally:
+        backend.close()
+    metrics.update(answers=str(args.answers), judge_model=args.judge_model or cfg.model.name_or_path)
+    items_path = items_path_for(args.out)
+    write_jsonl(items_path, items)
+    write_json(args.out, {**metrics, "items_file": items_path.name})
+    print(f"single-answer grades of {args.answers}")
+    print(format_grade_table(metrics))
+    print(f"wrote {args.out} and {items_path}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from srlm.report import write_report
+
+    html_path, md_path = write_report(args.run_dir)
+    print(f"wrote {html_path}\nwrote {md_path}")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------------------------
+
+
+def add_eval_commands(subparsers) -> None:
+    """Register `srlm eval {judge,winrate,generate,grade}` and `srlm report` on the main CLI's subparsers."""
+    from srlm.evaluation.prompt_sets import GRADERS
+
+    ev = subparsers.add_parser(
+        "eval", help="evaluate: judge vs humans, head-to-head win rates, MT-Bench / AlpacaEval answers and grades",
+        description="Evaluation commands. Each takes --recipe/--config and key=value overrides like the stages.",
+    )
+    sub = ev.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
+
+    p = sub.add_parser("judge", help="judge accuracy against human rankings (OASST trees or preference pairs)",
+                       description=JUDGE_HELP, formatter_class=_FORMATTER)
+    p.add_argument("--data", required=True, help="OpenAssistant trees JSONL or preference pairs JSONL (.gz ok)")
+    p.add_argument("--format", choices=("auto", "oasst", "pairs"), default="auto",
+                   help="data format (default: detected from the first record)")
+    p.add_argument("--model", help="judge model (default: model.name_or_path)")
+    p.add_argument("--out", required=True, help="metrics JSON; per-reply items go to <out stem>.items.jsonl")
+    p.add_argument("--limit", type=_positive_int, help="use only the first N ranked groups")
+    p.add_argument("--bootstrap-samples", type=int, default=1000, help="bootstrap resamples for intervals (1000)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_eval_judge)
+
+    p = sub.add_parser("winrate", help="head-to-head win rate of two models, judged in both orders",
+                       description=WINRATE_HELP, formatter_class=_FORMATTER)
+    p.add_argument("--prompts", help="prompts file (JSONL prompt/instruction, AlpacaEval JSON, MT-Bench turn 1); "
+                   "needed with --model-a/-b; with --outputs-a/-b it picks and orders the prompts (default: all "
+                   "prompts of --outputs-a)")
+    p.add_argument("--model-a", help="model A, answers generated")
+    p.add_argument("--model-b", help="model B, answers generated")
+    p.add_argument("--outputs-a", help="answers of A: AlpacaEval model_outputs.json or `srlm eval generate` JSONL")
+    p.add_argument("--outputs-b", help="answers of B, same formats")
+    p.add_argument("--judge-model", help="pairwise judge model (default: model.name_or_path)")
+    p.add_argument("--template", help="pairwise judge template with {instruction}, {output_a}, {output_b} "
+                   "(default: the built-in one, ending in 'Winner: A|B|tie')")
+    p.add_argument("--out", required=True, help="metrics JSON; per-pair items go to <out stem>.items.jsonl")
+    p.add_argument("--limit", type=_positive_int, help="use only the first N prompts")
+    p.add_argument("--temperature", type=_non_negative_float,
+                   help="answer sampling temperature when generating (default 0: greedy)")
+    p.add_argument("--max-new-tokens", type=_positive_int, help="answer length limit (default respond.max_new_tokens)")
+    p.add_argument("--judge-temperature", type=_non_negative_float, default=0.0,
+                   help="judge temperature (default 0: greedy, as AlpacaEval)")
+    p.add_argument("--judge-max-new-tokens", type=_positive_int,
+                   help="judgement length limit (default judge.max_new_tokens)")
+    p.add_argument("--bootstrap-samples", type=int, default=1000, help="bootstrap resamples for intervals (1000)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_eval_winrate)
+
+    p = sub.add_parser("generate", help="answer MT-Bench, AlpacaEval or a prompt file",
+                       description=GENERATE_HELP, formatter_class=_FORMATTER)
+    p.add_argument("--set", required=True, metavar="mtbench|alpacaeval|FILE", help="the prompt set")
+    p.add_argument("--data", help="the set's data file for mtbench (question.jsonl) and alpacaeval (JSON list)")
+    p.add_argument("--model", help="model to answer with (default: model.name_or_path)")
+    p.add_argument("--out", required=True, help="answers file (alpacaeval: model_outputs.json; else JSONL)")
+    p.add_argument("--limit", type=_positive_int, help="answer only the first N questions")
+    p.add_argument("--generator", help="name written into the outputs (default: from the model path)")
+    p.add_argument("--temperature", type=_non_negative_float,
+                   help="sampling temperature for every question (default: per-category for mtbench, else greedy)")
+    p.add_argument("--max-new-tokens", type=_positive_int, help="answer length limit (default respond.max_new_tokens)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_eval_generate)
+
+    p = sub.add_parser("grade", help="grade answers one at a time (additive 0-5 or MT-Bench-style 1-10)",
+                       description=GRADE_HELP, formatter_class=_FORMATTER)
+    p.add_argument("--answers", required=True, help="answers from `srlm eval generate` (or prompt/response JSONL)")
+    p.add_argument("--grader", choices=GRADERS, default="additive", help="additive (0-5, default) or mtbench (1-10)")
+    p.add_argument("--judge-model", help="judge model (default: model.name_or_path)")
+    p.add_argument("--out", required=True, help="metrics JSON; per-turn items go to <out stem>.items.jsonl")
+    p.add_argument("--limit", type=_positive_int, help="grade only the first N questions")
+    p.add_argument("--samples", type=_positive_int,
+                   help="judgements per answer (default: judge.num_samples for additive, 1 for mtbench)")
+    p.add_argument("--temperature", type=_non_negative_float,
+                   help="judge temperature (default: judge.temperature for additive, 0 for mtbench)")
+    p.add_argument("--max-new-tokens", type=_positive_int,
+                   help="judgement length limit (default: judge.max_new_tokens for additive, 256 for mtbench)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_eval_grade)
+
+    p = subparsers.add_parser("report", help="write RUN_DIR/report.html and report.md from a run's results",
+                              description=REPORT_HELP, formatter_class=_FORMATTER)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `srlm run`")
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,224 @@
+"""How well the LLM-as-a-Judge agrees with humans: score human-ranked replies, compare rankings (paper-spec 5, 6.5).
+
+    srlm eval judge --data en_100_tree.jsonl --out judge_eval.json --model DIR [key=value ...]
+
+The paper measures the judge on held-out OpenAssistant replies that humans ranked (Table 4: pairwise accuracy,
+5-best, exact match, Spearman, Kendall tau). Here every reply of every ranked group gets `judge.num_samples`
+judgements from the configured template (the same rubric, sampling and parser as the `judge` stage, so the number
+measures the judge the loop actually uses); the reply's score is the mean of the parsable ones, and
+`srlm.evaluation.metrics.judge_agreement` compares the scores with the human ranks.
+
+Choices the paper leaves open, and what we do:
+- several samples per reply, averaged (the loop's setting), not a single greedy judgement;
+- a judge prompt longer than `judge.max_prompt_tokens` is not sent: the reply has a missing score, like a failed
+  parse (never a 0), and is counted in `replies_skipped_prompt_too_long`;
+- a multi-turn context (OASST groups deeper in a tree) goes into the template's single `{prompt}` slot as a
+  transcript (see `conversation_as_prompt`), since the paper's template has one question slot.
+The tie policy, 5-best threshold and correlation averaging are written into the metrics by `judge_agreement`.
+
+`evaluate_judge` is the library entry point (the loop can call it per iteration); `write_judge_eval` writes the
+metrics JSON and a per-item JSONL beside it, from which every number can be recomputed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from srlm.backends import GenerationRequest, Sampling
+from srlm.errors import DataError
+from srlm.evaluation.human_data import RankedGroup, read_oasst_trees, read_preference_pairs
+from srlm.evaluation.metrics import judge_agreement
+from srlm.io import stable_seed, write_json, write_jsonl
+from srlm.judge import average_score, load_template, parse_score, render
+from srlm.stages.common import chunks, progress
+
+HUMAN_DATA_FORMATS = ("oasst", "pairs")
+SCORE_POLICY = (
+    "Each reply gets judge.num_samples judgements; its score is the mean of the parsable ones (a value in [0, 5]). "
+    "A reply with no parsable judgement, or whose judge prompt was too long to send, has a missing score (never 0)."
+)
+# Requests sent to the backend at once: the unit of the progress bar (the hf backend batches within it).
+_CHUNK_REQUESTS = 64
+
+
+def conversation_as_prompt(context: list[dict]) -> str:
+    """The text for a template's question slot: the user message alone, or a transcript of a longer conversation.
+
+    The judge templates introduce the question with "User:" (additive) or "[Question]" (MT-Bench style), so a
+    multi-turn context is written as the first user message followed by "Assistant: ..." / "User: ..." turns; the
+    judge then sees the whole conversation and the last user turn is the one being answered.
+    """
+    if not context:
+        raise ValueError("a conversation needs at least one message")
+    if len(context) == 1:
+        return context[0]["content"]
+    lines = [context[0]["content"]]
+    for message in context[1:]:
+        speaker = "Assistant" if message["role"] == "assistant" else "User"
+        lines.append(f"{speaker}: {message['content']}")
+    return "\n\n".join(lines)
+
+
+def detect_human_data_format(path: str | Path) -> str:
+    """'oasst' (message trees: a "prompt" object with "replies") or 'pairs' ("chosen"/"rejected"), from line 1."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            if isinstance(record, dict) and isinstance(record.get("prompt"), dict):
+                return "oasst"
+            if isinstance(record, dict) and ("chosen" in record or "rejected" in record):
+                return "pairs"  # the reader names a missing field better than a guess here could
+            keys = ", ".join(sorted(record)[:10]) if isinstance(record, dict) else type(record).__name__
+            raise DataError(
+                f"{path}:{line_no}: cannot tell the format (keys: {keys}); expected OpenAssistant trees "
+                "({message_tree_id, prompt: {text, role, replies}}) or preference pairs ({prompt?, chosen, rejected}); "
+                "pass --format oasst|pairs"
+            )
+    raise DataError(f"{path}: no records")
+
+
+def read_human_groups(path: str | Path, format: str = "auto") -> tuple[list[RankedGroup], dict, str]:
+    """(groups, reader counts, format used) from OASST trees or preference pairs."""
+    if format == "auto":
+        format = detect_human_data_format(path)
+    if format == "oasst":
+        groups, counts = read_oasst_trees(path)
+    elif format == "pairs":
+        groups, counts = read_preference_pairs(path)
+    else:
+        raise ValueError(f"format must be 'auto' or one of {', '.join(HUMAN_DATA_FORMATS)}, got {format!r}")
+    if not groups:
+        raise DataError(f"{path}: no usable ranked groups ({json.dumps(counts)})")
+    return groups, counts, format
+
+
+def _judge_sampling(judge_cfg) -> Sampling:
+    return Sampling(n=judge_cfg.num_samples, temperature=judge_cfg.temperature, top_p=judge_cfg.top_p,
+                    max_new_tokens=judge_cfg.max_new_tokens)
+
+
+def evaluate_judge(
+    groups: Iterable[RankedGroup], backend, judge_cfg, *, seed: int, bootstrap_samples: int = 1000
+) -> tuple[dict[str, Any], list[dict]]:
+    """Judge every reply of every group, then measure agreement with the human ranks.
+
+    groups: `RankedGroup`s (from `read_oasst_trees` / `read_preference_pairs`).
+    backend: any `srlm.backends` backend (the judge model); judge_cfg: a `srlm.config.JudgeConfig`.
+    Returns (metrics, items). metrics: everything `judge_agreement` returns (values, 95% intervals, counts and
+    policies) plus the judge settings, `sample_parse_rate` (parsable judgements / judgements sent) and
+    `replies_skipped_prompt_too_long`. items: one record per reply, in group order, with group_id, reply_id,
+    rank, the judgement texts, per-sample scores and the mean score.
+    """
+    groups = list(groups)
+    template = load_template(judge_cfg.template_file)
+    sampling = _judge_sampling(judge_cfg)
+
+    items: list[dict] = []
+    to_send: list[tuple[GenerationRequest, dict]] = []  # (request, the item its judgements go to)
+    for group in groups:
+        question = conversation_as_prompt(group.context)
+        for reply in group.replies:
+            item = {
+                "group_id": group.group_id,
+                "reply_id": reply["reply_id"],
+                "rank": reply["rank"],
+                "source": group.source,
+                "judgements": [],
+                "scores": [],
+                "score": None,
+            }
+            items.append(item)
+            request_id = f"{group.group_id}/{reply['reply_id']}"
+            request = GenerationRequest(
+                request_id, sampling, stable_seed(seed, "eval-judge", group.group_id, reply["reply_id"]),
+                messages=[{"role": "user", "content": render(template, question, reply["text"])}],
+            )
+            if backend.count_prompt_tokens(request) > judge_cfg.max_prompt_tokens:
+                item["skipped"] = "judge_prompt_too_long"
+                continue
+            to_send.append((request, item))
+
+    with progress(len(to_send), "eval judge", unit="reply") as bar:
+        for chunk in chunks(to_send, _CHUNK_REQUESTS):
+            completions_per_request = backend.generate([request for request, _ in chunk], on_done=bar.update)
+            for (_, item), completions in zip(chunk, completions_per_request):
+                item["judgements"] = [c.text for c in completions]
+                item["scores"] = [parse_score(c.text) for c in completions]
+                item["score"] = average_score(item["scores"])
+
+    score_groups, start = [], 0
+    for group in groups:
+        replies = items[start : start + len(group.replies)]
+        start += len(group.replies)
+        score_groups.append([{"rank": it["rank"], "score": it["score"]} for it in replies])
+    metrics = judge_agreement(score_groups, bootstrap_samples=bootstrap_samples, seed=seed)
+
+    sent = sum(len(it["scores"]) for it in items)
+    parsed = sum(1 for it in items for s in it["scores"] if s is not None)
+    metrics.update(
+        score_policy=SCORE_POLICY,
+        sample_parse_rate=parsed / sent if sent else None,
+        judgements=sent,
+        replies_skipped_prompt_too_long=sum(1 for it in items if it.get("skipped")),
+        judge={
+            "template_file": judge_cfg.template_file or "built-in additive 5-point template",
+            "num_samples": judge_cfg.num_samples,
+            "temperature": judge_cfg.temperature,
+            "top_p": judge_cfg.top_p,
+            "max_new_tokens": judge_cfg.max_new_tokens,
+        },
+    )
+    return metrics, items
+
+
+def items_path_for(out_path: str | Path) -> Path:
+    """`<out stem>.items.jsonl` beside the metrics file."""
+    out_path = Path(out_path)
+    return out_path.with_name(f"{out_path.stem}.items.jsonl")
+
+
+def write_judge_eval(out_path: str | Path, metrics: dict, items: list[dict]) -> tuple[Path, Path]:
+    """Write the metrics JSON and the per-item JSONL; returns both paths."""
+    out_path = Path(out_path)
+    items_path = items_path_for(out_path)
+    write_jsonl(items_path, items)
+    write_json(out_path, {**metrics, "items_file": items_path.name})
+    return out_path, items_path
+
+
+_TABLE_ROWS = (
+    ("pairwise accuracy", "pairwise_accuracy", "n_pairs"),
+    ("5-best", "five_best", "n_five"),
+    ("exact match", "exact_match", "n_groups_exact_match"),
+    ("Spearman", "spearman", "n_groups_correlation"),
+    ("Kendall tau", "kendall_tau", "n_groups_correlation"),
+    ("parse failure rate", "parse_failure_rate", "n_replies"),
+)
+
+
+def format_judge_table(metrics: dict) -> str:
+    """A small text table of the agreement metrics with their 95% intervals and counts."""
+    lines = [f"  {'metric':<20} {'value':>8}  {'95% interval':<17} n"]
+    for label, key, count_key in _TABLE_ROWS:
+        value, interval = metrics.get(key), metrics.get(f"{key}_ci")
+        shown = "n/a" if value is None else f"{value:.3f}"
+        ci = "" if interval is None else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+        lines.append(f"  {label:<20} {shown:>8}  {ci:<17} {metrics.get(count_key, '')}")
+    lines.append(f"  groups {metrics['n']}, replies {metrics['n_replies']}, judgements {metrics.get('judgements')}, "
+                 f"judged-equal pairs {metrics.get('pairs_judge_tied')} (half credit)")
+    skipped = metrics.get("replies_skipped_prompt_too_long")
+    if skipped:
+        lines.append(f"  {skipped} replies not judged: judge prompt longer than judge.max_prompt_tokens (missing scores)")
+    return "\n".join(lines)

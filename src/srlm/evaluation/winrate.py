@@ -1,0 +1,177 @@
+"""Head-to-head win rates with a pairwise LLM judge, each pair judged in both orders (paper-spec 6.1, 6.3).
+
+    srlm eval winrate --prompts prompts.jsonl --model-a runs/x/models/m3 --model-b runs/x/models/m2 \
+        --judge-model JUDGE --out m3_vs_m2.json
+
+The paper compares models head to head with GPT-4 and the AlpacaEval comparison prompt: every pair is judged
+twice, once with each model's answer shown first, and a model wins only when both orders agree; a disagreement
+is a tie (position bias must not decide a result). Our pairwise template (`templates/pairwise_judge.txt`, our own
+wording in the AlpacaEval style) shows an instruction and outputs (a) and (b) and asks for a final line
+`Winner: A`, `Winner: B` or `Winner: tie`; `parse_verdict` reads it.
+
+The verdicts go to `srlm.evaluation.metrics.winrate_from_verdicts`, which also reports mean lengths and a
+length-controlled win rate (the paper notes that answers grow longer across iterations; AlpacaEval 2.0 later
+introduced length control for that reason). Lengths are in characters, AlpacaEval's convention.
+
+The judge decodes greedily (temperature 0) by default, as AlpacaEval's GPT-4 annotators do: the verdict of a
+fixed pair should not depend on a sampling seed.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+from srlm.backends import GenerationRequest, Sampling
+from srlm.errors import SrlmError
+from srlm.evaluation.metrics import winrate_from_verdicts
+from srlm.io import stable_id, stable_seed
+from srlm.stages.common import chunks, progress
+
+PAIRWISE_SLOTS = ("{instruction}", "{output_a}", "{output_b}")
+# "Winner:" then the verdict, allowing markdown emphasis, "Output (a)" / "(a)" / "[[A]]" spellings.
+_VERDICT_LINE = re.compile(r"winner\s*[:=]\s*(.+)$", re.IGNORECASE)
+_VERDICT_VALUE = re.compile(
+    r"^[\s*_`\"'\[(]*(?:output|response|answer|assistant)?\s*[\s\[(]*(a|b|tie|draw)[\s\])*_`\"'.!]*$",
+    re.IGNORECASE,
+)
+_CHUNK_REQUESTS = 64
+
+
+def builtin_pairwise_template() -> str:
+    return resources.files("srlm.templates").joinpath("pairwise_judge.txt").read_text(encoding="utf-8")
+
+
+def load_pairwise_template(template_file: str | Path | None = None) -> str:
+    """The pairwise template (built-in when None); a custom one must keep the three slots."""
+    if template_file is None:
+        return builtin_pairwise_template()
+    path = Path(template_file)
+    try:
+        template = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SrlmError(f"{path}: pairwise judge template file not found") from None
+    for slot in PAIRWISE_SLOTS:
+        if slot not in template:
+            raise SrlmError(f"{path}: pairwise judge template has no {slot} slot")
+    return template
+
+
+def render_pairwise(template: str, instruction: str, output_a: str, output_b: str) -> str:
+    """Fill the slots in one pass, so that a slot name inside the instruction or an output is left as text."""
+    values = {"instruction": instruction, "output_a": output_a, "output_b": output_b}
+    return re.sub(r"\{(instruction|output_a|output_b)\}", lambda m: values[m.group(1)], template)
+
+
+def parse_verdict(judgement: str) -> str | None:
+    """'A', 'B' or 'tie' from the judge's last `Winner: ...` line; None when there is none or it says neither.
+
+    Only the last "Winner:" line counts (it is the conclusion, as for scores in `srlm.judge`), and its value must
+    be one verdict and nothing else: "Winner: A" and "**Winner:** Output (b)" parse, "Winner: A or B" does not.
+    "draw" is read as a tie.
+    """
+    verdict = None
+    for line in judgement.splitlines():
+        match = _VERDICT_LINE.search(line.strip().strip("*_#` "))
+        if match:
+            verdict = match.group(1)
+    if verdict is None:
+        return None
+    value = _VERDICT_VALUE.match(verdict.strip())
+    if value is None:
+        return None
+    word = value.group(1).lower()
+    return {"a": "A", "b": "B", "tie": "tie", "draw": "tie"}[word]
+
+
+def pairwise_winrate(
+    prompts: Sequence[str],
+    answers_a: Sequence[str],
+    answers_b: Sequence[str],
+    judge_backend,
+    *,
+    seed: int,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    template: str | None = None,
+    bootstrap_samples: int = 1000,
+) -> dict[str, Any]:
+    """Judge every (prompt, answer A, answer B) in both orders and compute the win rate of A against B.
+
+    Returns {"metrics": winrate_from_verdicts(...) (win/tie/loss/win_rate with intervals, n_unparsed,
+    n_order_disagreements, mean_len_a/b in characters, length_controlled_win_rate, rule) plus "judge" settings,
+    "items": one record per prompt with both answers, both judgement texts and both verdicts}.
+    In the first order answer A is output (a); in the second answer B is.
+    """
+    if not (len(prompts) == len(answers_a) == len(answers_b)):
+        raise ValueError(f"prompts, answers_a and answers_b differ in length: {len(prompts)}, {len(answers_a)}, "
+                         f"{len(answers_b)}")
+    if not prompts:
+        raise SrlmError("no prompts to compare on")
+    template = template if template is not None else builtin_pairwise_template()
+    sampling = Sampling(n=1, temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens)
+
+    requests = []
+    for index, (prompt, a, b) in enumerate(zip(prompts, answers_a, answers_b)):
+        pair_id = stable_id("pair", index, prompt, a, b)
+        for order, (first, second) in (("first_order", (a, b)), ("second_order", (b, a))):
+            requests.append(GenerationRequest(
+                f"{pair_id}/{order}", sampling, stable_seed(seed, "winrate", pair_id, order),
+                messages=[{"role": "user", "content": render_pairwise(template, prompt, first, second)}],
+            ))
+
+    judgements: list[str] = []
+    with progress(len(requests), "eval winrate", unit="judgement") as bar:
+        for chunk in chunks(requests, _CHUNK_REQUESTS):
+            judgements.extend(outs[0].text for outs in judge_backend.generate(list(chunk), on_done=bar.update))
+
+    items = []
+    for index, (prompt, a, b) in enumerate(zip(prompts, answers_a, answers_b)):
+        first_text, second_text = judgements[2 * index], judgements[2 * index + 1]
+        items.append({
+            "index": index,
+            "prompt": prompt,
+            "answer_a": a,
+            "answer_b": b,
+            "len_a": len(a),
+            "len_b": len(b),
+            "first_order_judgement": first_text,
+            "second_order_judgement": second_text,
+            "first_order": parse_verdict(first_text),
+            "second_order": parse_verdict(second_text),
+        })
+    metrics = winrate_from_verdicts(items, bootstrap_samples=bootstrap_samples, seed=seed)
+    metrics["length_unit"] = "characters"
+    metrics["judge"] = {"temperature": temperature, "max_new_tokens": max_new_tokens,
+                        "orders": "A first, then B first; letters name positions"}
+    return {"metrics": metrics, "items": items}
+
+
+def format_winrate_table(metrics: dict, name_a: str = "A", name_b: str = "B") -> str:
+    """A small text table: win / tie / loss of A, win rate, length-controlled win rate, mean lengths."""
+
+    def pct(key: str) -> str:
+        value, interval = metrics.get(key), metrics.get(f"{key}_ci")
+        if value is None:
+            return "n/a"
+        return f"{value:6.1%}" + (f"  [{interval[0]:.1%}, {interval[1]:.1%}]" if interval else "")
+
+    lc = metrics.get("length_controlled_win_rate")
+    rows = [
+        (f"{name_a} wins", pct("win")),
+        ("ties", pct("tie")),
+        (f"{name_b} wins", pct("loss")),
+        ("win rate (win + tie/2)", pct("win_rate")),
+        ("length-controlled", "n/a" if lc is None else f"{lc:6.1%}"),
+        ("mean length a / b", f"{_num(metrics.get('mean_len_a'))} / {_num(metrics.get('mean_len_b'))} chars"),
+        ("pairs (unparsed, order disagreements)",
+         f"{metrics['n']} ({metrics['n_unparsed']}, {metrics['n_order_disagreements']})"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.0f}"

@@ -1,0 +1,107 @@
+"""The loop end to end on a tiny model: real SFT/DPO through TRL, generation from the scripted `fake` backend."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from srlm.backends.fake import default_script
+from srlm.config import load_config
+from srlm.errors import SrlmError
+from srlm.io import read_jsonl
+from srlm.loop import run_loop
+
+SMALL = ["backend.name=fake", "data.max_examples=6", "sft.batch_size=4", "sft.micro_batch_size=2", "sft.epochs=1",
+         "dpo.batch_size=4", "dpo.micro_batch_size=2", "prompts.num_prompts=6", "backend.chunk_prompts=2"]
+
+
+def small_config(model_dir, *extra):
+    return load_config("quickstart", overrides=[f"model.name_or_path={model_dir}", *SMALL, *extra])
+
+
+def snapshot(run_dir):
+    """Every JSONL output of a run, by relative path: what must be equal between runs."""
+    return {str(p.relative_to(run_dir)): p.read_text() for p in sorted(run_dir.rglob("*.jsonl"))}
+
+
+def test_loop_runs_m1_to_m3_and_a_rerun_does_nothing(tiny_model_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    summary = run_loop(small_config(tiny_model_dir), run_dir)
+    assert [it["iteration"] for it in summary["iterations"]] == [1, 2]
+    for t in (1, 2, 3):
+        assert (run_dir / "models" / f"m{t}" / "model.safetensors").exists()
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    for row in on_disk["iterations"]:
+        for key in ("iteration", "prompts", "responses", "judge_parse_rate", "pairs", "chosen_len_mean",
+                    "rejected_len_mean", "seconds"):
+            assert key in row
+        assert row["prompts"] == 6 and row["responses"] == 24 and row["pairs"] > 0
+    out = capsys.readouterr().out
+    assert "iteration 1: m1 -> m2" in out and "judge parse rate" in out
+    pairs = read_jsonl(run_dir / "iter_1" / "pairs.jsonl")
+    assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)
+    assert (run_dir / "config.yaml").exists()
+
+    before = snapshot(run_dir)
+    weights = (run_dir / "models" / "m3" / "model.safetensors").stat().st_mtime_ns
+    run_loop(small_config(tiny_model_dir), run_dir)
+    assert "already done, skipped" in capsys.readouterr().out
+    assert snapshot(run_dir) == before
+    assert (run_dir / "models" / "m3" / "model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_a_changed_setting_reruns_that_stage_and_everything_after(tiny_model_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_loop(small_config(tiny_model_dir, "loop.iterations=1"), run_dir)
+    capsys.readouterr()
+    run_loop(small_config(tiny_model_dir, "loop.iterations=1", "pairs.min_score_gap=0.5"), run_dir)
+    out = capsys.readouterr().out
+    assert "iter_1/judge: already done" in out
+    assert "iter_1/pairs: running" in out and "iter_1/dpo: running" in out
+
+
+def test_zero_pairs_stops_with_a_clear_message(tiny_model_dir, tmp_path, monkeypatch):
+    def constant_judge(request, index):
+        text = default_script(request, index)
+        return "Always the same.\nScore: 3" if "Score:" in text else text
+
+    import srlm.backends.fake as fake
+
+    monkeypatch.setattr(fake, "default_script", constant_judge)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SrlmError, match="iteration 1 produced zero preference pairs.*'tie': 6"):
+        run_loop(small_config(tiny_model_dir, "loop.iterations=1"), run_dir)
+    assert not (run_dir / "models" / "m2").exists()
+
+
+def _run_cli(run_dir, model_dir, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    args = [sys.executable, "-m", "srlm", "run", "--recipe", "quickstart", "--run-dir", str(run_dir),
+            f"model.name_or_path={model_dir}", *SMALL, "loop.iterations=1"]
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigkill_during_generation_then_resume_equals_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    clean = tmp_path / "clean"
+    assert _run_cli(clean, tiny_model_dir).wait(timeout=300) == 0
+
+    killed = tmp_path / "killed"
+    for partial_name in ("responses.jsonl.partial", "judgements.jsonl.partial"):
+        proc = _run_cli(killed, tiny_model_dir, {"SRLM_FAKE_DELAY_SECONDS": "0.3"})
+        partial = killed / "iter_1" / partial_name
+        deadline = time.time() + 240
+        while not (partial.exists() and partial.stat().st_size > 0) and time.time() < deadline:
+            time.sleep(0.05)
+        assert partial.exists(), f"the run never reached {partial_name}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert partial.exists() and not (killed / "iter_1" / partial_name.replace(".partial", "")).exists()
+    assert _run_cli(killed, tiny_model_dir).wait(timeout=300) == 0
+
+    assert snapshot(killed) == snapshot(clean)
+    responses = read_jsonl(killed / "iter_1" / "responses.jsonl")
+    assert len({r["response_id"] for r in responses}) == len(responses) == 24

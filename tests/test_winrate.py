@@ -1,0 +1,169 @@
+"""Pairwise win rates: the verdict parser, both-orders judging, and `srlm eval winrate`."""
+
+import json
+
+import pytest
+
+from srlm.backends import make_backend
+from srlm.cli import main
+from srlm.errors import SrlmError
+from srlm.evaluation.winrate import (
+    builtin_pairwise_template,
+    load_pairwise_template,
+    pairwise_winrate,
+    parse_verdict,
+    render_pairwise,
+)
+
+
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        ("Output (a) is more complete.\nWinner: A", "A"),
+        ("Winner: B", "B"),
+        ("Both are equally good.\nWinner: tie", "tie"),
+        ("winner: TIE", "tie"),
+        ("**Winner:** Output (b)", "B"),
+        ("Winner: [[A]]", "A"),
+        ("Winner: Draw.", "tie"),
+        ("First Winner: A, on reflection...\nWinner: B", "B"),  # the conclusion counts
+        ("Winner: A or B", None),
+        ("Winner: Output (a) is better", None),
+        ("I prefer output (a).", None),
+        ("", None),
+        ("Winner: C", None),
+    ],
+)
+def test_parse_verdict(text, verdict):
+    assert parse_verdict(text) == verdict
+
+
+def test_template_and_single_pass_rendering(tmp_path):
+    template = builtin_pairwise_template()
+    for slot in ("{instruction}", "{output_a}", "{output_b}", "Winner: A", "Winner: B", "Winner: tie"):
+        assert slot in template
+    rendered = render_pairwise("I={instruction} A={output_a} B={output_b}", "say {output_b}", "x{instruction}", "y")
+    assert rendered == "I=say {output_b} A=x{instruction} B=y"  # user text is never re-substituted
+    bad = tmp_path / "t.txt"
+    bad.write_text("{instruction} {output_a}")
+    with pytest.raises(SrlmError, match="no \\{output_b\\} slot"):
+        load_pairwise_template(bad)
+
+
+def position_of(content, text):
+    return content.find(text)
+
+
+def fair_judge(request, index):
+    """Prefers the output containing 'good', wherever it is shown."""
+    content = request.messages[0]["content"]
+    a_part, b_part = content.split("# Output (b)")
+    if "good" in a_part.split("# Output (a)")[1]:
+        return "Output (a) is better.\nWinner: A"
+    if "good" in b_part:
+        return "Output (b) is better.\nWinner: B"
+    return "They are the same.\nWinner: tie"
+
+
+def test_a_wins_when_both_orders_agree():
+    prompts = ["p1", "p2", "p3"]
+    result = pairwise_winrate(prompts, ["good 1", "good 2", "good 3"], ["bad", "bad", "bad"],
+                              make_backend("fake", None, script=fair_judge), seed=0, max_new_tokens=50,
+                              bootstrap_samples=0)
+    m = result["metrics"]
+    assert m["win"] == 1.0 and m["loss"] == 0.0 and m["win_rate"] == 1.0 and m["n"] == 3
+    items = result["items"]
+    assert [(it["first_order"], it["second_order"]) for it in items] == [("A", "B")] * 3
+    assert m["mean_len_a"] == 6.0 and m["mean_len_b"] == 3.0 and m["length_unit"] == "characters"
+
+
+def test_position_bias_becomes_ties():
+    result = pairwise_winrate(["p1", "p2"], ["x", "y"], ["z", "w"],
+                              make_backend("fake", None, script=lambda r, i: "Winner: A"), seed=0,
+                              max_new_tokens=50, bootstrap_samples=0)
+    m = result["metrics"]
+    assert m["tie"] == 1.0 and m["win_rate"] == 0.5 and m["n_order_disagreements"] == 2
+
+
+def test_mixed_outcomes_by_hand():
+    # pair 0: A better; pair 1: B better; pair 2: a judge that always says A (ties); pair 3: never parses.
+    def judge(request, index):
+        content = request.messages[0]["content"]
+        if "biased" in content:
+            return "Winner: A"
+        if "mute" in content:
+            return "No idea."
+        return fair_judge(request, index)
+
+    prompts = ["p0", "p1", "biased", "mute"]
+    result = pairwise_winrate(prompts, ["good a", "bad a", "s", "t"], ["bad b", "good b", "u", "v"],
+                              make_backend("fake", None, script=judge), seed=0, max_new_tokens=50,
+                              bootstrap_samples=0)
+    m = result["metrics"]
+    assert (m["win"], m["tie"], m["loss"]) == (0.25, 0.5, 0.25)
+    assert m["win_rate"] == 0.5 and m["n_unparsed"] == 1 and m["n_order_disagreements"] == 1
+
+
+def test_both_orders_are_sent_and_greedy_by_default():
+    seen = []
+
+    def judge(request, index):
+        seen.append(request)
+        return "Winner: tie"
+
+    pairwise_winrate(["the prompt"], ["ANSWER-A"], ["ANSWER-B"], make_backend("fake", None, script=judge), seed=3,
+                     max_new_tokens=40, bootstrap_samples=0)
+    first, second = (r.messages[0]["content"] for r in seen)
+    assert position_of(first, "ANSWER-A") < position_of(first, "ANSWER-B")
+    assert position_of(second, "ANSWER-B") < position_of(second, "ANSWER-A")
+    assert all(r.sampling.greedy and r.sampling.max_new_tokens == 40 for r in seen)
+
+
+def test_lengths_must_match():
+    with pytest.raises(ValueError):
+        pairwise_winrate(["p"], ["a", "b"], ["c"], make_backend("fake"), seed=0)
+
+
+def _outputs(path, answers, generator):
+    path.write_text(json.dumps([{"instruction": f"Instruction {i}", "output": a, "generator": generator,
+                                 "dataset": "test"} for i, a in enumerate(answers)]))
+
+
+def test_cli_from_output_files(tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    _outputs(a, ["one", "two", "three"], "model-a")
+    _outputs(b, ["uno", "dos", "tres"], "model-b")
+    out = tmp_path / "w.json"
+    assert main(["eval", "winrate", "--outputs-a", str(a), "--outputs-b", str(b), "--out", str(out),
+                 "--bootstrap-samples", "0", "backend.name=fake"]) == 0
+    metrics = json.loads(out.read_text())
+    # The fake backend's default text has no verdict: every pair is an unparsed tie.
+    assert metrics["n"] == 3 and metrics["n_unparsed"] == 3 and metrics["win_rate"] == 0.5
+    assert metrics["mean_len_a"] == pytest.approx(11 / 3)
+    items = [json.loads(line) for line in (tmp_path / "w.items.jsonl").read_text().splitlines()]
+    assert [it["answer_b"] for it in items] == ["uno", "dos", "tres"]
+    assert "win rate" in capsys.readouterr().out
+
+
+def test_cli_generates_both_sides(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Tell me about {x}."}) + "\n" for x in ("cats", "dogs")))
+    out = tmp_path / "w.json"
+    assert main(["eval", "winrate", "--prompts", str(prompts), "--model-a", "A", "--model-b", "B",
+                 "--out", str(out), "--bootstrap-samples", "0", "backend.name=fake"]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["n"] == 2 and metrics["model_a"] == "A" and metrics["model_b"] == "B"
+
+
+def test_cli_argument_errors(tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    _outputs(a, ["one", "two"], "a")
+    _outputs(b, ["uno"], "b")
+    out = str(tmp_path / "w.json")
+    assert main(["eval", "winrate", "--outputs-a", str(a), "--outputs-b", str(b), "--out", out,
+                 "backend.name=fake"]) == 2
+    assert "no answer for 1 of 2 prompts" in capsys.readouterr().err
+    assert main(["eval", "winrate", "--outputs-a", str(a), "--model-b", "B", "--out", out]) == 2
+    assert "not a mix" in capsys.readouterr().err
+    assert main(["eval", "winrate", "--model-a", "A", "--model-b", "B", "--out", out]) == 2
+    assert "need --prompts" in capsys.readouterr().err
