@@ -28,9 +28,19 @@ def snapshot(run_dir):
     return {str(p.relative_to(run_dir)): p.read_text() for p in sorted(run_dir.rglob("*.jsonl"))}
 
 
+def write_eval_files(tmp_path):
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"prompt": f"Held-out question number {i}?"}) + "\n" for i in range(3)))
+    ranked = tmp_path / "ranked.jsonl"
+    ranked.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"A good answer {i}.",
+                                          "rejected": f"Bad {i}."}) + "\n" for i in range(4)))
+    return [f"eval.heldout_prompts={heldout}", f"eval.judge_data={ranked}"]
+
+
 def test_loop_runs_m1_to_m3_and_a_rerun_does_nothing(tiny_model_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    summary = run_loop(small_config(tiny_model_dir), run_dir)
+    eval_overrides = write_eval_files(tmp_path)
+    summary = run_loop(small_config(tiny_model_dir, *eval_overrides), run_dir)
     assert [it["iteration"] for it in summary["iterations"]] == [1, 2]
     for t in (1, 2, 3):
         assert (run_dir / "models" / f"m{t}" / "model.safetensors").exists()
@@ -45,10 +55,19 @@ def test_loop_runs_m1_to_m3_and_a_rerun_does_nothing(tiny_model_dir, tmp_path, c
     pairs = read_jsonl(run_dir / "iter_1" / "pairs.jsonl")
     assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)
     assert (run_dir / "config.yaml").exists()
+    # evaluation inside the loop: M1's judge once, then M_t+1 vs M_t and M_t+1's judge after each iteration
+    assert 0 <= on_disk["m1_judge_accuracy"]["parse_failure_rate"] <= 1
+    for row in on_disk["iterations"]:
+        w = row["eval"]["winrate_vs_previous"]
+        assert w["n"] == 3 and abs(w["win"] + w["tie"] + w["loss"] - 1) < 1e-9 and w["judge"] == "self (M_t+1)"
+        assert row["eval"]["judge_accuracy"]["n"] == 4
+    assert (run_dir / "iter_2" / "eval" / "judge_accuracy.items.jsonl").exists()
+    html = (run_dir / "report.html").read_text()
+    assert "<svg" in html and (run_dir / "report.md").exists()
 
     before = snapshot(run_dir)
     weights = (run_dir / "models" / "m3" / "model.safetensors").stat().st_mtime_ns
-    run_loop(small_config(tiny_model_dir), run_dir)
+    run_loop(small_config(tiny_model_dir, *eval_overrides), run_dir)
     assert "already done, skipped" in capsys.readouterr().out
     assert snapshot(run_dir) == before
     assert (run_dir / "models" / "m3" / "model.safetensors").stat().st_mtime_ns == weights

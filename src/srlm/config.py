@@ -136,6 +136,23 @@ class DpoConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
+class EvalConfig(_Section):
+    heldout_prompts: str | None = Field(
+        None, description="JSONL prompts (never trained on) for M_t+1 vs M_t after each iteration; null = skip."
+    )
+    heldout_limit: int = Field(32, ge=1, description="Use at most this many held-out prompts.")
+    judge_data: str | None = Field(
+        None, description="Human-ranked replies (OpenAssistant trees, EFT eval split or chosen/rejected pairs) to "
+        "measure each model's judge against; null = skip.",
+    )
+    judge_limit: int | None = Field(50, ge=1, description="Use at most this many ranked groups.")
+    max_new_tokens: int = Field(256, ge=1, description="Most tokens per held-out answer and per pairwise verdict.")
+    winrate_judge: str = Field(
+        "next", description="Who judges M_t+1 vs M_t: 'next' = M_t+1 itself (a self-judged number: treat with care), "
+        "or a hub id / path of a fixed judge model.",
+    )
+
+
 class LoopConfig(_Section):
     iterations: int = Field(2, ge=0, description="Self-rewarding iterations after SFT (2 gives M3, as in the paper).")
 
@@ -151,6 +168,7 @@ class Config(_Section):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     dpo: DpoConfig = Field(default_factory=DpoConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
 
     @field_validator("seed")

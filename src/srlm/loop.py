@@ -22,8 +22,10 @@ from srlm.backends import make_backend
 from srlm.config import Config, save_config
 from srlm.errors import SrlmError
 from srlm.io import iter_jsonl, write_json
+from srlm.report import write_report
 from srlm.rundir import RunDir
 from srlm.stages.dpo import run_dpo
+from srlm.stages.evaluate import judge_accuracy, run_iteration_eval
 from srlm.stages.judge import run_judge
 from srlm.stages.pairs import run_pairs
 from srlm.stages.prompts import run_prompts
@@ -94,10 +96,14 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
                         **_model_kwargs(cfg)),
     )
     summary = {"run_dir": str(rd.root), "sft": sft_stats, "iterations": []}
+    if cfg.eval.judge_data:
+        summary["m1_judge_accuracy"] = rd.stage(
+            "eval_m1", cfg.fingerprint("eval", "judge"), [rd.root / "eval_m1" / "judge_accuracy.json"],
+            lambda: judge_accuracy(cfg, str(m1), rd.root / "eval_m1"),
+        )
     seeds = seed_prompt_texts(cfg)
 
     for t in range(1, cfg.loop.iterations + 1):
-        iteration_start = time.perf_counter()
         model_t, model_next, d = rd.model_dir(t), rd.model_dir(t + 1), rd.iter_dir(t)
         actor = _Generator(cfg, str(model_t))
         earlier = [r["prompt"] for s in range(1, t) for r in iter_jsonl(rd.iter_dir(s) / "prompts.jsonl")]
@@ -140,16 +146,22 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
             f"iter_{t}/dpo", cfg.fingerprint("seed", "dpo"), [model_next / "config.json"],
             lambda: run_dpo(str(model_t), d / "pairs.jsonl", model_next, cfg.dpo, seed=cfg.seed, **_model_kwargs(cfg)),
         )
+        if cfg.eval.heldout_prompts or cfg.eval.judge_data:
+            stats["eval"] = rd.stage(
+                f"iter_{t}/eval", cfg.fingerprint("eval", "judge"), [d / "eval"],
+                lambda: run_iteration_eval(cfg, str(model_next), str(model_t), d / "eval"),
+            )
         row = iteration_row(stats, rd.seconds(f"iter_{t}/"))
         summary["iterations"].append(row)
         print_iteration_table(row)
         summary["seconds"] = round(rd.seconds(""), 1)
         write_json(rd.root / "summary.json", summary)
-        del iteration_start
 
     summary["seconds"] = round(rd.seconds(""), 1)
     summary["final_model"] = str(rd.model_dir(cfg.loop.iterations + 1))
     write_json(rd.root / "summary.json", summary)
+    html_path, _ = write_report(rd.root)
+    print(f"srlm: report {html_path}", flush=True)
     print(f"srlm: run finished in {time.perf_counter() - started:.0f} s this session; final model "
           f"{summary['final_model']}; summary {rd.root / 'summary.json'}", flush=True)
     return summary
@@ -179,6 +191,7 @@ def iteration_row(stats: dict, seconds: float) -> dict:
         "dpo_loss_first": dpo.get("loss_first"),
         "dpo_loss_last": dpo.get("loss_last"),
         "seconds": seconds,
+        **({"eval": stats["eval"]} if stats.get("eval") else {}),
     }
 
 
@@ -197,6 +210,14 @@ def print_iteration_table(row: dict) -> None:
         ("DPO reward margin", row["dpo_reward_margin"]),
         ("seconds", row["seconds"]),
     ]
+    evaluation = row.get("eval", {})
+    if "winrate_vs_previous" in evaluation:
+        w = evaluation["winrate_vs_previous"]
+        lines.append((f"m{row['iteration'] + 1} vs m{row['iteration']} (win/tie/loss)",
+                      f"{w['win']:.0%} / {w['tie']:.0%} / {w['loss']:.0%}  judge: {w['judge']}"))
+    if "judge_accuracy" in evaluation:
+        j = evaluation["judge_accuracy"]
+        lines.append((f"m{row['iteration'] + 1} judge pairwise acc.", j.get("pairwise_accuracy")))
     width = max(len(k) for k, _ in lines)
     title = f" iteration {row['iteration']}: {row['model']} -> m{row['iteration'] + 1} "
     print("\n" + title.center(width + 40, "="), flush=True)

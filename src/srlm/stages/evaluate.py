@@ -1,0 +1,88 @@
+"""Stage `eval` inside `srlm run`: how each new model compares with the one before, and how good its judge is.
+
+After iteration t has produced M_t+1:
+- head to head, M_t+1 vs M_t on held-out prompts (`eval.heldout_prompts`): both answer greedily, a pairwise judge
+  compares every pair in both orders, a disagreement is a tie (paper section 6.1). The judge is M_t+1 itself unless
+  `eval.winrate_judge` names a fixed model: a self-judged win rate flatters the newer model, and the summary says
+  which judge was used;
+- the judge's agreement with human rankings (`eval.judge_data`: pairwise accuracy, 5-best, exact match, Spearman,
+  Kendall tau; paper section 6.5), for M_t+1, and for M1 once after SFT, so a run reports M1, M2, M3 as Table 4 does.
+
+Results go to `iter_t/eval/*.json` (with per-item JSONL beside them) and into `summary.json`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from srlm.backends import GenerationRequest, Sampling
+from srlm.config import Config
+from srlm.io import iter_jsonl, stable_seed, write_json, write_jsonl
+
+
+def _backend(cfg: Config, model_path: str):
+    from srlm.backends import make_backend
+
+    loaded = None
+    if cfg.backend.name != "fake":
+        from srlm.models import load_model
+
+        m = cfg.model
+        loaded = load_model(model_path, chat_template=m.chat_template, trust_remote_code=m.trust_remote_code,
+                            dtype=m.dtype, device=m.device)
+    return make_backend(cfg.backend.name, loaded, max_batch_tokens=cfg.backend.max_batch_tokens,
+                        max_batch_size=cfg.backend.max_batch_size)
+
+
+def judge_accuracy(cfg: Config, model_path: str, out_dir: Path) -> dict:
+    """Metrics of `model_path` as a judge on `eval.judge_data`; writes judge_accuracy.json and its items."""
+    from srlm.evaluation.judge_eval import evaluate_judge, read_human_groups, write_judge_eval
+
+    groups, _counts, _fmt = read_human_groups(cfg.eval.judge_data)
+    groups = groups[: cfg.eval.judge_limit]
+    backend = _backend(cfg, model_path)
+    try:
+        metrics, items = evaluate_judge(groups, backend, cfg.judge, seed=cfg.seed)
+    finally:
+        backend.close()
+    write_judge_eval(out_dir / "judge_accuracy.json", metrics, items)
+    return metrics
+
+
+def _answers(cfg: Config, model_path: str, prompts: list[str]) -> list[str]:
+    backend = _backend(cfg, model_path)
+    try:
+        sampling = Sampling(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.eval.max_new_tokens)
+        requests = [GenerationRequest(f"heldout-{i}", sampling, stable_seed(cfg.seed, "heldout", i),
+                                      messages=[{"role": "user", "content": p}]) for i, p in enumerate(prompts)]
+        return [outs[0].text for outs in backend.generate(requests)]
+    finally:
+        backend.close()
+
+
+def winrate_vs_previous(cfg: Config, new_model: str, old_model: str, out_dir: Path) -> dict:
+    """M_t+1 (side A) vs M_t (side B) on the held-out prompts; writes winrate_vs_previous.json and its items."""
+    from srlm.evaluation.winrate import pairwise_winrate
+
+    prompts = [r["prompt"] for r in iter_jsonl(cfg.eval.heldout_prompts, {"prompt": str})][: cfg.eval.heldout_limit]
+    answers_new, answers_old = _answers(cfg, new_model, prompts), _answers(cfg, old_model, prompts)
+    judge_path = new_model if cfg.eval.winrate_judge == "next" else cfg.eval.winrate_judge
+    judge = _backend(cfg, judge_path)
+    try:
+        result = pairwise_winrate(prompts, answers_new, answers_old, judge, seed=cfg.seed,
+                                  max_new_tokens=cfg.eval.max_new_tokens)
+    finally:
+        judge.close()
+    metrics = {**result["metrics"], "judge": "self (M_t+1)" if cfg.eval.winrate_judge == "next" else judge_path}
+    write_json(out_dir / "winrate_vs_previous.json", metrics)
+    write_jsonl(out_dir / "winrate_vs_previous.items.jsonl", result["items"])
+    return metrics
+
+
+def run_iteration_eval(cfg: Config, new_model: str, old_model: str, out_dir: Path) -> dict:
+    results = {}
+    if cfg.eval.heldout_prompts:
+        results["winrate_vs_previous"] = winrate_vs_previous(cfg, new_model, old_model, out_dir)
+    if cfg.eval.judge_data:
+        results["judge_accuracy"] = judge_accuracy(cfg, new_model, out_dir)
+    return results
