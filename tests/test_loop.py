@@ -15,7 +15,7 @@ from srlm.errors import SrlmError
 from srlm.io import read_jsonl
 from srlm.loop import run_loop
 
-SMALL = ["backend.name=fake", "data.max_examples=6", "sft.batch_size=4", "sft.micro_batch_size=2", "sft.epochs=1",
+SMALL = ["backend.name=fake", "data.max_ift_examples=6", "data.max_eft_examples=6", "sft.batch_size=4", "sft.micro_batch_size=2", "sft.epochs=1",
          "dpo.batch_size=4", "dpo.micro_batch_size=2", "prompts.num_prompts=6", "backend.chunk_prompts=2"]
 
 

@@ -42,17 +42,9 @@ def _print_stats(stats: dict) -> None:
 
 
 def _generation_backend(cfg):
-    from srlm.backends import make_backend
+    from srlm.backends import backend_for
 
-    loaded = None
-    if cfg.backend.name != "fake":
-        from srlm.models import load_model
-
-        m = cfg.model
-        loaded = load_model(m.name_or_path, chat_template=m.chat_template, trust_remote_code=m.trust_remote_code,
-                            dtype=m.dtype, device=m.device)
-    return make_backend(cfg.backend.name, loaded, max_batch_tokens=cfg.backend.max_batch_tokens,
-                        max_batch_size=cfg.backend.max_batch_size)
+    return backend_for(cfg, cfg.model.name_or_path)
 
 
 # -- command handlers --------------------------------------------------------------------------------------------
@@ -98,7 +90,7 @@ def cmd_sft(args) -> int:
     m = cfg.model
     eft = None if args.no_eft else resolve_data_path(args.eft or cfg.data.eft)
     stats = run_sft(m.name_or_path, resolve_data_path(args.ift or cfg.data.ift), eft, Path(args.out), cfg.sft,
-                    seed=cfg.seed, judge_template_file=cfg.judge.template_file, max_examples=cfg.data.max_examples,
+                    seed=cfg.seed, judge_template_file=cfg.judge.template_file, max_ift_examples=cfg.data.max_ift_examples, max_eft_examples=cfg.data.max_eft_examples,
                     device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template)
     _print_stats(stats)
     return 0

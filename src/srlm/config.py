@@ -52,18 +52,28 @@ class DataConfig(_Section):
     seed_prompts: str | None = Field(
         None, description="JSONL of seed prompts ({prompt}) for self-instruction; null = the IFT prompts."
     )
-    max_examples: int | None = Field(None, ge=1, description="Use at most this many IFT and EFT examples each (smoke runs).")
+    max_ift_examples: int | None = Field(None, ge=1, description="Use only the first this many IFT examples; null = all.")
+    max_eft_examples: int | None = Field(None, ge=1, description="Use only the first this many EFT examples; null = all.")
 
 
 class GenerationBackendConfig(_Section):
-    name: Literal["hf", "fake"] = Field("hf", description="Generation backend: 'hf' (transformers) or 'fake' (tests).")
-    max_batch_tokens: int = Field(
-        16384, ge=256, description="Token budget of one generation batch (prompt + new tokens, summed over sequences)."
+    name: Literal["hf", "openai", "fake"] = Field(
+        "hf", description="Generation backend: 'hf' (transformers, in-process), 'openai' (any OpenAI-compatible "
+        "server: vLLM, transformers serve, llama.cpp, hosted APIs) or 'fake' (scripted outputs for tests).",
     )
-    max_batch_size: int = Field(64, ge=1, description="Most sequences decoded together.")
+    max_batch_tokens: int = Field(
+        16384, ge=256, description="hf: token budget of one generation batch (prompt + new tokens, over all sequences)."
+    )
+    max_batch_size: int = Field(64, ge=1, description="hf: most sequences decoded together.")
     chunk_prompts: int = Field(
         16, ge=1, description="Records are saved after every chunk of this many prompts: the unit of resume."
     )
+    base_url: str | None = Field(None, description="openai: server URL ending in /v1, e.g. http://127.0.0.1:8000/v1.")
+    model_name: str | None = Field(None, description="openai: the model name the server knows.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the API key.")
+    max_concurrency: int = Field(8, ge=1, description="openai: requests in flight at once.")
+    timeout_seconds: float = Field(120, gt=0, description="openai: per-request timeout.")
+    max_retries: int = Field(5, ge=0, description="openai: retries (with backoff) on timeouts, 429 and 5xx.")
 
 
 class SftConfig(_Section):

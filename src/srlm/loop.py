@@ -18,7 +18,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from srlm.backends import make_backend
+from srlm.backends import backend_for
 from srlm.config import Config, save_config
 from srlm.errors import SrlmError
 from srlm.io import iter_jsonl, write_json
@@ -60,15 +60,7 @@ class _Generator:
 
     def get(self):
         if self.backend is None:
-            loaded = None
-            if self.cfg.backend.name != "fake":
-                from srlm.models import load_model
-
-                m = self.cfg.model
-                loaded = load_model(self.model_path, chat_template=m.chat_template, trust_remote_code=m.trust_remote_code,
-                                    dtype=m.dtype, device=m.device)
-            self.backend = make_backend(self.cfg.backend.name, loaded, max_batch_tokens=self.cfg.backend.max_batch_tokens,
-                                        max_batch_size=self.cfg.backend.max_batch_size)
+            self.backend = backend_for(self.cfg, self.model_path)
         return self.backend
 
     def close(self):
@@ -92,7 +84,7 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
     sft_stats = rd.stage(
         "sft", cfg.fingerprint("seed", "model", "data", "sft") + cfg.fingerprint("judge"), [m1 / "config.json"],
         lambda: run_sft(cfg.model.name_or_path, ift_path, eft_path, m1, cfg.sft, seed=cfg.seed,
-                        judge_template_file=cfg.judge.template_file, max_examples=cfg.data.max_examples,
+                        judge_template_file=cfg.judge.template_file, max_ift_examples=cfg.data.max_ift_examples, max_eft_examples=cfg.data.max_eft_examples,
                         **_model_kwargs(cfg)),
     )
     summary = {"run_dir": str(rd.root), "sft": sft_stats, "iterations": []}

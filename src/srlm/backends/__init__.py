@@ -13,8 +13,10 @@ from srlm.errors import SrlmError
 
 BACKENDS = {
     "hf": "srlm.backends.hf:HFBackend",
+    "openai": "srlm.backends.openai:OpenAIBackend",
     "fake": "srlm.backends.fake:FakeBackend",
 }
+IN_PROCESS = {"hf"}  # backends that need the model loaded into this process
 
 
 def make_backend(name: str, loaded_model=None, **options) -> Backend:
@@ -28,4 +30,27 @@ def make_backend(name: str, loaded_model=None, **options) -> Backend:
     return getattr(module, class_name).create(loaded_model, **options)
 
 
-__all__ = ["Backend", "Completion", "GenerationRequest", "Sampling", "make_backend", "BACKENDS"]
+def backend_for(cfg, model_path: str) -> Backend:
+    """The backend a config asks for, serving `model_path` (loaded here for in-process backends).
+
+    For the `openai` backend the server decides which weights answer; `backend.model_name` names them, defaulting
+    to `model_path`.
+    """
+    loaded = None
+    b = cfg.backend
+    if b.name in IN_PROCESS:
+        from srlm.models import load_model
+
+        m = cfg.model
+        loaded = load_model(model_path, chat_template=m.chat_template, trust_remote_code=m.trust_remote_code,
+                            dtype=m.dtype, device=m.device)
+    options = dict(max_batch_tokens=b.max_batch_tokens, max_batch_size=b.max_batch_size)
+    if b.name == "openai":
+        if not b.base_url:
+            raise SrlmError("backend.name=openai needs backend.base_url (e.g. http://127.0.0.1:8000/v1)")
+        options = dict(base_url=b.base_url, model=b.model_name or model_path, api_key_env=b.api_key_env,
+                       max_concurrency=b.max_concurrency, timeout_seconds=b.timeout_seconds, max_retries=b.max_retries)
+    return make_backend(b.name, loaded, **options)
+
+
+__all__ = ["Backend", "backend_for", "Completion", "GenerationRequest", "Sampling", "make_backend", "BACKENDS"]

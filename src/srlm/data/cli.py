@@ -1,4 +1,4 @@
-"""The `srlm data` subcommands: `oasst`, `convert` and `decontaminate`.
+"""The `srlm data` subcommands: `oasst`, `eft`, `convert` and `decontaminate`.
 
 `add_data_commands(subparsers)` registers them on the main CLI's subparsers. Each handler takes the parsed
 arguments, prints what it did as a small table and returns the exit status; a `DataError` is left to propagate,
@@ -89,6 +89,30 @@ def run_oasst(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_eft(args: argparse.Namespace) -> int:
+    from srlm.cli import _config, _generation_backend, _model_override
+    from srlm.data.eft import counts_path_for, format_counts, run_data_eft
+
+    cfg = _config(args, _model_override(args))
+    # The teacher's name goes into the log's staleness key: an OpenAI-compatible server names its own weights.
+    teacher = cfg.model.name_or_path
+    if cfg.backend.name == "openai" and getattr(cfg.backend, "model_name", None):
+        teacher = cfg.backend.model_name
+    backend = _generation_backend(cfg)
+    try:
+        counts = run_data_eft(
+            args.source, args.out, backend, cfg.judge, seed=cfg.seed, teacher=teacher,
+            max_per_score_share=args.max_per_score_share, limit=args.limit, chunk_groups=cfg.backend.chunk_prompts,
+        )
+    finally:
+        backend.close()
+    print(f"EFT {args.source} -> {args.out} (teacher {teacher}; counts in {counts_path_for(args.out)})")
+    print(format_counts(counts))
+    if not counts["examples"]:
+        print("  warning: no example was kept; `srlm sft` cannot train on an empty EFT file")
+    return 0
+
+
 def run_convert(args: argparse.Namespace) -> int:
     from srlm.data.formats import read_records
     from srlm.io import write_jsonl
@@ -156,6 +180,27 @@ examples:
   srlm data oasst OpenAssistant/oasst1 --out data/oasst --langs en,de --eval-fraction 0.2
 """
 
+_EFT_HELP = """\
+Build LLM-as-a-Judge demonstrations (EFT) from human-ranked groups (Yuan et al. 2024, section 2.2):
+  1. a teacher judges every reply with the judge template (judge.num_samples samples; the first
+     with a parsable score is the demonstration), all texts logged; resumable;
+  2. a group is kept only if the teacher's scores order its replies as the humans did: a better
+     human rank needs a strictly higher score (equal human ranks: no constraint; equal scores
+     for different ranks: disagreement); a group with an unparsable reply is dropped (no_score);
+  3. no score value may exceed --max-per-score-share of the kept examples (random, seeded drops).
+
+The teacher is model.name_or_path of the config (--model overrides it); in the paper it is the
+SFT baseline, trained on IFT only (`srlm sft --no-eft`). Any backend works (backend.name=fake).
+
+Writes OUT {prompt, response, judgement, score, group_id, reply_id} (the EFT schema of `srlm sft`),
+OUT's stem + .judgements.jsonl (every judgement) and + .counts.json (kept/dropped, histograms).
+
+examples:
+  srlm data eft --source data/oasst/eft_source_train.jsonl --out data/oasst/eft_train.jsonl \\
+      --recipe oasst --model data/oasst/sft_baseline
+  srlm data eft --source eft_source_train.jsonl --out eft.jsonl backend.name=fake --limit 10
+"""
+
 _CONVERT_HELP = """\
 Convert instruction data to srlm's JSONL schemas:
   --kind ift      {"prompt", "response"} (+ id, source, lang when present)
@@ -218,6 +263,24 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     arg("--limit", type=_positive_int, default=None, metavar="N", help="use only the first N trees (quick runs)")
     arg("--split", default=None, help="Hub split to read (default: all splits)")
     oasst.set_defaults(func=run_oasst)
+
+    from srlm.cli import _add_config_args  # imported here: srlm.cli imports this module while building its parser
+
+    eft = commands.add_parser(
+        "eft", help="teacher-judged, human-agreeing judge demonstrations (EFT) from ranked groups",
+        description=_EFT_HELP, formatter_class=_FORMATTER,
+    )
+    arg = eft.add_argument
+    arg("--source", required=True, metavar="FILE", help="ranked groups from `srlm data oasst` (eft_source_train.jsonl)")
+    arg("--out", required=True, metavar="FILE", help="output EFT JSONL")
+    arg("--model", default=None, metavar="TEACHER",
+        help="teacher model: hub id, local directory or 'embedded' (default: model.name_or_path)")
+    # The default is srlm.data.eft.DEFAULT_MAX_PER_SCORE_SHARE, written out so `srlm --help` need not import it.
+    arg("--max-per-score-share", type=_threshold, default=0.4, metavar="F",
+        help="most share of the kept examples one score value may have; 1 = no rebalancing (default: 0.4)")
+    arg("--limit", type=_positive_int, default=None, metavar="N", help="use only the first N groups (quick runs)")
+    _add_config_args(eft)
+    eft.set_defaults(func=run_eft)
 
     convert = commands.add_parser(
         "convert", help="convert Alpaca/ShareGPT/OpenAI/... to srlm JSONL", description=_CONVERT_HELP,

@@ -98,18 +98,10 @@ def _config(args):
 
 
 def _backend(cfg, model: str | None):
-    """A generation backend for `model` (default: model.name_or_path of the config); no model for 'fake'."""
-    from srlm.backends import make_backend
+    """A generation backend for `model` (default: model.name_or_path of the config)."""
+    from srlm.backends import backend_for
 
-    loaded = None
-    if cfg.backend.name != "fake":
-        from srlm.models import load_model
-
-        m = cfg.model
-        loaded = load_model(model or m.name_or_path, chat_template=m.chat_template,
-                            trust_remote_code=m.trust_remote_code, dtype=m.dtype, device=m.device)
-    return make_backend(cfg.backend.name, loaded, max_batch_tokens=cfg.backend.max_batch_tokens,
-                        max_batch_size=cfg.backend.max_batch_size)
+    return backend_for(cfg, model or cfg.model.name_or_path)
 
 
 def _model_name(model: str | None, cfg) -> str:

@@ -15,23 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from srlm.backends import GenerationRequest, Sampling
+from srlm.backends import GenerationRequest, Sampling, backend_for
 from srlm.config import Config
 from srlm.io import iter_jsonl, stable_seed, write_json, write_jsonl
-
-
-def _backend(cfg: Config, model_path: str):
-    from srlm.backends import make_backend
-
-    loaded = None
-    if cfg.backend.name != "fake":
-        from srlm.models import load_model
-
-        m = cfg.model
-        loaded = load_model(model_path, chat_template=m.chat_template, trust_remote_code=m.trust_remote_code,
-                            dtype=m.dtype, device=m.device)
-    return make_backend(cfg.backend.name, loaded, max_batch_tokens=cfg.backend.max_batch_tokens,
-                        max_batch_size=cfg.backend.max_batch_size)
 
 
 def judge_accuracy(cfg: Config, model_path: str, out_dir: Path) -> dict:
@@ -40,7 +26,7 @@ def judge_accuracy(cfg: Config, model_path: str, out_dir: Path) -> dict:
 
     groups, _counts, _fmt = read_human_groups(cfg.eval.judge_data)
     groups = groups[: cfg.eval.judge_limit]
-    backend = _backend(cfg, model_path)
+    backend = backend_for(cfg, model_path)
     try:
         metrics, items = evaluate_judge(groups, backend, cfg.judge, seed=cfg.seed)
     finally:
@@ -50,7 +36,7 @@ def judge_accuracy(cfg: Config, model_path: str, out_dir: Path) -> dict:
 
 
 def _answers(cfg: Config, model_path: str, prompts: list[str]) -> list[str]:
-    backend = _backend(cfg, model_path)
+    backend = backend_for(cfg, model_path)
     try:
         sampling = Sampling(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.eval.max_new_tokens)
         requests = [GenerationRequest(f"heldout-{i}", sampling, stable_seed(cfg.seed, "heldout", i),
@@ -67,7 +53,7 @@ def winrate_vs_previous(cfg: Config, new_model: str, old_model: str, out_dir: Pa
     prompts = [r["prompt"] for r in iter_jsonl(cfg.eval.heldout_prompts, {"prompt": str})][: cfg.eval.heldout_limit]
     answers_new, answers_old = _answers(cfg, new_model, prompts), _answers(cfg, old_model, prompts)
     judge_path = new_model if cfg.eval.winrate_judge == "next" else cfg.eval.winrate_judge
-    judge = _backend(cfg, judge_path)
+    judge = backend_for(cfg, judge_path)
     try:
         result = pairwise_winrate(prompts, answers_new, answers_old, judge, seed=cfg.seed,
                                   max_new_tokens=cfg.eval.max_new_tokens)

@@ -59,7 +59,8 @@ def run_sft(
     *,
     seed: int,
     judge_template_file: str | None = None,
-    max_examples: int | None = None,
+    max_ift_examples: int | None = None,
+    max_eft_examples: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
     trust_remote_code: bool = False,
@@ -70,8 +71,8 @@ def run_sft(
 
     from srlm.models import load_model
 
-    ift = read_ift(ift_path, max_examples)
-    eft = read_eft(eft_path, max_examples) if eft_path else []
+    ift = read_ift(ift_path, max_ift_examples)
+    eft = read_eft(eft_path, max_eft_examples) if eft_path else []
     examples = build_sft_examples(ift, eft, load_template(judge_template_file), seed)
 
     loaded = load_model(model_path, chat_template=chat_template, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
