@@ -4,7 +4,7 @@
         backend = OpenAIBackend.create(None, base_url=server.url, model="stub")
         server.schedule("429", "truncate")               # the next two HTTP requests fail that way, then normal
         server.always = "503"                            # every request fails (until set back to None)
-        server.kill_after = 5                            # after 5 answers, drop connections and stop listening
+        server.kill_after = 5                            # after 5 requests, drop connections and stop listening
         server.stop(); server.restart()                  # refuse connections for a while, same port afterwards
 
 `POST /v1/chat/completions` and `POST /v1/completions` answer `min(n, max_choices)` choices. Choice `i`'s text is
@@ -13,8 +13,9 @@ answer an undisturbed one gets; with more words than `max_tokens` it is cut and 
 
 Faults (see `FAULTS`): "429" (with `Retry-After: 0`, or `retry_after` seconds), "500", "503", "400", "401",
 "hang" (sleep `hang_seconds` before answering, past a client's timeout), "malformed" (200 with a body that is not
-JSON), "no_choices" (200 with JSON without `choices`), "truncate" (Content-Length promises more than is sent,
-then the connection closes), "reset" (the connection closes before any answer). Refused connections come from
+JSON), "no_choices" (200 with JSON without `choices`), "bad_choice" (a choice without its text), "truncate"
+(Content-Length promises more than is sent, then the connection closes), "reset" (the connection closes before any
+answer). Refused connections come from
 `stop()` (or `kill_after`), which closes the listening socket.
 
 Only the standard library; the handler threads are daemons, so a hung handler never blocks a test's exit.
@@ -29,7 +30,7 @@ import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("429", "500", "503", "400", "401", "hang", "malformed", "no_choices", "truncate", "reset")
+FAULTS = ("429", "500", "503", "400", "401", "hang", "malformed", "no_choices", "bad_choice", "truncate", "reset")
 
 
 def reply_text(prompt, seed, index: int) -> str:
@@ -62,10 +63,12 @@ class _Handler(BaseHTTPRequestHandler):
         with stub.lock:
             if stub.killed:
                 return  # the server is going down: close without an answer
-            if stub.kill_after is not None and stub.answered >= stub.kill_after:
+            # Counted on arrival, under the lock: concurrent requests cannot all slip under the limit.
+            if stub.kill_after is not None and stub.served >= stub.kill_after:
                 stub.killed = True
                 threading.Thread(target=stub.stop, daemon=True).start()
                 return
+            stub.served += 1
             stub.log.append({"path": self.path, "authorization": self.headers.get("Authorization"), "body": body})
             fault = stub.faults.popleft() if stub.faults else stub.always
             stub.in_flight += 1
@@ -101,6 +104,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_raw(200, b'{"choices": [{"text": "unterminated')
         if fault == "no_choices":
             return self._send_json(200, {"object": "chat.completion", "error": None})
+        if fault == "bad_choice":
+            choice = {"index": 0, "finish_reason": "stop"}  # no `message` / `text`
+            return self._send_json(200, {"object": "chat.completion", "choices": [choice]})
         if fault == "hang":
             time.sleep(stub.hang_seconds)
         if stub.delay is not None:
@@ -114,8 +120,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload[: len(payload) // 2])
             self.wfile.flush()
             return  # HTTP/1.0: the connection closes now, with half the promised body
-        with stub.lock:
-            stub.answered += 1
         self._send_raw(200, payload)
 
     def _completion(self, stub: "FaultServer", body: dict) -> dict:
@@ -173,12 +177,12 @@ class FaultServer:
         self.retry_after = retry_after  # the Retry-After header of a 429
         self.delay = delay              # optional body -> seconds to wait before a normal answer
         self.always: str | None = None  # fault applied to every request with no scheduled fault
-        self.kill_after: int | None = None  # stop after this many answers
+        self.kill_after: int | None = None  # serve this many requests, then drop the next and stop listening
         self.faults: deque[str] = deque()
         self.log: list[dict] = []       # every request that reached the handler: path, authorization, body
         self.lock = threading.Lock()
         self._life = threading.Lock()   # serialises start/stop (stop may come from a handler's thread)
-        self.answered = 0
+        self.served = 0
         self.killed = False
         self.in_flight = self.max_in_flight = 0
         self.port = 0
@@ -218,10 +222,10 @@ class FaultServer:
             server.server_close()
 
     def restart(self, *, kill_after: int | None = None) -> "FaultServer":
-        """Listen again on the same port (after `stop()` or `kill_after`), with a fresh answer count."""
+        """Listen again on the same port (after `stop()` or `kill_after`), with a fresh request count."""
         self.stop()
         with self.lock:
-            self.kill_after, self.answered = kill_after, 0
+            self.kill_after, self.served = kill_after, 0
         return self.start()
 
     def __enter__(self) -> "FaultServer":

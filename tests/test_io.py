@@ -24,7 +24,7 @@ def test_read_jsonl_names_file_line_and_field(tmp_path):
         (b'["a"]\n', r"data.jsonl:1: expected a JSON object"),
         (b'{"prompt": "   "}\n', r"data.jsonl:1: field 'prompt' is empty"),
         (b"", r"data.jsonl: no records"),
-        (b'{"prompt": "a", "score": NaN}\n', r"data.jsonl:1: field 'score' is nan"),
+        (b'{"prompt": "a", "score": NaN}\n', r"data.jsonl:1: non-finite number NaN"),
     ],
 )
 def test_bad_files(tmp_path, content, message):

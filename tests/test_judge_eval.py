@@ -184,3 +184,15 @@ def test_read_human_groups_rejects_unknown_format(tmp_path):
     assert fmt == "pairs" and len(groups) == 3 and counts["groups"] == 3
     with pytest.raises(ValueError):
         read_human_groups(data, "csv")
+
+
+def test_ranked_groups_from_srlm_data_oasst_are_read(tmp_path):
+    from srlm.evaluation.judge_eval import read_human_groups
+
+    path = tmp_path / "eft_source_eval.jsonl"
+    path.write_text(json.dumps({"group_id": "g1", "prompt": "Why?", "replies": [
+        {"text": "Because.", "rank": 1, "reply_id": "r1"}, {"text": "A full answer.", "rank": 0, "reply_id": "r0"}]}) + "\n")
+    groups, counts, fmt = read_human_groups(path)
+    assert fmt == "groups" and counts == {"groups": 1}
+    assert groups[0].context == [{"role": "user", "content": "Why?"}]
+    assert sorted((r["reply_id"], r["rank"]) for r in groups[0].replies) == [("r0", 0), ("r1", 1)]

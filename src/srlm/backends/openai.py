@@ -24,7 +24,9 @@ it once the server is back resumes where it stopped.
 
 The API key is read once from the environment variable named by `api_key_env` and sent as
 `Authorization: Bearer ...`; it is never logged, and is kept out of repr, stats and exception messages (it is even
-scrubbed from error messages that the server echoes back). A key-less local server needs no variable set.
+scrubbed from error messages that the server echoes back). A key-less local server needs no variable set; note
+that the key is sent to whatever `base_url` is configured, so for a local or third-party server set
+`backend.api_key_env` to a variable meant for it (or null) rather than leave a real OpenAI key in OPENAI_API_KEY.
 
 Token counts are approximate where the server does not give them, see `count_prompt_tokens` and `_num_tokens`.
 Only the standard library is used, so this backend needs no extra.
@@ -231,7 +233,7 @@ class OpenAIBackend:
                 body["messages"] = request.messages
             else:
                 body["prompt"] = request.text
-            data = self._post_with_retries(url, body, request.request_id, abort)
+            data = self._post_with_retries(url, body, chat, request.request_id, abort)
             choices = data["choices"][:want]
             usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
             texts = [self._choice_text(choice, chat) for choice in choices]
@@ -253,20 +255,19 @@ class OpenAIBackend:
     @staticmethod
     def _choice_text(choice: dict, chat: bool) -> str:
         if chat:
-            message = choice.get("message")
             # `content` is null when a model answers only with a tool call or only with reasoning: an empty reply.
-            return (message.get("content") or "") if isinstance(message, dict) else ""
-        return choice.get("text") or ""
+            return choice["message"].get("content") or ""
+        return choice["text"]
 
-    def _post_with_retries(self, url: str, body: dict, request_id: str, abort: threading.Event) -> dict:
-        """The parsed JSON answer to `POST url`, with `choices` a non-empty list of dicts; retried as documented."""
+    def _post_with_retries(self, url: str, body: dict, chat: bool, request_id: str, abort: threading.Event) -> dict:
+        """The parsed JSON answer to `POST url`, its `choices` well-formed (see `_post_once`); retried as documented."""
         payload = json.dumps(body).encode("utf-8")
         attempts = self.max_retries + 1
         for attempt in range(attempts):
             if abort.is_set():
                 raise _Aborted()
             try:
-                return self._post_once(url, payload)
+                return self._post_once(url, payload, chat)
             except _RetryableError as exc:
                 last = exc
             if attempt < attempts - 1:
@@ -289,8 +290,12 @@ class OpenAIBackend:
         ceiling = min(self.max_backoff_seconds, self.backoff_seconds * (2 ** attempt))
         return ceiling * self._random.uniform(0.5, 1.0)
 
-    def _post_once(self, url: str, payload: bytes) -> dict:
-        """One HTTP attempt. Raises `_RetryableError` for what a retry may cure, `SrlmError` for what it cannot."""
+    def _post_once(self, url: str, payload: bytes, chat: bool) -> dict:
+        """One HTTP attempt. Raises `_RetryableError` for what a retry may cure, `SrlmError` for what it cannot.
+
+        A 2xx answer counts as malformed (and is retried) unless it is JSON with a non-empty `choices` list whose
+        entries carry a `message` object (chat) or a `text` field (raw completion).
+        """
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = self._key.reveal()
         if key:
@@ -320,8 +325,11 @@ class OpenAIBackend:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise _RetryableError(f"malformed JSON body ({len(raw)} bytes): {self._key.scrub(_head(raw))}") from None
         choices = data.get("choices") if isinstance(data, dict) else None
-        if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
-            raise _RetryableError(f"answer without choices: {self._key.scrub(_head(raw))}")
+        field, kind = ("message", dict) if chat else ("text", str)
+        if not isinstance(choices, list) or not choices or not all(
+            isinstance(c, dict) and isinstance(c.get(field), kind) for c in choices
+        ):
+            raise _RetryableError(f"answer without well-formed choices: {self._key.scrub(_head(raw))}")
         return data
 
 

@@ -160,14 +160,17 @@ def judge_groups(
     else:
         log_path = Path(log_path)
         partial = log_path.with_name(log_path.name + ".partial")
-        if log_path.exists() and not partial.exists():
+        reopened = log_path.exists() and not partial.exists()
+        if reopened:
             log_path.replace(partial)  # a finished log: reopen it for appending, so only new replies are judged
         writer = ResumableJsonlWriter(log_path, id_field="item_id")
         stale = [r for r in writer.records if r.get("log_key") != key]
         if stale:
+            if reopened:
+                partial.replace(log_path)  # leave it as it was found
             raise DataError(
-                f"{writer.partial_path if writer.partial_path.exists() else log_path}: written by another teacher, "
-                f"seed or judge setting ({len(stale)} records); delete it or choose another --out"
+                f"{log_path if reopened else partial}: written by another teacher, seed or judge setting "
+                f"({len(stale)} of {len(writer.records)} records); delete it or choose another --out"
             )
         done = {r["item_id"]: r for r in writer.records}
 
@@ -300,7 +303,11 @@ def _histogram(scores: Iterable[float]) -> dict[str, int]:
 
 
 def select_eft(
-    groups: Sequence[dict], judged: dict[str, dict], *, seed: int, max_per_score_share: float = DEFAULT_MAX_PER_SCORE_SHARE
+    groups: Sequence[dict],
+    judged: dict[str, dict],
+    *,
+    seed: int,
+    max_per_score_share: float = DEFAULT_MAX_PER_SCORE_SHARE,
 ) -> tuple[list[dict], dict]:
     """Steps 2-4 on judgements already made (`judge_groups`' output): the EFT records and the counts."""
     if not 0 < max_per_score_share <= 1:
@@ -331,11 +338,12 @@ def select_eft(
             })
 
     kept, report = rebalance(examples, max_per_score_share, seed)
+    parsed, total = counts["judgements_parsed"], counts["judgements"]
     result = {
         "groups": len(groups),
         "replies": sum(len(g["replies"]) for g in groups),
         "judgements": counts["judgements"],
-        "judge_parse_rate": round(counts["judgements_parsed"] / counts["judgements"], 4) if counts["judgements"] else None,
+        "judge_parse_rate": round(parsed / total, 4) if total else None,
         # The teacher's pairwise accuracy against humans on the groups it scored fully: a free judge-quality check.
         "teacher_pair_agreement": round(counts["pairs_agreeing"] / counts["pairs_ordered"], 4)
         if counts["pairs_ordered"] else None,
@@ -385,7 +393,7 @@ def run_data_eft(
     limit: int | None = None,
     chunk_groups: int = 16,
 ) -> dict:
-    """`srlm data eft`: read `source`, build, write `out`, `<out stem>.judgements.jsonl` and `<out stem>.counts.json`."""
+    """`srlm data eft`: read `source`, build, write `out`, `<stem>.judgements.jsonl` and `<stem>.counts.json`."""
     groups = read_eft_source(source, limit)
     log = log_path_for(out)
     records, counts = build_eft(groups, backend, judge_cfg, seed=seed, max_per_score_share=max_per_score_share,

@@ -300,7 +300,7 @@ def add_eval_commands(subparsers) -> None:
     p = sub.add_parser("judge", help="judge accuracy against human rankings (OASST trees or preference pairs)",
                        description=JUDGE_HELP, formatter_class=_FORMATTER)
     p.add_argument("--data", required=True, help="OpenAssistant trees JSONL or preference pairs JSONL (.gz ok)")
-    p.add_argument("--format", choices=("auto", "oasst", "pairs"), default="auto",
+    p.add_argument("--format", choices=("auto", "oasst", "pairs", "groups"), default="auto",
                    help="data format (default: detected from the first record)")
     p.add_argument("--model", help="judge model (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="metrics JSON; per-reply items go to <out stem>.items.jsonl")

@@ -35,7 +35,7 @@ from srlm.io import stable_seed, write_json, write_jsonl
 from srlm.judge import average_score, load_template, parse_score, render
 from srlm.stages.common import chunks, progress
 
-HUMAN_DATA_FORMATS = ("oasst", "pairs")
+HUMAN_DATA_FORMATS = ("oasst", "pairs", "groups")
 SCORE_POLICY = (
     "Each reply gets judge.num_samples judgements; its score is the mean of the parsable ones (a value in [0, 5]). "
     "A reply with no parsable judgement, or whose judge prompt was too long to send, has a missing score (never 0)."
@@ -78,13 +78,15 @@ def detect_human_data_format(path: str | Path) -> str:
                 raise DataError(f"{path}:{line_no}: malformed JSON ({exc.msg} at column {exc.colno})") from None
             if isinstance(record, dict) and isinstance(record.get("prompt"), dict):
                 return "oasst"
+            if isinstance(record, dict) and isinstance(record.get("replies"), list):
+                return "groups"  # `srlm data oasst`'s eft_source_*.jsonl
             if isinstance(record, dict) and ("chosen" in record or "rejected" in record):
                 return "pairs"  # the reader names a missing field better than a guess here could
             keys = ", ".join(sorted(record)[:10]) if isinstance(record, dict) else type(record).__name__
             raise DataError(
                 f"{path}:{line_no}: cannot tell the format (keys: {keys}); expected OpenAssistant trees "
-                "({message_tree_id, prompt: {text, role, replies}}) or preference pairs ({prompt?, chosen, rejected}); "
-                "pass --format oasst|pairs"
+                "({message_tree_id, prompt: {text, role, replies}}), preference pairs ({prompt?, chosen, rejected}) or "
+                "ranked groups ({group_id, prompt, replies}); pass --format oasst|pairs|groups"
             )
     raise DataError(f"{path}: no records")
 
@@ -97,6 +99,15 @@ def read_human_groups(path: str | Path, format: str = "auto") -> tuple[list[Rank
         groups, counts = read_oasst_trees(path)
     elif format == "pairs":
         groups, counts = read_preference_pairs(path)
+    elif format == "groups":
+        from srlm.data.eft import read_eft_source
+
+        records = read_eft_source(path)
+        groups = [RankedGroup(group_id=r["group_id"], context=[{"role": "user", "content": r["prompt"]}],
+                              replies=[dict(text=x["text"], rank=x["rank"], reply_id=x["reply_id"]) for x in r["replies"]],
+                              source=f"{path}:{i + 1}")
+                  for i, r in enumerate(records)]
+        counts = {"groups": len(groups)}
     else:
         raise ValueError(f"format must be 'auto' or one of {', '.join(HUMAN_DATA_FORMATS)}, got {format!r}")
     if not groups:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from srlm.config import LoraConfig
 from srlm.errors import SrlmError
-from srlm.models import save_model
+from srlm.models import fresh_dir, save_model
 
 
 def trainer_kwargs(*, cfg, device: str, dtype, seed: int, output_dir: str) -> dict:
@@ -98,9 +98,14 @@ def finish_and_save(trainer, tokenizer, out_dir: Path) -> None:
     save_model(model, tokenizer, out_dir)
 
 
-def scratch_dir(out_dir: Path) -> tempfile.TemporaryDirectory:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-trainer-", dir=out_dir.parent)
+@contextmanager
+def scratch_dir(out_dir: Path):
+    """The trainer's working folder beside the output, at a fixed name so a killed run's leftovers are cleared."""
+    path = fresh_dir(out_dir.parent / f".{out_dir.name}.trainer")
+    try:
+        yield str(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def log_history_stats(history: list[dict], keys: dict[str, str]) -> dict:
