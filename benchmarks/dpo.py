@@ -1,0 +1,62 @@
+"""DPO: srlm's DPO stage (TRL DPOTrainer, reference log-probs computed once, no reference copy in memory) vs TRL's
+DPOTrainer with default settings (a second model as reference, run at every step), on the same pairs.
+
+    python benchmarks/dpo.py [--pairs 16] [--json]
+
+Compared by pairs per second of training (the reference pass included on both sides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from common import Timer, prompts, report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from srlm.config import DpoConfig
+    from srlm.io import write_jsonl
+    from srlm.models import load_model, resolve_model_path
+    from srlm.stages.dpo import run_dpo
+
+    texts = prompts(args.pairs)
+    pairs = [{"prompt": [{"role": "user", "content": t}],
+              "chosen": [{"role": "assistant", "content": f"Here is a careful answer about: {t} " * 4}],
+              "rejected": [{"role": "assistant", "content": "I don't know."}]} for t in texts]
+    cfg = DpoConfig(epochs=1, learning_rate=5e-6, batch_size=4, micro_batch_size=2, max_length_tokens=512, dropout=0.0)
+    model_path = resolve_model_path("embedded")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_jsonl(Path(tmp) / "pairs.jsonl", pairs)
+        with Timer() as fast:
+            run_dpo(model_path, Path(tmp) / "pairs.jsonl", Path(tmp) / "out", cfg, seed=0)
+
+        lm = load_model(model_path)
+        baseline_args = DPOConfig(output_dir=str(Path(tmp) / "baseline"), per_device_train_batch_size=2,
+                                  gradient_accumulation_steps=2, num_train_epochs=1, learning_rate=5e-6,
+                                  max_length=512, use_cpu=True, bf16=False, report_to=[], save_strategy="no")
+        with Timer() as slow:
+            DPOTrainer(model=lm.model, args=baseline_args, train_dataset=Dataset.from_list(pairs),
+                       processing_class=lm.tokenizer).train()
+
+    fast_rate, slow_rate = args.pairs / fast.seconds, args.pairs / slow.seconds
+    result = {"benchmark": "dpo", "pairs": args.pairs, "srlm_pairs_per_s": round(fast_rate, 3),
+              "trl_default_pairs_per_s": round(slow_rate, 3), "speedup": round(fast_rate / slow_rate, 2)}
+    report("DPO: precomputed reference vs TRL default (reference model at every step)", [
+        ("srlm dpo pairs/s (load + train + save)", fast_rate, f"({fast.seconds:.1f} s)"),
+        ("TRL DPOTrainer default pairs/s (train only)", slow_rate, f"({slow.seconds:.1f} s)"),
+        ("speedup", fast_rate / slow_rate, "x"),
+    ], result, args.json)
+
+
+if __name__ == "__main__":
+    main()
