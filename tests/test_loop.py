@@ -124,3 +124,41 @@ def test_sigkill_during_generation_then_resume_equals_an_uninterrupted_run(tiny_
     assert snapshot(killed) == snapshot(clean)
     responses = read_jsonl(killed / "iter_1" / "responses.jsonl")
     assert len({r["response_id"] for r in responses}) == len(responses) == 24
+
+
+def test_side_stages_never_rerun_the_main_line(tiny_model_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_loop(small_config(tiny_model_dir, "loop.iterations=1"), run_dir)
+    capsys.readouterr()
+    # Turning on evaluation and the SFT baseline afterwards runs only those.
+    summary = run_loop(small_config(tiny_model_dir, "loop.iterations=1", "loop.sft_baseline=true",
+                                    *write_eval_files(tmp_path)), run_dir)
+    out = capsys.readouterr().out
+    for stage in ("sft", "iter_1/prompts", "iter_1/respond", "iter_1/judge", "iter_1/pairs", "iter_1/dpo"):
+        assert f"{stage}: already done" in out
+    for stage in ("eval_m1", "iter_1/eval", "sft_baseline", "eval_sft_baseline"):
+        assert f"{stage}: running" in out
+    assert summary["sft_baseline"]["eft_examples"] == 0 and summary["sft_baseline"]["ift_examples"] == 6
+    assert (run_dir / "models" / "sft_baseline" / "model.safetensors").exists()
+    assert summary["sft_baseline_judge_accuracy"]["n"] == 4
+
+
+def test_generated_prompts_are_decontaminated(tiny_model_dir, tmp_path):
+    from srlm.io import read_jsonl as read
+
+    # Everything the fake generator can write starts with one of six verbs; an evaluation set holding all its
+    # prompts of the first run makes a second run reject them as contaminated.
+    run_dir = tmp_path / "run"
+    run_loop(small_config(tiny_model_dir, "loop.iterations=1"), run_dir)
+    generated = read(run_dir / "iter_1" / "prompts.jsonl")
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in generated))
+    from srlm.stages.prompts import run_prompts
+    from srlm.backends import make_backend
+
+    cfg = small_config(tiny_model_dir, f"prompts.decontaminate_against=[{eval_file}]")
+    stats = run_prompts(["Explain tides.", "Describe a forest in autumn for a child."], [], tmp_path / "p.jsonl",
+                        make_backend("fake"), cfg.prompts, seed=cfg.seed)
+    assert stats["rejected"].get("contaminated", 0) >= len(generated)
+    kept = {r["prompt"] for r in read(tmp_path / "p.jsonl")} if stats["kept"] else set()
+    assert not kept & {r["prompt"] for r in generated}

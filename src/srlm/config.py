@@ -104,6 +104,10 @@ class PromptsConfig(_Section):
     generator: str = Field(
         "current", description="'current' = the model being trained (M_t); or a hub id / path of a fixed generator model."
     )
+    decontaminate_against: list[str] = Field(
+        default_factory=list, description="Evaluation prompt files (MT-Bench, AlpacaEval, any prompt file): a "
+        "generated prompt matching one exactly or nearly is rejected as 'contaminated'.",
+    )
 
 
 class RespondConfig(_Section):
@@ -165,6 +169,10 @@ class EvalConfig(_Section):
 
 class LoopConfig(_Section):
     iterations: int = Field(2, ge=0, description="Self-rewarding iterations after SFT (2 gives M3, as in the paper).")
+    sft_baseline: bool = Field(
+        False, description="Also train the paper's SFT baseline (IFT only) into models/sft_baseline, judged like M1 "
+        "when eval.judge_data is set.",
+    )
 
 
 class Config(_Section):

@@ -84,14 +84,14 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
     sft_stats = rd.stage(
         "sft", cfg.fingerprint("seed", "model", "data", "sft") + cfg.fingerprint("judge"), [m1 / "config.json"],
         lambda: run_sft(cfg.model.name_or_path, ift_path, eft_path, m1, cfg.sft, seed=cfg.seed,
-                        judge_template_file=cfg.judge.template_file, max_ift_examples=cfg.data.max_ift_examples, max_eft_examples=cfg.data.max_eft_examples,
-                        **_model_kwargs(cfg)),
+                        judge_template_file=cfg.judge.template_file, max_ift_examples=cfg.data.max_ift_examples,
+                        max_eft_examples=cfg.data.max_eft_examples, **_model_kwargs(cfg)),
     )
     summary = {"run_dir": str(rd.root), "sft": sft_stats, "iterations": []}
     if cfg.eval.judge_data:
         summary["m1_judge_accuracy"] = rd.stage(
             "eval_m1", cfg.fingerprint("eval", "judge"), [rd.root / "eval_m1" / "judge_accuracy.json"],
-            lambda: judge_accuracy(cfg, str(m1), rd.root / "eval_m1"),
+            lambda: judge_accuracy(cfg, str(m1), rd.root / "eval_m1"), side=True,
         )
     seeds = seed_prompt_texts(cfg)
 
@@ -141,7 +141,7 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         if cfg.eval.heldout_prompts or cfg.eval.judge_data:
             stats["eval"] = rd.stage(
                 f"iter_{t}/eval", cfg.fingerprint("eval", "judge"), [d / "eval"],
-                lambda: run_iteration_eval(cfg, str(model_next), str(model_t), d / "eval"),
+                lambda: run_iteration_eval(cfg, str(model_next), str(model_t), d / "eval"), side=True,
             )
         row = iteration_row(stats, rd.seconds(f"iter_{t}/"))
         summary["iterations"].append(row)
@@ -149,6 +149,19 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         summary["seconds"] = round(rd.seconds(""), 1)
         write_json(rd.root / "summary.json", summary)
 
+    if cfg.loop.sft_baseline:
+        # The paper's comparison model: the same SFT on IFT only, no judge demonstrations.
+        baseline = rd.root / "models" / "sft_baseline"
+        summary["sft_baseline"] = rd.stage(
+            "sft_baseline", cfg.fingerprint("seed", "model", "data", "sft"), [baseline / "config.json"],
+            lambda: run_sft(cfg.model.name_or_path, ift_path, None, baseline, cfg.sft, seed=cfg.seed,
+                            max_ift_examples=cfg.data.max_ift_examples, **_model_kwargs(cfg)), side=True,
+        )
+        if cfg.eval.judge_data:
+            summary["sft_baseline_judge_accuracy"] = rd.stage(
+                "eval_sft_baseline", cfg.fingerprint("eval", "judge"), [rd.root / "eval_sft_baseline" / "judge_accuracy.json"],
+                lambda: judge_accuracy(cfg, str(baseline), rd.root / "eval_sft_baseline"), side=True,
+            )
     summary["seconds"] = round(rd.seconds(""), 1)
     summary["final_model"] = str(rd.model_dir(cfg.loop.iterations + 1))
     write_json(rd.root / "summary.json", summary)
@@ -178,8 +191,8 @@ def iteration_row(stats: dict, seconds: float) -> dict:
         "rejected_len_mean": pr["rejected_len_mean"],
         "chosen_score_mean": pr["chosen_score_mean"],
         "rejected_score_mean": pr["rejected_score_mean"],
-        "dpo_reward_accuracy": dpo.get("reward_accuracy"),
-        "dpo_reward_margin": dpo.get("reward_margin"),
+        "dpo_reward_accuracy": dpo.get("reward_accuracy_last"),
+        "dpo_reward_margin": dpo.get("reward_margin_last"),
         "dpo_loss_first": dpo.get("loss_first"),
         "dpo_loss_last": dpo.get("loss_last"),
         "seconds": seconds,
@@ -198,8 +211,8 @@ def print_iteration_table(row: dict) -> None:
         ("pairs (dropped)", f"{row['pairs']} ({', '.join(f'{k} {v}' for k, v in row['pairs_dropped'].items()) or 'none'})"),
         ("chosen / rejected length", f"{row['chosen_len_mean']} / {row['rejected_len_mean']} chars"),
         ("chosen / rejected score", f"{row['chosen_score_mean']} / {row['rejected_score_mean']}"),
-        ("DPO reward accuracy", row["dpo_reward_accuracy"]),
-        ("DPO reward margin", row["dpo_reward_margin"]),
+        ("DPO reward accuracy (last step)", row["dpo_reward_accuracy"]),
+        ("DPO reward margin (last step)", row["dpo_reward_margin"]),
         ("seconds", row["seconds"]),
     ]
     evaluation = row.get("eval", {})

@@ -27,6 +27,7 @@ from typing import Callable
 
 from srlm.errors import SrlmError
 from srlm.io import read_json, write_json
+from srlm.stages.training import release_memory
 
 MANIFEST_VERSION = 1
 
@@ -51,31 +52,42 @@ class RunDir:
     def save(self) -> None:
         write_json(self.manifest_path, self.manifest)
 
-    def stage(self, key: str, config_fingerprint: str, outputs: list[Path], run: Callable[[], dict]) -> dict:
-        """Run `run()` unless the stage already finished with the same inputs; returns the stage's stats."""
-        self.chain = hashlib.sha256(f"{self.chain}|{key}|{config_fingerprint}".encode()).hexdigest()[:16]
+    def stage(
+        self, key: str, config_fingerprint: str, outputs: list[Path], run: Callable[[], dict], *, side: bool = False
+    ) -> dict:
+        """Run `run()` unless the stage already finished with the same inputs; returns the stage's stats.
+
+        A `side` stage (evaluation, the SFT baseline) depends on the stages before it, but nothing depends on it:
+        turning it on, off or changing its settings never reruns the main line of the loop.
+        """
+        fingerprint = hashlib.sha256(f"{self.chain}|{key}|{config_fingerprint}".encode()).hexdigest()[:16]
         entry = self.manifest["stages"].get(key)
         finished = (
-            entry is not None and entry["status"] == "done" and entry["fingerprint"] == self.chain
+            entry is not None and entry["status"] == "done" and entry["fingerprint"] == fingerprint
             and all(p.exists() for p in outputs)
         )
         if finished and not self.rerun_rest:
+            if not side:
+                self.chain = fingerprint
             print(f"srlm: {key}: already done, skipped", flush=True)
             return entry["stats"]
-        if entry is not None and entry["fingerprint"] != self.chain:
+        if entry is not None and entry["fingerprint"] != fingerprint:
             for out in outputs:  # records from a run with other settings must not be mixed in
                 for stale in out.parent.glob(f"{out.stem}*.partial"):
                     stale.unlink()
-        self.rerun_rest = True
-        resumed = entry is not None and entry["status"] == "running" and entry["fingerprint"] == self.chain
+        if not side:
+            self.chain = fingerprint
+            self.rerun_rest = True
+        resumed = entry is not None and entry["status"] == "running" and entry["fingerprint"] == fingerprint
         print(f"srlm: {key}: {'resuming' if resumed else 'running'}", flush=True)
-        self.manifest["stages"][key] = {"status": "running", "fingerprint": self.chain, "started": time.time()}
+        self.manifest["stages"][key] = {"status": "running", "fingerprint": fingerprint, "started": time.time()}
         self.save()
         start = time.perf_counter()
         stats = run()
+        release_memory()
         self.manifest["stages"][key] = {
             "status": "done",
-            "fingerprint": self.chain,
+            "fingerprint": fingerprint,
             "seconds": round(time.perf_counter() - start, 1),
             "outputs": [str(p.relative_to(self.root)) for p in outputs],
             "stats": stats,

@@ -11,6 +11,7 @@ top-p 0.9. Every new item goes through Self-Instruct's filters, in this order, a
   punctuation  starts with punctuation;  non_ascii  starts with a non-ASCII character
   duplicate    the same text (case and spacing aside) as a pool prompt
   similar      ROUGE-L F above `rouge_l_max` (0.7) against any pool prompt (a near duplicate)
+  contaminated matches a prompt of an evaluation set in `decontaminate_against`, exactly or nearly
 The pool is the seed prompts, earlier generated prompts and the ones kept so far. Attempts stop when `num_prompts`
 are kept or `max_attempts` are spent.
 
@@ -93,6 +94,19 @@ class PromptFilter:
         return None
 
 
+def _evaluation_prompts(paths: list[str]) -> list[str]:
+    from srlm.data.formats import load_records
+
+    return [r["prompt"] for path in paths for r in load_records(path, kind="prompts")]
+
+
+def _is_contaminated(text: str, eval_prompts: list[str]) -> bool:
+    from srlm.data.decontaminate import decontaminate
+
+    kept, _report = decontaminate([{"prompt": text}], eval_prompts)
+    return not kept
+
+
 def run_prompts(
     seed_prompts: list[str],
     earlier_generated: list[str],
@@ -110,6 +124,7 @@ def run_prompts(
     log = ResumableJsonlWriter(out_path.with_name(out_path.stem + ".attempts.jsonl"), id_field="attempt")
 
     prompt_filter = PromptFilter(seed_prompts + earlier_generated, cfg)
+    eval_prompts = _evaluation_prompts(cfg.decontaminate_against)
     generated = list(earlier_generated)  # demos of the "generated" kind
     kept: list[dict] = []
     rejected: Counter = Counter()
@@ -121,6 +136,8 @@ def run_prompts(
                 rejected["over_budget"] += 1
                 continue
             reason = prompt_filter.check(text)
+            if reason is None and eval_prompts and _is_contaminated(text, eval_prompts):
+                reason = "contaminated"
             if reason:
                 rejected[reason] += 1
                 continue

@@ -109,12 +109,15 @@ def scratch_dir(out_dir: Path):
 
 
 def log_history_stats(history: list[dict], keys: dict[str, str]) -> dict:
-    """Means of logged training metrics (e.g. rewards/accuracies) over all logged steps, plus the first and last loss."""
+    """Logged training metrics (e.g. rewards/accuracies): the mean over all logged steps and the value at the last
+    one (`<name>_last`), plus the first and last loss. The first DPO step always shows accuracy 0 (policy equals
+    reference), so the last value is the one that says where training ended."""
     out = {}
     for key, name in keys.items():
         values = [h[key] for h in history if key in h and isinstance(h[key], (int, float))]
         if values:
             out[name] = round(sum(values) / len(values), 4)
+            out[f"{name}_last"] = round(values[-1], 4)
     losses = [h["loss"] for h in history if "loss" in h]
     if losses:
         out["loss_first"], out["loss_last"] = round(losses[0], 4), round(losses[-1], 4)
@@ -123,3 +126,15 @@ def log_history_stats(history: list[dict], keys: dict[str, str]) -> dict:
         out["train_seconds"] = round(train[-1]["train_runtime"], 3)
     out["steps"] = max((h.get("step", 0) for h in history), default=0)
     return out
+
+
+def release_memory() -> None:
+    """Give freed memory back to the operating system between stages, so one process's peak is one stage's peak."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
