@@ -9,9 +9,10 @@ the scale-out recipes. Everything runs on the 2-layer tiny model (tests/tiny_mod
 - Every shipped accelerate config goes through accelerate's own config loader and launch validation, and the two
   scale-out recipes validate.
 
-Tests marked xfail(strict=True) pin changes that srlm's stage code needs under several processes (see their
-reasons and docs/scale-out.md, "Known limits"); each will XPASS, and so fail, once its change is in: then drop the
-marker.
+Some changes are still needed in srlm's stage code under several processes (docs/scale-out.md, "Known limits").
+The unit tests that pin them are xfail(strict=True): each will XPASS, and so fail, once its change is in; then drop
+its marker. The 2-process runs always check the loss curve, and xfail (with the reason) only on the signature of
+a missing change: DPO's reference-log-prob cache (every time) and the shared-folder race at save time (sometimes).
 """
 
 from __future__ import annotations
@@ -146,16 +147,46 @@ def _assert_same_curve(single: str, multi: str, steps: int) -> None:
 # Training under accelerate launch
 
 
+def _launch_two(stage_args: list[str]) -> tuple[str, distributed.LaunchError | None]:
+    """Rank 0's stdout of a 2-process run, and how the run failed, if it did: the steps it logged are still there."""
+    try:
+        return _run_two_processes(stage_args), None
+    except distributed.LaunchError as exc:
+        return exc.stdout, exc
+
+
+def _xfail_if_known(failure: distributed.LaunchError | None) -> None:
+    """A 2-process run that failed with the signature of a change still missing in srlm is an expected failure:
+    DPO's reference-log-prob cache (WHY_DPO, every time, before the first step), and the folders both ranks share
+    (WHY_SAVE and WHY_SCRATCH, a race: sometimes, before or after training). Any other failure is a real one."""
+    if failure is None:
+        return
+    text, last = str(failure), str(failure).splitlines()[-1].strip()
+    for marker, why in (("hf_datasets-", WHY_DPO), (".saving", WHY_SAVE), (".trainer", WHY_SCRATCH)):
+        if marker in text:
+            pytest.xfail(f"{why}. This run failed with: {last}")
+    raise failure
+
+
+def _check_two_process_run(single: str, multi: str, failure: distributed.LaunchError | None) -> None:
+    """The loss per step, whenever the run got to train; then the failure, if any, must be a known one."""
+    if failure is not None and not _logged_losses(multi):
+        _xfail_if_known(failure)  # failed before the first step
+    _assert_same_curve(single, multi, steps=TRAIN_EXAMPLES // GLOBAL_BATCH)
+    _xfail_if_known(failure)
+    assert _ranks_reporting(multi) == 2  # really two ranks, not a silent single one
+
+
 def test_sft_two_gloo_processes_match_one_process(tiny_model_dir, tmp_path):
     from srlm.models import load_model
 
     common = ["--model", str(tiny_model_dir), *SFT_ARGS]
     single = _run_single(["sft", "--out", str(tmp_path / "single"), *common, f"sft.batch_size={GLOBAL_BATCH}"])
-    multi = _run_two_processes(["sft", "--out", str(tmp_path / "multi"), *common,
-                                f"sft.batch_size={_two_process_batch_size('sft')}"])
+    multi, failure = _launch_two(["sft", "--out", str(tmp_path / "multi"), *common,
+                                  f"sft.batch_size={_two_process_batch_size('sft')}"])
 
-    assert _ranks_reporting(single) == 1 and _ranks_reporting(multi) == 2  # really two ranks, not a silent one
-    _assert_same_curve(single, multi, steps=TRAIN_EXAMPLES // GLOBAL_BATCH)
+    _check_two_process_run(single, multi, failure)
+    assert _ranks_reporting(single) == 1
     assert _max_weight_difference(tmp_path / "single", tmp_path / "multi") <= WEIGHT_TOL
     loaded = load_model(str(tmp_path / "multi"), device="cpu")  # a plain, loadable checkpoint
     assert loaded.model.config.use_cache
@@ -177,16 +208,14 @@ def pairs_file(tmp_path) -> Path:
     return tmp_path / "pairs.jsonl"
 
 
-@pytest.mark.xfail(reason=WHY_DPO, raises=SrlmError, strict=True)
 def test_dpo_two_gloo_processes_match_one_process(tiny_model_dir, tmp_path, pairs_file):
     common = ["--model", str(tiny_model_dir), "--pairs", str(pairs_file), *DPO_ARGS]
     single = _run_single(["dpo", "--out", str(tmp_path / "single"), *common, f"dpo.batch_size={GLOBAL_BATCH}"])
-    multi = _run_two_processes(["dpo", "--out", str(tmp_path / "multi"), *common,
-                                f"dpo.batch_size={_two_process_batch_size('dpo')}"])
-
-    assert _ranks_reporting(multi) == 2
-    _assert_same_curve(single, multi, steps=TRAIN_EXAMPLES // GLOBAL_BATCH)
+    multi, failure = _launch_two(["dpo", "--out", str(tmp_path / "multi"), *common,
+                                  f"dpo.batch_size={_two_process_batch_size('dpo')}"])
+    _check_two_process_run(single, multi, failure)
     assert _max_weight_difference(tmp_path / "single", tmp_path / "multi") <= WEIGHT_TOL
+    assert not list(tmp_path.glob(".*"))
 
 
 @pytest.mark.xfail(reason=WHY_GLOBAL_BATCH, raises=AssertionError, strict=True)

@@ -48,6 +48,14 @@ ACCELERATE_CONFIGS = ("ddp", "zero2", "zero3", "fsdp", "cpu_gloo_2proc")
 # Launching the training stages
 
 
+class LaunchError(SrlmError):
+    """A launched stage failed. Carries the exit status and, when it was captured, the output of the ranks."""
+
+    def __init__(self, message: str, *, returncode: int | None, stdout: str = "", stderr: str = ""):
+        super().__init__(message)
+        self.returncode, self.stdout, self.stderr = returncode, stdout or "", stderr or ""
+
+
 def accelerate_config_path(name_or_path: str) -> Path:
     """A shipped accelerate config by short name (`zero3`, `cpu_gloo_2proc`, ...) or any existing file."""
     path = Path(name_or_path).expanduser()
@@ -98,8 +106,9 @@ def run_launched(
     capture_output: bool = False,
     timeout_seconds: float | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run `launch_command(...)` and wait for it. A failure raises `SrlmError` with the command, the exit status and,
-    when the output was captured, the end of stderr (otherwise the ranks' tracebacks are already on the terminal).
+    """Run `launch_command(...)` and wait for it. A failure raises `LaunchError` (an `SrlmError`) with the command,
+    the exit status and, when the output was captured, the ranks' error lines (otherwise their tracebacks are
+    already on the terminal); the captured stdout and stderr travel on the exception.
 
     `env` replaces the environment when given (start from `os.environ`). With `capture_output=True`, stdout and
     stderr come back as text on the result: the trainer's per-step logs are printed to stdout by rank 0.
@@ -113,8 +122,9 @@ def run_launched(
     try:
         result = subprocess.run(command, env=env, cwd=cwd, capture_output=capture_output, text=True,
                                 timeout=timeout_seconds)
-    except subprocess.TimeoutExpired:
-        raise SrlmError(f"launched command did not finish within {timeout_seconds} s: {shown}") from None
+    except subprocess.TimeoutExpired as exc:
+        raise LaunchError(f"launched command did not finish within {timeout_seconds} s: {shown}", returncode=None,
+                          stdout=_text(exc.stdout), stderr=_text(exc.stderr)) from None
     except OSError as exc:
         raise SrlmError(f"cannot start {shown}: {exc}") from None
     if result.returncode != 0:
@@ -123,8 +133,13 @@ def run_launched(
             errors = _rank_errors(result.stderr or "")
             lines = errors or (result.stderr or "").strip().splitlines()[-15:] or ["(no stderr)"]
             detail = ("the ranks' errors:" if errors else "end of stderr:") + "\n    " + "\n    ".join(lines)
-        raise SrlmError(f"launched command failed with exit status {result.returncode}: {shown}\n  {detail}")
+        raise LaunchError(f"launched command failed with exit status {result.returncode}: {shown}\n  {detail}",
+                          returncode=result.returncode, stdout=result.stdout, stderr=result.stderr)
     return result
+
+
+def _text(output) -> str:
+    return output.decode("utf-8", "replace") if isinstance(output, bytes) else output or ""
 
 
 # Lines of the launcher's own report (torchrun's ChildFailedError, accelerate's CalledProcessError): they say that a

@@ -40,6 +40,7 @@ def trainer_kwargs(*, cfg, device: str, dtype, seed: int, output_dir: str) -> di
         seed=seed,
         data_seed=seed,
         logging_steps=1,
+        logging_nan_inf_filter=False,  # the default hides a NaN loss from the logs, and so from the guard below
         save_strategy="no",
         report_to=[],
         dataloader_num_workers=0,
@@ -78,12 +79,13 @@ def nan_guard():
 
     class StopOnNonFiniteLoss(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                raise SrlmError(
-                    f"training loss became {loss} at step {state.global_step}; stopping without saving a model "
-                    "(lower the learning rate, or check the data)"
-                )
+            for key in ("loss", "grad_norm"):
+                value = (logs or {}).get(key)
+                if isinstance(value, (int, float)) and not math.isfinite(value):
+                    raise SrlmError(
+                        f"training {key} became {value} at step {state.global_step}; stopping without saving a "
+                        "model (lower the learning rate, or check the data)"
+                    )
 
     return StopOnNonFiniteLoss()
 

@@ -1,0 +1,93 @@
+"""SFT and DPO through TRL on the tiny model: full and LoRA, the reference model, and the training fault guards."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from srlm.config import DpoConfig, SftConfig
+from srlm.errors import SrlmError
+from srlm.stages.dpo import run_dpo
+from srlm.stages.sft import run_sft
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+@pytest.fixture
+def data(tmp_path):
+    ift = tmp_path / "ift.jsonl"
+    ift.write_text("".join(json.dumps({"prompt": f"What is {i} plus {i}?", "response": f"It is {2 * i}."}) + "\n"
+                           for i in range(4)))
+    eft = tmp_path / "eft.jsonl"
+    eft.write_text("".join(json.dumps({"prompt": f"What is {i} plus {i}?", "response": "No idea.",
+                                       "judgement": "The response does not answer.\nScore: 1"}) + "\n" for i in range(4)))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}],
+                                         "chosen": [{"role": "assistant", "content": f"It is {2 * i}."}],
+                                         "rejected": [{"role": "assistant", "content": "No idea at all."}]}) + "\n"
+                             for i in range(4)))
+    return ift, eft, pairs
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_sft_then_dpo_change_the_weights_and_save_plain_checkpoints(tiny_model_dir, tmp_path, data, lora):
+    ift, eft, pairs = data
+    sft_cfg = SftConfig(epochs=1, batch_size=2, micro_batch_size=1, learning_rate=1e-3, dropout=0.0,
+                        lora={"enabled": lora, "r": 4, "alpha": 8})
+    stats = run_sft(str(tiny_model_dir), ift, eft, tmp_path / "m1", sft_cfg, seed=0)
+    assert stats["ift_examples"] == 4 and stats["eft_examples"] == 4 and stats["steps"] == 4
+    assert "loss_first" in stats and "loss_last" in stats
+    base, m1 = _weights(tiny_model_dir), _weights(tmp_path / "m1")
+    assert set(m1) == set(base)  # LoRA merged: no adapter tensors, same names as the base model
+    assert any(not (m1[k] == base[k]).all() for k in base)
+
+    dpo_cfg = DpoConfig(epochs=1, batch_size=2, micro_batch_size=1, learning_rate=1e-3, dropout=0.0,
+                        lora={"enabled": lora, "r": 4, "alpha": 8})
+    stats = run_dpo(str(tmp_path / "m1"), pairs, tmp_path / "m2", dpo_cfg, seed=0)
+    assert stats["pairs"] == 4 and stats["loss_first"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference
+    assert "reward_accuracy_last" in stats and "reward_margin_last" in stats
+    m2 = _weights(tmp_path / "m2")
+    assert set(m2) == set(base) and any(not (m2[k] == m1[k]).all() for k in m1)
+    assert not list(tmp_path.glob(".m*"))  # no trainer scratch or staging folders left behind
+
+
+def test_exploding_loss_stops_without_writing_a_model(tiny_model_dir, tmp_path, data):
+    ift, eft, _ = data
+    cfg = SftConfig(epochs=3, batch_size=1, micro_batch_size=1, learning_rate=1e9, learning_rate_end=1e9, dropout=0.0)
+    with pytest.raises(SrlmError, match="training (loss|grad_norm) became (nan|inf)"):
+        run_sft(str(tiny_model_dir), ift, eft, tmp_path / "m1", cfg, seed=0)
+    assert not (tmp_path / "m1").exists()
+
+
+def test_not_enough_disk_is_found_before_training(tiny_model_dir, tmp_path, data, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    ift, eft, _ = data
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
+    with pytest.raises(SrlmError, match="GiB free, saving the model needs about"):
+        run_sft(str(tiny_model_dir), ift, eft, tmp_path / "m1", SftConfig(epochs=1, batch_size=1, micro_batch_size=1),
+                seed=0)
+    assert not (tmp_path / "m1").exists()
+
+
+def test_dpo_refuses_an_empty_pair_file(tiny_model_dir, tmp_path):
+    (tmp_path / "pairs.jsonl").write_text("")
+    with pytest.raises(SrlmError, match="zero preference pairs; refusing to train on nothing"):
+        run_dpo(str(tiny_model_dir), tmp_path / "pairs.jsonl", tmp_path / "m2", DpoConfig(), seed=0)
+
+
+def test_prompts_longer_than_the_limit_are_skipped_and_counted(tmp_path):
+    from srlm.backends import make_backend
+    from srlm.config import RespondConfig
+    from srlm.stages.respond import run_respond
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "short one"}) + "\n" + json.dumps({"prompt": "long " * 50}) + "\n")
+    stats = run_respond(prompts, tmp_path / "r.jsonl", make_backend("fake"), RespondConfig(max_prompt_tokens=10), seed=0)
+    assert stats["skipped_prompt_too_long"] == 1 and stats["prompts"] == 1 and stats["responses"] == 4
