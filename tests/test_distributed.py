@@ -9,10 +9,9 @@ the scale-out recipes. Everything runs on the 2-layer tiny model (tests/tiny_mod
 - Every shipped accelerate config goes through accelerate's own config loader and launch validation, and the two
   scale-out recipes validate.
 
-Some changes are still needed in srlm's stage code under several processes (docs/scale-out.md, "Known limits").
-The unit tests that pin them are xfail(strict=True): each will XPASS, and so fail, once its change is in; then drop
-its marker. The 2-process runs always check the loss curve, and xfail (with the reason) only on the signature of
-a missing change: DPO's reference-log-prob cache (every time) and the shared-folder race at save time (sometimes).
+Under several processes, `batch_size` is the global batch, only rank 0 writes the model and clears the shared
+scratch folder, and DPO's pairs are saved to disk by rank 0 so every rank reads the same reference-log-prob cache:
+the unit tests below pin each of these.
 """
 
 from __future__ import annotations
@@ -55,30 +54,6 @@ SFT_ARGS = ["sft.micro_batch_size=1", "sft.epochs=1", "data.max_ift_examples=8",
 DPO_ARGS = ["dpo.micro_batch_size=1", "dpo.epochs=1", "dpo.dropout=0.0", "dpo.learning_rate=1e-3",
             "dpo.learning_rate_end=1e-4", "dpo.max_length_tokens=2048"]
 
-# Why each xfail below fails today, and the change in srlm's stage code that makes it pass (the full patch is in
-# docs/scale-out.md, "Known limits").
-WHY_GLOBAL_BATCH = (
-    "srlm/stages/training.py trainer_kwargs: gradient_accumulation_steps = batch_size // micro_batch_size ignores the "
-    "number of processes, so under N processes the global batch is N x batch_size; it must be "
-    "batch_size // (micro_batch_size * int(os.environ.get('WORLD_SIZE', '1')))"
-)
-WHY_SAVE = (
-    "srlm/stages/training.py finish_and_save: every rank calls save_model into the same out_dir (each one rmtree's "
-    "the shared staging folder .<out>.saving); only trainer.is_world_process_zero() may save, then all ranks "
-    "trainer.accelerator.wait_for_everyone()"
-)
-WHY_SCRATCH = (
-    "srlm/stages/training.py scratch_dir: every rank fresh_dir()s and rmtree()s the shared .<out>.trainer folder; only "
-    "rank 0 (os.environ RANK, the process group does not exist yet) may clear and remove it"
-)
-WHY_DPO = (
-    "srlm/stages/dpo.py run_dpo: Dataset.from_list(pairs) is in memory, so TRL's precomputed reference log-probs are "
-    "cached in each rank's own temporary folder and rank 1 cannot find rank 0's cache (FileNotFoundError "
-    "/tmp/hf_datasets-*/cache-*.arrow); with several processes the dataset must be saved by rank 0 into the shared "
-    "scratch folder and loaded back (save_to_disk under args.main_process_first(local=False), then load_from_disk)"
-)
-
-
 def _env() -> dict[str, str]:
     # One thread per process: another job on this machine measures CPU time, and two ranks share 2 cores anyway.
     return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
@@ -108,24 +83,10 @@ def _logged_losses(stdout: str) -> list[float]:
 
 
 def _ranks_reporting(stdout: str) -> int:
-    """How many processes ran the stage: each prints its stats (a JSON object with "steps")."""
-    return len(re.findall(r'^\s*"steps": \d+', stdout, flags=re.M))
-
-
-def _two_process_batch_size(kind: str) -> int:
-    """The `<stage>.batch_size` that makes the global batch GLOBAL_BATCH on 2 processes, whichever meaning srlm's
-    trainer setup gives the key: per process today, global once WHY_GLOBAL_BATCH is fixed. Asked of the code
-    itself, so this test stays right before and after that change."""
-    import torch
-
-    from srlm.config import DpoConfig, SftConfig
-    from srlm.stages.training import trainer_kwargs
-
-    cfg = (SftConfig if kind == "sft" else DpoConfig)(batch_size=GLOBAL_BATCH, micro_batch_size=1)
-    with mock.patch.dict(os.environ, {"WORLD_SIZE": "2"}):
-        kwargs = trainer_kwargs(cfg=cfg, device="cpu", dtype=torch.float32, seed=0, output_dir="unused")
-    batch_size_is_global = kwargs["gradient_accumulation_steps"] * 1 * 2 == GLOBAL_BATCH  # accumulation x micro x ranks
-    return GLOBAL_BATCH if batch_size_is_global else GLOBAL_BATCH // 2
+    """How many processes ran the stage, as the trainer saw it (rank 0 prints the stats, with "processes")."""
+    found = re.findall(r'^\s*"processes": (\d+)', stdout, flags=re.M)
+    assert len(found) == 1, "the stats must be printed once, by rank 0"
+    return int(found[0])
 
 
 def _max_weight_difference(a: Path, b: Path) -> float:
@@ -147,33 +108,8 @@ def _assert_same_curve(single: str, multi: str, steps: int) -> None:
 # Training under accelerate launch
 
 
-def _launch_two(stage_args: list[str]) -> tuple[str, distributed.LaunchError | None]:
-    """Rank 0's stdout of a 2-process run, and how the run failed, if it did: the steps it logged are still there."""
-    try:
-        return _run_two_processes(stage_args), None
-    except distributed.LaunchError as exc:
-        return exc.stdout, exc
-
-
-def _xfail_if_known(failure: distributed.LaunchError | None) -> None:
-    """A 2-process run that failed with the signature of a change still missing in srlm is an expected failure:
-    DPO's reference-log-prob cache (WHY_DPO, every time, before the first step), and the folders both ranks share
-    (WHY_SAVE and WHY_SCRATCH, a race: sometimes, before or after training). Any other failure is a real one."""
-    if failure is None:
-        return
-    text, last = str(failure), str(failure).splitlines()[-1].strip()
-    for marker, why in (("hf_datasets-", WHY_DPO), (".saving", WHY_SAVE), (".trainer", WHY_SCRATCH)):
-        if marker in text:
-            pytest.xfail(f"{why}. This run failed with: {last}")
-    raise failure
-
-
-def _check_two_process_run(single: str, multi: str, failure: distributed.LaunchError | None) -> None:
-    """The loss per step, whenever the run got to train; then the failure, if any, must be a known one."""
-    if failure is not None and not _logged_losses(multi):
-        _xfail_if_known(failure)  # failed before the first step
+def _check_two_process_run(single: str, multi: str) -> None:
     _assert_same_curve(single, multi, steps=TRAIN_EXAMPLES // GLOBAL_BATCH)
-    _xfail_if_known(failure)
     assert _ranks_reporting(multi) == 2  # really two ranks, not a silent single one
 
 
@@ -182,10 +118,8 @@ def test_sft_two_gloo_processes_match_one_process(tiny_model_dir, tmp_path):
 
     common = ["--model", str(tiny_model_dir), *SFT_ARGS]
     single = _run_single(["sft", "--out", str(tmp_path / "single"), *common, f"sft.batch_size={GLOBAL_BATCH}"])
-    multi, failure = _launch_two(["sft", "--out", str(tmp_path / "multi"), *common,
-                                  f"sft.batch_size={_two_process_batch_size('sft')}"])
-
-    _check_two_process_run(single, multi, failure)
+    multi = _run_two_processes(["sft", "--out", str(tmp_path / "multi"), *common, f"sft.batch_size={GLOBAL_BATCH}"])
+    _check_two_process_run(single, multi)
     assert _ranks_reporting(single) == 1
     assert _max_weight_difference(tmp_path / "single", tmp_path / "multi") <= WEIGHT_TOL
     loaded = load_model(str(tmp_path / "multi"), device="cpu")  # a plain, loadable checkpoint
@@ -211,19 +145,27 @@ def pairs_file(tmp_path) -> Path:
 def test_dpo_two_gloo_processes_match_one_process(tiny_model_dir, tmp_path, pairs_file):
     common = ["--model", str(tiny_model_dir), "--pairs", str(pairs_file), *DPO_ARGS]
     single = _run_single(["dpo", "--out", str(tmp_path / "single"), *common, f"dpo.batch_size={GLOBAL_BATCH}"])
-    multi, failure = _launch_two(["dpo", "--out", str(tmp_path / "multi"), *common,
-                                  f"dpo.batch_size={_two_process_batch_size('dpo')}"])
-    _check_two_process_run(single, multi, failure)
+    multi = _run_two_processes(["dpo", "--out", str(tmp_path / "multi"), *common, f"dpo.batch_size={GLOBAL_BATCH}"])
+    _check_two_process_run(single, multi)
     assert _max_weight_difference(tmp_path / "single", tmp_path / "multi") <= WEIGHT_TOL
     assert not list(tmp_path.glob(".*"))
 
 
-@pytest.mark.xfail(reason=WHY_GLOBAL_BATCH, raises=AssertionError, strict=True)
 def test_batch_size_is_the_global_batch_under_several_processes():
-    assert _two_process_batch_size("sft") == GLOBAL_BATCH
+    import torch
+
+    from srlm.config import SftConfig
+    from srlm.stages.training import trainer_kwargs
+
+    with mock.patch.dict(os.environ, {"WORLD_SIZE": "2"}):
+        kwargs = trainer_kwargs(cfg=SftConfig(batch_size=GLOBAL_BATCH, micro_batch_size=1), device="cpu",
+                                dtype=torch.float32, seed=0, output_dir="unused")
+        assert kwargs["gradient_accumulation_steps"] * 1 * 2 == GLOBAL_BATCH  # accumulation x micro x ranks
+        with pytest.raises(SrlmError, match="multiple of micro_batch_size 1 x 2 processes"):
+            trainer_kwargs(cfg=SftConfig(batch_size=3, micro_batch_size=1), device="cpu", dtype=torch.float32,
+                           seed=0, output_dir="unused")
 
 
-@pytest.mark.xfail(reason=WHY_SAVE, raises=AssertionError, strict=True)
 @pytest.mark.parametrize("rank", [0, 1])
 def test_only_rank_zero_writes_the_model_and_all_ranks_wait(tmp_path, rank):
     from tiny_model import build_tiny_model
@@ -245,7 +187,6 @@ def test_only_rank_zero_writes_the_model_and_all_ranks_wait(tmp_path, rank):
     assert barriers == [rank]
 
 
-@pytest.mark.xfail(reason=WHY_SCRATCH, raises=AssertionError, strict=True)
 def test_scratch_folder_belongs_to_rank_zero(tmp_path):
     from srlm.stages.training import scratch_dir
 
@@ -324,9 +265,9 @@ def test_two_shard_processes_merge_to_the_single_process_files(tiny_model_dir, t
     write_jsonl(tmp_path / "prompts.jsonl", prompts)
 
     single = tmp_path / "single"
-    subprocess.run([sys.executable, "-c", SHARD_DRIVER, str(tmp_path / "prompts.jsonl"), str(single / "responses.jsonl"),
-                    str(single / "judgements.jsonl"), str(tiny_model_dir)], env=_env(), check=True, timeout=300,
-                   capture_output=True)
+    subprocess.run([sys.executable, "-c", SHARD_DRIVER, str(tmp_path / "prompts.jsonl"),
+                    str(single / "responses.jsonl"), str(single / "judgements.jsonl"), str(tiny_model_dir)],
+                   env=_env(), check=True, timeout=300, capture_output=True)
 
     # Two shard processes at once: each answers its prompts and judges its own answers, as one GPU each would.
     shards = distributed.write_shards(tmp_path / "prompts.jsonl", 2, kind="prompts", out_dir=tmp_path / "shards")
@@ -481,7 +422,9 @@ def test_scale_out_recipes_validate(recipe, capsys):
 
 def test_docs_name_only_shipped_configs_and_recipes():
     docs = (Path(__file__).resolve().parents[1] / "docs" / "scale-out.md").read_text(encoding="utf-8")
-    for name in re.findall(r"accelerate_config_path\('([\w-]+)'\)", docs) + re.findall(r"config_file=\"([\w-]+)\"", docs):
+    named = re.findall(r"accelerate_config_path\('([\w-]+)'\)", docs) + re.findall(r'config_file="([\w-]+)"', docs)
+    assert named
+    for name in named:
         distributed.accelerate_config_path(name)
     from srlm.config import list_recipes
 

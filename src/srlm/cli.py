@@ -38,7 +38,8 @@ def _model_override(args) -> list[str]:
 
 
 def _print_stats(stats: dict) -> None:
-    print(json.dumps(stats, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch` every rank returns the same stats
+        print(json.dumps(stats, indent=2))
 
 
 def _generation_backend(cfg):

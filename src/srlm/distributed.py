@@ -19,8 +19,10 @@ byte for byte: every output sequence samples from its own generator, seeded from
 
     python -m srlm.distributed configs                          # the shipped accelerate configs and their paths
     python -m srlm.distributed split --kind prompts prompts.jsonl --count 8
-    CUDA_VISIBLE_DEVICES=$i srlm respond --prompts prompts.shard-0$i-of-08.jsonl --out responses.shard-0$i-of-08.jsonl ...
-    python -m srlm.distributed merge --kind respond --source prompts.jsonl --out responses.jsonl responses.shard-*.jsonl
+    CUDA_VISIBLE_DEVICES=$i srlm respond --prompts prompts.shard-0$i-of-08.jsonl \
+        --out responses.shard-0$i-of-08.jsonl ...                  # for i in 0..7, in parallel
+    python -m srlm.distributed merge --kind respond --source prompts.jsonl --out responses.jsonl \
+        responses.shard-*.jsonl
 
 docs/scale-out.md has the recipes (1 GPU, one node of 8, several nodes with SLURM) and the memory arithmetic.
 """
@@ -64,7 +66,8 @@ def accelerate_config_path(name_or_path: str) -> Path:
     entry = resources.files("srlm.accelerate_configs").joinpath(f"{name_or_path}.yaml")
     if entry.is_file():
         return Path(str(entry))
-    raise SrlmError(f"accelerate config '{name_or_path}' not found: give a file or one of {', '.join(ACCELERATE_CONFIGS)}")
+    raise SrlmError(f"accelerate config '{name_or_path}' not found: give a file or one of "
+                    f"{', '.join(ACCELERATE_CONFIGS)}")
 
 
 def launch_command(
@@ -166,9 +169,9 @@ def shard(items: Sequence, index: int, count: int) -> list:
     """Shard `index` of `count` **contiguous** shards of `items`; sizes differ by at most one.
 
     Contiguous rather than strided (items[index::count]): each shard keeps a run of the input in its order, so a
-    shard's output is a slice of the single-process output, and a prompt's N responses stay together when a
-    responses file is sharded for judging, as judging's resume chunks assume. Merging does not rely on it: it
-    sorts by the stage's own order.
+    shard's output is a slice of the single-process output (easy to check by eye), and a prompt's N responses stay
+    in one shard when a responses file is sharded for judging (all but at most one prompt per boundary). Merging
+    does not rely on either: it sorts by the stage's own order.
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise SrlmError(f"shard count must be a positive integer, got {count!r}")
@@ -182,7 +185,7 @@ def shard_path(path: str | Path, index: int, count: int, out_dir: str | Path | N
     """`dir/name.jsonl` -> `out_dir/name.shard-03-of-08.jsonl`: the count is in the name, so a merge can tell a
     missing shard from a finished job."""
     path = Path(path)
-    width = max(2, len(str(count - 1)))
+    width = max(2, len(str(count)))
     return Path(out_dir or path.parent) / f"{path.stem}.shard-{index:0{width}d}-of-{count:0{width}d}{path.suffix}"
 
 

@@ -33,7 +33,7 @@ def run_dpo(
     trust_remote_code: bool = False,
     chat_template: str | None = None,
 ) -> dict:
-    from datasets import Dataset
+    from datasets import Dataset, load_from_disk
     from trl import DPOConfig, DPOTrainer
 
     from srlm.models import load_model
@@ -53,11 +53,20 @@ def run_dpo(
             precompute_ref_log_probs=True,
             disable_dropout=cfg.dropout == 0,
         )
+        train_dataset = Dataset.from_list(pairs)
+        if args.world_size > 1:
+            # TRL caches the precomputed reference log-probs beside the dataset's files, and every rank reads rank 0's
+            # cache. An in-memory dataset has no files, so each rank would look in its own temporary folder.
+            saved = str(Path(scratch) / "pairs_dataset")
+            with args.main_process_first(local=False, desc="pairs dataset"):
+                if args.process_index == 0:
+                    train_dataset.save_to_disk(saved)
+            train_dataset = load_from_disk(saved)
         trainer = DPOTrainer(
             model=loaded.model,
             ref_model=None,
             args=args,
-            train_dataset=Dataset.from_list(pairs),
+            train_dataset=train_dataset,
             processing_class=loaded.tokenizer,
             peft_config=training.peft_config(cfg.lora),
             callbacks=[training.nan_guard()],
@@ -72,4 +81,4 @@ def run_dpo(
     steps_seconds = stats.get("train_seconds")
     if steps_seconds:
         stats["pairs_per_second"] = round(len(pairs) * cfg.epochs / steps_seconds, 3)
-    return {"pairs": len(pairs), **stats}
+    return {"pairs": len(pairs), "processes": trainer.args.world_size, **stats}

@@ -95,4 +95,4 @@ def run_sft(
         trainer.train()
         training.finish_and_save(trainer, loaded.tokenizer, out_dir)
     stats = training.log_history_stats(trainer.state.log_history, {"mean_token_accuracy": "token_accuracy_mean"})
-    return {"ift_examples": len(ift), "eft_examples": len(eft), **stats}
+    return {"ift_examples": len(ift), "eft_examples": len(eft), "processes": trainer.args.world_size, **stats}

@@ -8,6 +8,7 @@ a floor learning rate, dropout 0.1, no checkpoints or loggers that the user did 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,14 +22,18 @@ def trainer_kwargs(*, cfg, device: str, dtype, seed: int, output_dir: str) -> di
     """Keyword arguments shared by SFTConfig and DPOConfig."""
     import torch
 
-    if cfg.batch_size % cfg.micro_batch_size:
-        raise SrlmError(f"batch_size {cfg.batch_size} must be a multiple of micro_batch_size {cfg.micro_batch_size}")
+    # batch_size is the global batch: under accelerate/torchrun every rank takes micro_batch_size examples per step.
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set on every rank by torchrun, accelerate and deepspeed
+    per_step = cfg.micro_batch_size * world_size
+    if cfg.batch_size % per_step:
+        raise SrlmError(f"batch_size {cfg.batch_size} must be a multiple of micro_batch_size {cfg.micro_batch_size}"
+                        + (f" x {world_size} processes" if world_size > 1 else ""))
     peak = cfg.learning_rate
     return dict(
         output_dir=output_dir,
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=cfg.batch_size // cfg.micro_batch_size,
+        gradient_accumulation_steps=cfg.batch_size // per_step,
         learning_rate=peak,
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr": min(cfg.learning_rate_end, peak)},
@@ -40,6 +45,7 @@ def trainer_kwargs(*, cfg, device: str, dtype, seed: int, output_dir: str) -> di
         seed=seed,
         data_seed=seed,
         logging_steps=1,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         logging_nan_inf_filter=False,  # the default hides a NaN loss from the logs, and so from the guard below
         save_strategy="no",
         report_to=[],
@@ -97,17 +103,26 @@ def finish_and_save(trainer, tokenizer, out_dir: Path) -> None:
         model = model.merge_and_unload()
     set_dropout(model, 0.0)  # the saved model is for inference; training stages set dropout again
     model.config.use_cache = True
-    save_model(model, tokenizer, out_dir)
+    # Under DDP every rank holds the same weights and all share out_dir: one writes, the others wait for it.
+    if trainer.is_world_process_zero():
+        save_model(model, tokenizer, out_dir)
+    trainer.accelerator.wait_for_everyone()
 
 
 @contextmanager
 def scratch_dir(out_dir: Path):
     """The trainer's working folder beside the output, at a fixed name so a killed run's leftovers are cleared."""
-    path = fresh_dir(out_dir.parent / f".{out_dir.name}.trainer")
+    path = out_dir.parent / f".{out_dir.name}.trainer"
+    # All ranks share the folder; only rank 0 clears and removes it. The process group does not exist yet, so the
+    # launcher's RANK says who that is.
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        fresh_dir(path)
     try:
         yield str(path)
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if main:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def log_history_stats(history: list[dict], keys: dict[str, str]) -> dict:
