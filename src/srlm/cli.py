@@ -19,7 +19,7 @@ RUN_HELP = """Run the whole self-rewarding loop: SFT (M1), then loop.iterations 
 Rerunning the same command on the same run directory resumes where it stopped; on a finished run it does nothing."""
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
+def add_config_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--recipe", help="a shipped recipe (see `srlm recipes`)")
     group.add_argument("--config", help="a YAML config file")
@@ -27,7 +27,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="config overrides, e.g. respond.num_samples=4 model.name_or_path=DIR")
 
 
-def _config(args, extra: list[str] = ()):
+def config_from_args(args, extra: list[str] = ()):
+    """The config a command asked for: --recipe or --config, then `extra` and the command line's key=value."""
     from srlm.config import load_config
 
     return load_config(args.recipe, args.config, [*extra, *args.overrides])
@@ -56,7 +57,7 @@ def cmd_run(args) -> int:
 
     if not args.recipe and not args.config:
         raise SrlmError("srlm run needs --recipe NAME or --config FILE (try --recipe quickstart)")
-    run_loop(_config(args), args.run_dir)
+    run_loop(config_from_args(args), args.run_dir)
     return 0
 
 
@@ -79,7 +80,7 @@ def cmd_config(args) -> int:
         return 0
     import yaml
 
-    print(yaml.safe_dump(_config(args).model_dump(mode="json"), sort_keys=False), end="")
+    print(yaml.safe_dump(config_from_args(args).model_dump(mode="json"), sort_keys=False), end="")
     return 0
 
 
@@ -87,7 +88,7 @@ def cmd_sft(args) -> int:
     from srlm.loop import resolve_data_path
     from srlm.stages.sft import run_sft
 
-    cfg = _config(args, _model_override(args))
+    cfg = config_from_args(args, _model_override(args))
     m = cfg.model
     eft = None if args.no_eft else resolve_data_path(args.eft or cfg.data.eft)
     stats = run_sft(m.name_or_path, resolve_data_path(args.ift or cfg.data.ift), eft, Path(args.out), cfg.sft,
@@ -101,7 +102,7 @@ def cmd_prompts(args) -> int:
     from srlm.io import iter_jsonl
     from srlm.stages.prompts import run_prompts
 
-    cfg = _config(args, _model_override(args))
+    cfg = config_from_args(args, _model_override(args))
     seeds = [r["prompt"].strip() for r in iter_jsonl(args.seed_prompts, {"prompt": str})]
     earlier = [r["prompt"].strip() for pool in args.pool for r in iter_jsonl(pool, {"prompt": str})]
     stats = run_prompts(seeds, earlier, Path(args.out), _generation_backend(cfg), cfg.prompts, seed=cfg.seed,
@@ -113,7 +114,7 @@ def cmd_prompts(args) -> int:
 def cmd_respond(args) -> int:
     from srlm.stages.respond import run_respond
 
-    cfg = _config(args, _model_override(args))
+    cfg = config_from_args(args, _model_override(args))
     stats = run_respond(Path(args.prompts), Path(args.out), _generation_backend(cfg), cfg.respond, seed=cfg.seed,
                         chunk_prompts=cfg.backend.chunk_prompts)
     _print_stats(stats)
@@ -123,7 +124,7 @@ def cmd_respond(args) -> int:
 def cmd_judge(args) -> int:
     from srlm.stages.judge import run_judge
 
-    cfg = _config(args, _model_override(args))
+    cfg = config_from_args(args, _model_override(args))
     stats = run_judge(Path(args.responses), Path(args.out), _generation_backend(cfg), cfg.judge, seed=cfg.seed,
                       chunk_prompts=cfg.backend.chunk_prompts)
     _print_stats(stats)
@@ -133,7 +134,7 @@ def cmd_judge(args) -> int:
 def cmd_pairs(args) -> int:
     from srlm.stages.pairs import run_pairs
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     _print_stats(run_pairs(Path(args.responses), Path(args.judgements), Path(args.out), cfg.pairs, seed=cfg.seed))
     return 0
 
@@ -141,7 +142,7 @@ def cmd_pairs(args) -> int:
 def cmd_dpo(args) -> int:
     from srlm.stages.dpo import run_dpo
 
-    cfg = _config(args, _model_override(args))
+    cfg = config_from_args(args, _model_override(args))
     m = cfg.model
     stats = run_dpo(m.name_or_path, Path(args.pairs), Path(args.out), cfg.dpo, seed=cfg.seed, device=m.device,
                     dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template)
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole loop: SFT, then iterations of prompts/respond/judge/pairs/DPO",
                        description=RUN_HELP)
     p.add_argument("--run-dir", required=True, help="folder for every output of the run (created if missing)")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("recipes", help="list the shipped recipes", description="List the shipped recipes.")
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print a resolved config, or every config key with its default and meaning",
                        description="Print the fully resolved config (recipe + overrides), or with --keys every key.")
     p.add_argument("--keys", action="store_true", help="list every config key, its default and what it does")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("sft", help="supervised fine-tuning on IFT (+ EFT) data: gives M1 (or the SFT baseline)",
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eft", action="store_true", help="IFT only: the paper's SFT baseline")
     p.add_argument("--model", help="base model: hub id, local directory or 'embedded' (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="output model directory")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("prompts", help="generate new prompts by few-shot self-instruction, with Self-Instruct filters",
@@ -196,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iteration", type=int, default=1, help="iteration number recorded in each prompt (default 1)")
     p.add_argument("--model", help="generator model (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="output prompts JSONL")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_prompts)
 
     p = sub.add_parser("respond", help="sample N candidate responses per prompt",
@@ -205,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, help="JSONL with a 'prompt' field ('prompt_id' optional)")
     p.add_argument("--model", help="model (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="output responses JSONL")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_respond)
 
     p = sub.add_parser("judge", help="score each response with the additive 5-point judge, K samples averaged",
@@ -214,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responses", required=True, help="responses JSONL from `srlm respond`")
     p.add_argument("--model", help="judge model (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="output judgements JSONL")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_judge)
 
     p = sub.add_parser("pairs", help="best vs worst response per prompt, ties dropped: DPO pairs",
@@ -224,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responses", required=True, help="responses JSONL")
     p.add_argument("--judgements", required=True, help="judgements JSONL")
     p.add_argument("--out", required=True, help="output pairs JSONL")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_pairs)
 
     p = sub.add_parser("dpo", help="DPO from a model with itself as reference: M_t -> M_t+1",
@@ -232,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", required=True, help="pairs JSONL from `srlm pairs`")
     p.add_argument("--model", help="M_t (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="output model directory (M_t+1)")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_dpo)
 
     _add_optional_commands(sub)

@@ -9,11 +9,13 @@ Three promises, relied on everywhere:
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -58,32 +60,51 @@ def _refuse_constant(name: str):
     raise ValueError(f"non-finite number {name} is not valid JSON")
 
 
-def iter_jsonl(path: str | Path, schema: dict[str, type | tuple[type, ...]] | None = None) -> Iterator[dict]:
-    """Yield the records of a JSONL file, checking each against `schema` (field -> type). Blank lines are skipped."""
+def iter_json_lines(path: str | Path, *, allow_strings: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of a JSONL file, plain or gzip (by the ".gz" suffix).
+
+    The one place where srlm reads JSON lines: every reader gets the same checks and the same messages, each naming
+    the file and line. Values must be JSON objects (or strings, with `allow_strings`).
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a JSONL file")
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{path}:{line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line, parse_constant=_refuse_constant)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{line_no}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            except ValueError as exc:
-                raise DataError(f"{path}:{line_no}: {exc}") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            for field, expected in (schema or {}).items():
-                _check_field(path, line_no, record, field, expected)
-            yield record
+    opener = gzip.open if path.suffix == ".gz" else open
+    line_no = 0
+    try:
+        with opener(path, "rb") as handle:
+            for line_no, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}:{line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line, parse_constant=_refuse_constant)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{line_no}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+                except RecursionError:
+                    raise DataError(f"{path}:{line_no}: JSON nested too deeply to read") from None
+                except ValueError as exc:
+                    raise DataError(f"{path}:{line_no}: {exc}") from None
+                if not (isinstance(value, dict) or (allow_strings and isinstance(value, str))):
+                    expected = "a JSON object or string" if allow_strings else "a JSON object"
+                    raise DataError(f"{path}:{line_no}: expected {expected}, got {type(value).__name__}")
+                yield line_no, value
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}:{line_no + 1}: corrupt or truncated gzip data ({exc})") from None
+
+
+def iter_jsonl(path: str | Path, schema: dict[str, type | tuple[type, ...]] | None = None) -> Iterator[dict]:
+    """Yield the records of a JSONL file, checking each against `schema` (field -> type). Blank lines are skipped."""
+    path = Path(path)
+    for line_no, record in iter_json_lines(path):
+        for field, expected in (schema or {}).items():
+            _check_field(path, line_no, record, field, expected)
+        yield record
 
 
 def read_jsonl(path: str | Path, schema: dict[str, type | tuple[type, ...]] | None = None) -> list[dict]:

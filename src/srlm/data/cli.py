@@ -90,10 +90,10 @@ def run_oasst(args: argparse.Namespace) -> int:
 
 
 def run_eft(args: argparse.Namespace) -> int:
-    from srlm.cli import _config, _generation_backend, _model_override
+    from srlm.cli import _generation_backend, _model_override, config_from_args
     from srlm.data.eft import counts_path_for, format_counts, run_data_eft
 
-    cfg = _config(args, _model_override(args))
+    cfg = config_from_args(args, _model_override(args))
     # The teacher's name goes into the log's staleness key: an OpenAI-compatible server names its own weights.
     teacher = cfg.model.name_or_path
     if cfg.backend.name == "openai" and getattr(cfg.backend, "model_name", None):
@@ -264,7 +264,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     arg("--split", default=None, help="Hub split to read (default: all splits)")
     oasst.set_defaults(func=run_oasst)
 
-    from srlm.cli import _add_config_args  # imported here: srlm.cli imports this module while building its parser
+    from srlm.cli import add_config_args  # imported here: srlm.cli imports this module while building its parser
 
     eft = commands.add_parser(
         "eft", help="teacher-judged, human-agreeing judge demonstrations (EFT) from ranked groups",
@@ -279,7 +279,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     arg("--max-per-score-share", type=_threshold, default=0.4, metavar="F",
         help="most share of the kept examples one score value may have; 1 = no rebalancing (default: 0.4)")
     arg("--limit", type=_positive_int, default=None, metavar="N", help="use only the first N groups (quick runs)")
-    _add_config_args(eft)
+    add_config_args(eft)
     eft.set_defaults(func=run_eft)
 
     convert = commands.add_parser(

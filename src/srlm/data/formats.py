@@ -29,7 +29,6 @@ reference outputs include an empty one): such records are skipped, counted, and 
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import math
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from srlm.errors import DataError
+from srlm.io import iter_json_lines
 
 FORMATS = ("srlm", "alpaca", "alpaca_eval", "sharegpt", "openai", "prompts", "self_instruct", "mt_bench")
 KINDS = ("ift", "prompts")
@@ -290,24 +290,8 @@ def looks_like_hub_id(source: str | Path) -> bool:
 
 
 def _iter_json_lines(path: Path, *, allow_strings: bool) -> Iterator[tuple[str, Any]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            where = f"{path}:{line_no}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not (isinstance(record, dict) or (allow_strings and isinstance(record, str))):
-                expected = "a JSON object or string" if allow_strings else "a JSON object"
-                raise DataError(f"{where}: expected {expected}, got {type(record).__name__}")
-            yield where, record
+    for line_no, record in iter_json_lines(path, allow_strings=allow_strings):
+        yield f"{path}:{line_no}", record
 
 
 def _iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:

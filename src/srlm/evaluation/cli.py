@@ -83,18 +83,10 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--recipe", help="a shipped recipe (see `srlm recipes`)")
-    group.add_argument("--config", help="a YAML config file")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. judge.num_samples=1 backend.name=fake")
-
-
 def _config(args):
-    from srlm.config import load_config
+    from srlm.cli import config_from_args
 
-    return load_config(args.recipe, args.config, list(args.overrides))
+    return config_from_args(args)
 
 
 def _backend(cfg, model: str | None):
@@ -289,6 +281,8 @@ def cmd_report(args) -> int:
 
 def add_eval_commands(subparsers) -> None:
     """Register `srlm eval {judge,winrate,generate,grade}` and `srlm report` on the main CLI's subparsers."""
+    from srlm.cli import add_config_args  # srlm.cli imports this module while building its parser
+
     from srlm.evaluation.prompt_sets import GRADERS
 
     ev = subparsers.add_parser(
@@ -306,7 +300,7 @@ def add_eval_commands(subparsers) -> None:
     p.add_argument("--out", required=True, help="metrics JSON; per-reply items go to <out stem>.items.jsonl")
     p.add_argument("--limit", type=_positive_int, help="use only the first N ranked groups")
     p.add_argument("--bootstrap-samples", type=int, default=1000, help="bootstrap resamples for intervals (1000)")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_eval_judge)
 
     p = sub.add_parser("winrate", help="head-to-head win rate of two models, judged in both orders",
@@ -331,7 +325,7 @@ def add_eval_commands(subparsers) -> None:
     p.add_argument("--judge-max-new-tokens", type=_positive_int,
                    help="judgement length limit (default judge.max_new_tokens)")
     p.add_argument("--bootstrap-samples", type=int, default=1000, help="bootstrap resamples for intervals (1000)")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_eval_winrate)
 
     p = sub.add_parser("generate", help="answer MT-Bench, AlpacaEval or a prompt file",
@@ -345,7 +339,7 @@ def add_eval_commands(subparsers) -> None:
     p.add_argument("--temperature", type=_non_negative_float,
                    help="sampling temperature for every question (default: per-category for mtbench, else greedy)")
     p.add_argument("--max-new-tokens", type=_positive_int, help="answer length limit (default respond.max_new_tokens)")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_eval_generate)
 
     p = sub.add_parser("grade", help="grade answers one at a time (additive 0-5 or MT-Bench-style 1-10)",
@@ -361,7 +355,7 @@ def add_eval_commands(subparsers) -> None:
                    help="judge temperature (default: judge.temperature for additive, 0 for mtbench)")
     p.add_argument("--max-new-tokens", type=_positive_int,
                    help="judgement length limit (default: judge.max_new_tokens for additive, 256 for mtbench)")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_eval_grade)
 
     p = subparsers.add_parser("report", help="write RUN_DIR/report.html and report.md from a run's results",

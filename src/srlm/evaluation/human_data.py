@@ -15,17 +15,15 @@ input (wrong types, a missing field, a tree that loops) is a `DataError` naming 
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 from srlm.errors import DataError
-from srlm.io import stable_id
+from srlm.io import iter_json_lines, stable_id
 
 # OpenAssistant calls the user "prompter"; chat templates want "user".
 _OASST_ROLES = {"prompter": "user", "user": "user", "assistant": "assistant"}
@@ -88,37 +86,8 @@ def _relative_ranks(ranks: list[int]) -> list[int]:
 
 
 def _iter_numbered_records(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, record) for each non-blank line; gzip is detected by the ".gz" suffix.
-
-    Like `srlm.io.iter_jsonl` (same checks and messages), but it also yields the line number, which the readers
-    need for their own messages, and it reads gzip-compressed files.
-    """
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a JSONL file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    line_no = 0
-    try:
-        with opener(path, "rb") as handle:
-            for line_no, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise DataError(f"{path}:{line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{line_no}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-                except RecursionError:
-                    raise DataError(f"{path}:{line_no}: JSON nested too deeply to read") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-                yield line_no, record
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}:{line_no + 1}: corrupt or truncated gzip data ({exc})") from None
+    """(line number, record) for each non-blank line, plain or gzip: `srlm.io.iter_json_lines`."""
+    return iter_json_lines(path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
