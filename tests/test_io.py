@@ -71,3 +71,30 @@ def test_resumable_writer_recovers_from_a_torn_line(tmp_path):
     assert [r["id"] for r in records] == ["a", "b", "c"]
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["a", "b", "c"]
     assert not resumed.partial_path.exists()
+
+
+def test_a_ten_megabyte_line_is_read_and_a_broken_one_is_named(tmp_path):
+    path = tmp_path / "big.jsonl"
+    big = "x" * (10 * 2**20)
+    path.write_text(json.dumps({"prompt": "short"}) + "\n" + json.dumps({"prompt": big}) + "\n")
+    records = read_jsonl(path, {"prompt": str})
+    assert len(records[1]["prompt"]) == 10 * 2**20
+    path.write_text(json.dumps({"prompt": "short"}) + "\n" + '{"prompt": "' + big + "\n")
+    with pytest.raises(DataError, match=r"big.jsonl:2: malformed JSON"):
+        read_jsonl(path)
+
+
+def test_gzip_files_are_read_and_corrupt_ones_named(tmp_path):
+    import gzip
+
+    from srlm.io import iter_json_lines
+
+    path = tmp_path / "d.jsonl.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write('{"a": 1}\n"text"\n')
+    assert list(iter_json_lines(path, allow_strings=True)) == [(1, {"a": 1}), (2, "text")]
+    with pytest.raises(DataError, match=r"d.jsonl.gz:2: expected a JSON object, got str"):
+        list(iter_json_lines(path))
+    path.write_bytes(path.read_bytes()[:-8])  # cut the gzip trailer
+    with pytest.raises(DataError, match="corrupt or truncated gzip data"):
+        list(iter_json_lines(path, allow_strings=True))
