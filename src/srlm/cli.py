@@ -241,19 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub) -> None:
-    """Command groups that live beside the stages (data builders, evaluation)."""
-    try:
-        from srlm.data.cli import add_data_commands
-    except ImportError:
-        pass
-    else:
-        add_data_commands(sub)
-    try:
-        from srlm.evaluation.cli import add_eval_commands
-    except ImportError:
-        pass
-    else:
-        add_eval_commands(sub)
+    """Command groups that live beside the stages (data builders, evaluation, report)."""
+    from srlm.data.cli import add_data_commands
+    from srlm.evaluation.cli import add_eval_commands
+
+    add_data_commands(sub)
+    add_eval_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
