@@ -20,7 +20,7 @@ def test_quickstart_reaches_m3_with_pairs_every_iteration(tmp_path):
     for row in summary["iterations"]:
         assert row["pairs"] >= 8, row
         assert row["chosen_score_mean"] > row["rejected_score_mean"]
-    assert summary["iterations"][0]["judge_parse_rate"] >= 0.8  # the target is 0.9; see benchmarks/README
+    assert summary["iterations"][0]["judge_parse_rate"] >= 0.9  # what EFT is for: M1 keeps the judge format
     assert (run_dir / "models" / "m3" / "model.safetensors").exists()
     assert "<svg" in (run_dir / "report.html").read_text()
     assert "iteration 2: m2 -> m3" in proc.stdout
