@@ -23,23 +23,33 @@ MAX_SCORE = 5.0
 _SCORE_RE = re.compile(r"(?:score|points)\s*[:=]\s*\**\s*([0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)
 
 
+def shipped_template(name: str) -> str:
+    """A template shipped in `srlm/templates/`."""
+    return resources.files("srlm.templates").joinpath(name).read_text(encoding="utf-8")
+
+
 def builtin_template() -> str:
-    return resources.files("srlm.templates").joinpath("additive_judge.txt").read_text(encoding="utf-8")
+    return shipped_template("additive_judge.txt")
+
+
+def read_template_file(template_file: str | Path, slots: tuple[str, ...], what: str = "judge template") -> str:
+    """A user's template file, which must keep every slot the code fills in."""
+    path = Path(template_file)
+    try:
+        template = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SrlmError(f"{path}: {what} file not found") from None
+    for slot in slots:
+        if slot not in template:
+            raise SrlmError(f"{path}: {what} has no {slot} slot")
+    return template
 
 
 def load_template(template_file: str | None = None) -> str:
     """The judge template; a custom one must keep the `{prompt}` and `{response}` slots."""
     if template_file is None:
         return builtin_template()
-    path = Path(template_file)
-    try:
-        template = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SrlmError(f"{path}: judge template file not found") from None
-    for slot in ("{prompt}", "{response}"):
-        if slot not in template:
-            raise SrlmError(f"{path}: judge template has no {slot} slot")
-    return template
+    return read_template_file(template_file, ("{prompt}", "{response}"))
 
 
 def render(template: str, prompt: str, response: str) -> str:

@@ -27,13 +27,13 @@ import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from srlm.backends import GenerationRequest, Sampling
 from srlm.errors import DataError, SrlmError
 from srlm.io import stable_id, stable_seed, write_json, write_jsonl
+from srlm.judge import shipped_template
 
 NAMED_SETS = ("mtbench", "alpacaeval")
 GRADERS = ("additive", "mtbench")
@@ -276,7 +276,7 @@ def parse_rating(judgement: str) -> float | None:
 
 
 def mt_bench_template() -> str:
-    return resources.files("srlm.templates").joinpath("mt_bench_judge.txt").read_text(encoding="utf-8")
+    return shipped_template("mt_bench_judge.txt")
 
 
 def _render_mt_bench(template: str, question: str, answer: str) -> str:

@@ -20,13 +20,13 @@ fixed pair should not depend on a sampling seed.
 from __future__ import annotations
 
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
 from srlm.backends import GenerationRequest, Sampling
 from srlm.errors import SrlmError
 from srlm.evaluation.metrics import winrate_from_verdicts
+from srlm.judge import read_template_file, shipped_template
 from srlm.io import stable_id, stable_seed
 from srlm.stages.common import chunks, progress
 
@@ -41,22 +41,14 @@ _CHUNK_REQUESTS = 64
 
 
 def builtin_pairwise_template() -> str:
-    return resources.files("srlm.templates").joinpath("pairwise_judge.txt").read_text(encoding="utf-8")
+    return shipped_template("pairwise_judge.txt")
 
 
 def load_pairwise_template(template_file: str | Path | None = None) -> str:
     """The pairwise template (built-in when None); a custom one must keep the three slots."""
     if template_file is None:
         return builtin_pairwise_template()
-    path = Path(template_file)
-    try:
-        template = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SrlmError(f"{path}: pairwise judge template file not found") from None
-    for slot in PAIRWISE_SLOTS:
-        if slot not in template:
-            raise SrlmError(f"{path}: pairwise judge template has no {slot} slot")
-    return template
+    return read_template_file(template_file, PAIRWISE_SLOTS, "pairwise judge template")
 
 
 def render_pairwise(template: str, instruction: str, output_a: str, output_b: str) -> str:
