@@ -162,3 +162,15 @@ def test_generated_prompts_are_decontaminated(tiny_model_dir, tmp_path):
     assert stats["rejected"].get("contaminated", 0) >= len(generated)
     kept = {r["prompt"] for r in read(tmp_path / "p.jsonl")} if stats["kept"] else set()
     assert not kept & {r["prompt"] for r in generated}
+
+
+def test_training_stages_run_under_accelerate_launch(tiny_model_dir, tmp_path):
+    # `launch.num_processes=2` runs SFT and DPO as 2 gloo processes on the run's saved config.
+    run_dir = tmp_path / "run"
+    summary = run_loop(small_config(tiny_model_dir, "loop.iterations=1", "launch.num_processes=2",
+                                    "launch.config_file=cpu_gloo_2proc"), run_dir)
+    assert summary["sft"]["processes"] == 2 and summary["sft"]["ift_examples"] == 6
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["iter_1/dpo"]["stats"]["processes"] == 2
+    assert (run_dir / "models" / "m2" / "model.safetensors").exists()
+    assert not list(run_dir.glob(".*stats.json"))

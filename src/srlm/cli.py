@@ -38,9 +38,13 @@ def _model_override(args) -> list[str]:
     return [f"model.name_or_path={args.model}"] if getattr(args, "model", None) else []
 
 
-def _print_stats(stats: dict) -> None:
+def _print_stats(stats: dict, stats_out: str | None = None) -> None:
     if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch` every rank returns the same stats
         print(json.dumps(stats, indent=2))
+        if stats_out:
+            from srlm.io import write_json
+
+            write_json(stats_out, stats)
 
 
 def _generation_backend(cfg):
@@ -94,7 +98,7 @@ def cmd_sft(args) -> int:
     stats = run_sft(m.name_or_path, resolve_data_path(args.ift or cfg.data.ift), eft, Path(args.out), cfg.sft,
                     seed=cfg.seed, judge_template_file=cfg.judge.template_file, max_ift_examples=cfg.data.max_ift_examples, max_eft_examples=cfg.data.max_eft_examples,
                     device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template)
-    _print_stats(stats)
+    _print_stats(stats, args.stats_out)
     return 0
 
 
@@ -146,7 +150,7 @@ def cmd_dpo(args) -> int:
     m = cfg.model
     stats = run_dpo(m.name_or_path, Path(args.pairs), Path(args.out), cfg.dpo, seed=cfg.seed, device=m.device,
                     dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template)
-    _print_stats(stats)
+    _print_stats(stats, args.stats_out)
     return 0
 
 
@@ -186,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eft", action="store_true", help="IFT only: the paper's SFT baseline")
     p.add_argument("--model", help="base model: hub id, local directory or 'embedded' (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--stats-out", help="also write the training stats (JSON) to this file")
     add_config_args(p)
     p.set_defaults(func=cmd_sft)
 
@@ -233,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", required=True, help="pairs JSONL from `srlm pairs`")
     p.add_argument("--model", help="M_t (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="output model directory (M_t+1)")
+    p.add_argument("--stats-out", help="also write the training stats (JSON) to this file")
     add_config_args(p)
     p.set_defaults(func=cmd_dpo)
 

@@ -181,6 +181,20 @@ class LoopConfig(_Section):
     )
 
 
+class LaunchConfig(_Section):
+    num_processes: int = Field(
+        1, ge=1, description="Processes for the training stages (SFT, DPO) inside `srlm run`; above 1 they run "
+        "under `accelerate launch` (one per GPU).",
+    )
+    config_file: str | None = Field(
+        None, description="accelerate config: a shipped name (ddp, zero2, zero3, fsdp, cpu_gloo_2proc) or a path; "
+        "null = accelerate's default.",
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, description="More `accelerate launch` arguments, e.g. [--offload_optimizer_device, cpu]."
+    )
+
+
 class Config(_Section):
     seed: int = Field(0, description="Seed for sampling, shuffling and training.")
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -194,6 +208,7 @@ class Config(_Section):
     dpo: DpoConfig = Field(default_factory=DpoConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
 
     @field_validator("seed")
     @classmethod

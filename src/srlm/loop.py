@@ -74,6 +74,37 @@ def _model_kwargs(cfg: Config) -> dict:
     return dict(device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template)
 
 
+def _launched(cfg: Config, rd: RunDir, stage_args: list[str], stats_name: str) -> dict:
+    """Run a training stage as `accelerate launch ... -m srlm <stage>` on the run's saved config; its stats."""
+    from srlm.distributed import run_launched
+    from srlm.io import read_json
+
+    stats_path = rd.root / f".{stats_name}.stats.json"
+    stats_path.unlink(missing_ok=True)
+    run_launched([*stage_args, "--config", str(rd.root / "config.yaml"), "--stats-out", str(stats_path)],
+                 num_processes=cfg.launch.num_processes, config_file=cfg.launch.config_file,
+                 launch_args=cfg.launch.extra_args)
+    stats = read_json(stats_path)
+    stats_path.unlink()
+    return stats
+
+
+def _train_sft(cfg: Config, rd: RunDir, ift_path, eft_path, out_dir: Path) -> dict:
+    if cfg.launch.num_processes > 1:
+        data_args = ["--ift", ift_path] + (["--eft", eft_path] if eft_path else ["--no-eft"])
+        return _launched(cfg, rd, ["sft", "--out", str(out_dir), *data_args], out_dir.name)
+    return run_sft(cfg.model.name_or_path, ift_path, eft_path, out_dir, cfg.sft, seed=cfg.seed,
+                   judge_template_file=cfg.judge.template_file, max_ift_examples=cfg.data.max_ift_examples,
+                   max_eft_examples=cfg.data.max_eft_examples if eft_path else None, **_model_kwargs(cfg))
+
+
+def _train_dpo(cfg: Config, rd: RunDir, model_t: Path, pairs: Path, out_dir: Path) -> dict:
+    if cfg.launch.num_processes > 1:
+        return _launched(cfg, rd, ["dpo", "--pairs", str(pairs), "--model", str(model_t), "--out", str(out_dir)],
+                         out_dir.name)
+    return run_dpo(str(model_t), pairs, out_dir, cfg.dpo, seed=cfg.seed, **_model_kwargs(cfg))
+
+
 def run_loop(cfg: Config, run_dir: str | Path) -> dict:
     rd = RunDir(run_dir)
     save_config(cfg, rd.root / "config.yaml")
@@ -83,9 +114,7 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
     m1 = rd.model_dir(1)
     sft_stats = rd.stage(
         "sft", cfg.fingerprint("seed", "model", "data", "sft") + cfg.fingerprint("judge"), [m1 / "config.json"],
-        lambda: run_sft(cfg.model.name_or_path, ift_path, eft_path, m1, cfg.sft, seed=cfg.seed,
-                        judge_template_file=cfg.judge.template_file, max_ift_examples=cfg.data.max_ift_examples,
-                        max_eft_examples=cfg.data.max_eft_examples, **_model_kwargs(cfg)),
+        lambda: _train_sft(cfg, rd, ift_path, eft_path, m1),
     )
     summary = {"run_dir": str(rd.root), "sft": sft_stats, "iterations": []}
     if cfg.eval.judge_data:
@@ -136,7 +165,7 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
             )
         stats["dpo_stage"] = rd.stage(
             f"iter_{t}/dpo", cfg.fingerprint("seed", "dpo"), [model_next / "config.json"],
-            lambda: run_dpo(str(model_t), d / "pairs.jsonl", model_next, cfg.dpo, seed=cfg.seed, **_model_kwargs(cfg)),
+            lambda: _train_dpo(cfg, rd, model_t, d / "pairs.jsonl", model_next),
         )
         if cfg.eval.heldout_prompts or cfg.eval.judge_data:
             stats["eval"] = rd.stage(
@@ -154,8 +183,7 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         baseline = rd.root / "models" / "sft_baseline"
         summary["sft_baseline"] = rd.stage(
             "sft_baseline", cfg.fingerprint("seed", "model", "data", "sft"), [baseline / "config.json"],
-            lambda: run_sft(cfg.model.name_or_path, ift_path, None, baseline, cfg.sft, seed=cfg.seed,
-                            max_ift_examples=cfg.data.max_ift_examples, **_model_kwargs(cfg)), side=True,
+            lambda: _train_sft(cfg, rd, ift_path, None, baseline), side=True,
         )
         if cfg.eval.judge_data:
             summary["sft_baseline_judge_accuracy"] = rd.stage(
