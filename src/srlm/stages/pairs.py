@@ -100,13 +100,15 @@ def run_pairs(responses_path: Path, judgements_path: Path, out_path: Path, cfg: 
             }
         )
     write_jsonl(out_path, pairs)
-    mean = lambda xs: round(sum(xs) / len(xs), 1) if xs else None  # noqa: E731
+    def mean(values: list[float], digits: int) -> float | None:
+        return round(sum(values) / len(values), digits) if values else None
+
     return {
         "prompts": len(by_prompt),
         "pairs": len(pairs),
         "dropped": dict(sorted(drops.items())),
-        "chosen_len_mean": mean([p["chosen_len"] for p in pairs]),
-        "rejected_len_mean": mean([p["rejected_len"] for p in pairs]),
-        "chosen_score_mean": mean([p["chosen_score"] for p in pairs]),
-        "rejected_score_mean": mean([p["rejected_score"] for p in pairs]),
+        "chosen_len_mean": mean([p["chosen_len"] for p in pairs], 1),
+        "rejected_len_mean": mean([p["rejected_len"] for p in pairs], 1),
+        "chosen_score_mean": mean([p["chosen_score"] for p in pairs], 3),
+        "rejected_score_mean": mean([p["rejected_score"] for p in pairs], 3),
     }
