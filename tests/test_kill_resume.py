@@ -1,7 +1,8 @@
 """Kill anywhere, resume exactly: `srlm run` is SIGKILLed inside each stage, resumed, and must end with the same
 files as an uninterrupted run with the same seed: same ids, same content, no duplicates, nothing lost, same weights.
 
-The default test run kills three times (SFT, respond, judge); `-m slow` sweeps every stage of both iterations twice.
+The default test run kills three times (SFT, respond, judge); `-m slow` sweeps every stage of both iterations, then
+sweeps again killing each stage twice in a row (27 kills).
 """
 
 import hashlib
@@ -94,9 +95,10 @@ def test_twenty_kills_across_every_stage(tiny_model_dir, tmp_path, clean_run):
     killed = tmp_path / "killed"
     rng = random.Random(1)
     kills = run_with_kills(killed, tiny_model_dir, STAGES, rng)
-    # A second sweep on a fresh directory with other kill delays.
+    # A second sweep on a fresh directory with other kill delays, killing every stage twice in a row: the second
+    # kill lands in a stage that is itself resuming.
     killed2 = tmp_path / "killed2"
-    kills += run_with_kills(killed2, tiny_model_dir, STAGES + STAGES[:3], rng)
+    kills += run_with_kills(killed2, tiny_model_dir, [stage for stage in STAGES for _ in range(2)], rng)
     print(f"{len(kills)} kills: {kills}")
     assert len(kills) >= 20
     check_same_as_clean(killed, clean_run)
