@@ -75,17 +75,7 @@ def embedded_model_path() -> Path:
     del model.config.quantization_config
     model.hf_quantizer = None
     model.is_quantized = False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = fresh_dir(target.parent / f".{target.name}.converting")
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    save_model(model, tokenizer, target)
     return target
 
 

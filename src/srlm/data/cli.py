@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 # Cheap to import: these modules import only the standard library and srlm.io at module level.
+from srlm.argtypes import fraction, non_negative_int, positive_int, threshold
 from srlm.data.formats import FORMATS
 from srlm.data.oasst import DEFAULT_IFT_SHARE_OF_RANKED
 
@@ -28,32 +29,8 @@ def _print_table(title: str, rows: Iterable[tuple[str, object]]) -> None:
         print(f"  {name:<{width}}  {value}")
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
-def _threshold(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
 
 
 def _langs(text: str) -> tuple[str, ...] | None:
@@ -254,13 +231,13 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     arg("--langs", type=_langs, default=("en",), metavar="CODES",
         help="first-turn languages, comma-separated, or 'all' (default: en)")
     arg("--include-synthetic", action="store_true", help="also use model-written (synthetic) messages")
-    arg("--eval-fraction", type=_fraction, default=0.25, metavar="F",
+    arg("--eval-fraction", type=fraction, default=0.25, metavar="F",
         help="share of EFT prompts held out for eval (default: 0.25)")
-    arg("--ift-share", type=_fraction, default=DEFAULT_IFT_SHARE_OF_RANKED, metavar="F",
+    arg("--ift-share", type=fraction, default=DEFAULT_IFT_SHARE_OF_RANKED, metavar="F",
         help="share of the prompts usable for both IFT and EFT that go to IFT "
              "(default: %(default)s, near the paper's 3,200 IFT : 2,171 EFT)")
     arg("--seed", type=int, default=0, metavar="N", help="seed of the IFT/EFT and train/eval splits (default: 0)")
-    arg("--limit", type=_positive_int, default=None, metavar="N", help="use only the first N trees (quick runs)")
+    arg("--limit", type=positive_int, default=None, metavar="N", help="use only the first N trees (quick runs)")
     arg("--split", default=None, help="Hub split to read (default: all splits)")
     oasst.set_defaults(func=run_oasst)
 
@@ -276,9 +253,9 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     arg("--model", default=None, metavar="TEACHER",
         help="teacher model: hub id, local directory or 'embedded' (default: model.name_or_path)")
     # The default is srlm.data.eft.DEFAULT_MAX_PER_SCORE_SHARE, written out so `srlm --help` need not import it.
-    arg("--max-per-score-share", type=_threshold, default=0.4, metavar="F",
+    arg("--max-per-score-share", type=threshold, default=0.4, metavar="F",
         help="most share of the kept examples one score value may have; 1 = no rebalancing (default: 0.4)")
-    arg("--limit", type=_positive_int, default=None, metavar="N", help="use only the first N groups (quick runs)")
+    arg("--limit", type=positive_int, default=None, metavar="N", help="use only the first N groups (quick runs)")
     add_config_args(eft)
     eft.set_defaults(func=run_eft)
 
@@ -303,9 +280,9 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     arg("input", metavar="INPUT", help="srlm JSONL whose records have a prompt field")
     arg("--eval", action="append", required=True, metavar="FILE", help="evaluation prompts (repeatable)")
     arg("--out", required=True, metavar="FILE", help="output JSONL with the kept records")
-    arg("--threshold", type=_threshold, default=0.8, metavar="T",
+    arg("--threshold", type=threshold, default=0.8, metavar="T",
         help="ROUGE-L F1 at or above which a prompt is a near match (default: 0.8)")
-    arg("--ngram", type=_non_negative_int, default=13, metavar="N",
+    arg("--ngram", type=non_negative_int, default=13, metavar="N",
         help="a shared run of N words is also a near match; 0 turns it off (default: 13)")
     arg("--field", default="prompt", help="the record field holding the prompt (default: prompt)")
     arg("--report", default=None, metavar="FILE",

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from srlm.argtypes import non_negative_float, positive_int
+
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
 JUDGE_HELP = """\
@@ -69,18 +71,6 @@ worst preference pair of each iteration.
 """
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
 
 
 def _config(args):
@@ -298,7 +288,7 @@ def add_eval_commands(subparsers) -> None:
                    help="data format (default: detected from the first record)")
     p.add_argument("--model", help="judge model (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="metrics JSON; per-reply items go to <out stem>.items.jsonl")
-    p.add_argument("--limit", type=_positive_int, help="use only the first N ranked groups")
+    p.add_argument("--limit", type=positive_int, help="use only the first N ranked groups")
     p.add_argument("--bootstrap-samples", type=int, default=1000, help="bootstrap resamples for intervals (1000)")
     add_config_args(p)
     p.set_defaults(func=cmd_eval_judge)
@@ -316,13 +306,13 @@ def add_eval_commands(subparsers) -> None:
     p.add_argument("--template", help="pairwise judge template with {instruction}, {output_a}, {output_b} "
                    "(default: the built-in one, ending in 'Winner: A|B|tie')")
     p.add_argument("--out", required=True, help="metrics JSON; per-pair items go to <out stem>.items.jsonl")
-    p.add_argument("--limit", type=_positive_int, help="use only the first N prompts")
-    p.add_argument("--temperature", type=_non_negative_float,
+    p.add_argument("--limit", type=positive_int, help="use only the first N prompts")
+    p.add_argument("--temperature", type=non_negative_float,
                    help="answer sampling temperature when generating (default 0: greedy)")
-    p.add_argument("--max-new-tokens", type=_positive_int, help="answer length limit (default respond.max_new_tokens)")
-    p.add_argument("--judge-temperature", type=_non_negative_float, default=0.0,
+    p.add_argument("--max-new-tokens", type=positive_int, help="answer length limit (default respond.max_new_tokens)")
+    p.add_argument("--judge-temperature", type=non_negative_float, default=0.0,
                    help="judge temperature (default 0: greedy, as AlpacaEval)")
-    p.add_argument("--judge-max-new-tokens", type=_positive_int,
+    p.add_argument("--judge-max-new-tokens", type=positive_int,
                    help="judgement length limit (default judge.max_new_tokens)")
     p.add_argument("--bootstrap-samples", type=int, default=1000, help="bootstrap resamples for intervals (1000)")
     add_config_args(p)
@@ -334,11 +324,11 @@ def add_eval_commands(subparsers) -> None:
     p.add_argument("--data", help="the set's data file for mtbench (question.jsonl) and alpacaeval (JSON list)")
     p.add_argument("--model", help="model to answer with (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="answers file (alpacaeval: model_outputs.json; else JSONL)")
-    p.add_argument("--limit", type=_positive_int, help="answer only the first N questions")
+    p.add_argument("--limit", type=positive_int, help="answer only the first N questions")
     p.add_argument("--generator", help="name written into the outputs (default: from the model path)")
-    p.add_argument("--temperature", type=_non_negative_float,
+    p.add_argument("--temperature", type=non_negative_float,
                    help="sampling temperature for every question (default: per-category for mtbench, else greedy)")
-    p.add_argument("--max-new-tokens", type=_positive_int, help="answer length limit (default respond.max_new_tokens)")
+    p.add_argument("--max-new-tokens", type=positive_int, help="answer length limit (default respond.max_new_tokens)")
     add_config_args(p)
     p.set_defaults(func=cmd_eval_generate)
 
@@ -348,12 +338,12 @@ def add_eval_commands(subparsers) -> None:
     p.add_argument("--grader", choices=GRADERS, default="additive", help="additive (0-5, default) or mtbench (1-10)")
     p.add_argument("--judge-model", help="judge model (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="metrics JSON; per-turn items go to <out stem>.items.jsonl")
-    p.add_argument("--limit", type=_positive_int, help="grade only the first N questions")
-    p.add_argument("--samples", type=_positive_int,
+    p.add_argument("--limit", type=positive_int, help="grade only the first N questions")
+    p.add_argument("--samples", type=positive_int,
                    help="judgements per answer (default: judge.num_samples for additive, 1 for mtbench)")
-    p.add_argument("--temperature", type=_non_negative_float,
+    p.add_argument("--temperature", type=non_negative_float,
                    help="judge temperature (default: judge.temperature for additive, 0 for mtbench)")
-    p.add_argument("--max-new-tokens", type=_positive_int,
+    p.add_argument("--max-new-tokens", type=positive_int,
                    help="judgement length limit (default: judge.max_new_tokens for additive, 256 for mtbench)")
     add_config_args(p)
     p.set_defaults(func=cmd_eval_grade)
