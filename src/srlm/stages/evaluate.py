@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from srlm.backends import GenerationRequest, Sampling, backend_for
+from srlm.backends import Sampling, backend_for
 from srlm.config import Config
-from srlm.io import iter_jsonl, stable_seed, write_json, write_jsonl
+from srlm.io import iter_jsonl, write_json, write_jsonl
 
 
 def judge_accuracy(cfg: Config, model_path: str, out_dir: Path) -> dict:
@@ -36,14 +36,17 @@ def judge_accuracy(cfg: Config, model_path: str, out_dir: Path) -> dict:
 
 
 def _answers(cfg: Config, model_path: str, prompts: list[str]) -> list[str]:
+    """Greedy answers of `model_path` to the held-out prompts, through the same path as `srlm eval generate`."""
+    from srlm.evaluation.prompt_sets import PromptItem, generate_answers
+
+    items = [PromptItem(id=f"heldout-{i}", turns=[p]) for i, p in enumerate(prompts)]
+    greedy = Sampling(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.eval.max_new_tokens)
     backend = backend_for(cfg, model_path)
     try:
-        sampling = Sampling(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.eval.max_new_tokens)
-        requests = [GenerationRequest(f"heldout-{i}", sampling, stable_seed(cfg.seed, "heldout", i),
-                                      messages=[{"role": "user", "content": p}]) for i, p in enumerate(prompts)]
-        return [outs[0].text for outs in backend.generate(requests)]
+        records = generate_answers(items, backend, seed=cfg.seed, sampling_for=lambda item: greedy)
     finally:
         backend.close()
+    return [r["answers"][0] for r in records]
 
 
 def winrate_vs_previous(cfg: Config, new_model: str, old_model: str, out_dir: Path) -> dict:
