@@ -182,7 +182,7 @@ def test_only_rank_zero_writes_the_model_and_all_ranks_wait(tmp_path, rank):
                                     wait_for_everyone=lambda: barriers.append(rank)),
     )
     with mock.patch.dict(os.environ, {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}):
-        finish_and_save(trainer, tokenizer, tmp_path / "out")
+        finish_and_save(trainer, tokenizer, tmp_path / "out", base_model=str(tmp_path), dtype=model.dtype)
     assert (tmp_path / "out" / "model.safetensors").exists() == (rank == 0)
     assert barriers == [rank]
 

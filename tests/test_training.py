@@ -91,3 +91,73 @@ def test_prompts_longer_than_the_limit_are_skipped_and_counted(tmp_path):
     prompts.write_text(json.dumps({"prompt": "short one"}) + "\n" + json.dumps({"prompt": "long " * 50}) + "\n")
     stats = run_respond(prompts, tmp_path / "r.jsonl", make_backend("fake"), RespondConfig(max_prompt_tokens=10), seed=0)
     assert stats["skipped_prompt_too_long"] == 1 and stats["prompts"] == 1 and stats["responses"] == 4
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading for training and saving when no rank holds the whole model (ZeRO-3, FSDP)
+
+
+def test_dropout_is_set_when_the_model_is_built_and_off_in_the_saved_model(tiny_model_dir, tmp_path, data):
+    """Attention layers copy config.attention_dropout when built: the rate must reach the layers, not only the config."""
+    import torch
+
+    from srlm.models import load_model
+
+    loaded = load_model(str(tiny_model_dir), device="cpu", dropout=0.25)
+    attention = loaded.model.model.layers[0].self_attn
+    assert attention.attention_dropout == 0.25
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
+    loaded.model.train()
+    torch.manual_seed(0)
+    first = loaded.model(ids).logits
+    second = loaded.model(ids).logits
+    assert not torch.equal(first, second)  # dropout really acts in training mode
+
+    ift, eft, _ = data
+    run_sft(str(tiny_model_dir), ift, eft, tmp_path / "m1",
+            SftConfig(epochs=1, batch_size=2, micro_batch_size=1, dropout=0.1), seed=0)
+    saved = json.loads((tmp_path / "m1" / "config.json").read_text())
+    assert saved["attention_dropout"] == 0.0 and saved["use_cache"] is True
+
+
+def test_resolve_device_gives_each_launched_rank_its_own_gpu(monkeypatch):
+    import torch
+
+    from srlm.models import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert resolve_device("auto") == "cuda"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("auto") == "cuda:3"
+    assert resolve_device("cpu") == "cpu"  # an explicit device wins
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gathered_save_equals_the_plain_save(tiny_model_dir, tmp_path, data, monkeypatch, lora):
+    """The ZeRO-3/FSDP save path (trainer.save_model on every rank, LoRA merged into a fresh copy of the base model on
+    rank 0) run in one process: it must write the same checkpoint as the plain path, safetensors only."""
+    import torch
+
+    from srlm.stages import training
+
+    ift, eft, _ = data
+    cfg = SftConfig(epochs=1, batch_size=2, micro_batch_size=1, learning_rate=1e-3, dropout=0.1,
+                    lora={"enabled": lora, "r": 4, "alpha": 8})
+    run_sft(str(tiny_model_dir), ift, eft, tmp_path / "plain", cfg, seed=0)
+    monkeypatch.setattr(training, "needs_gathering", lambda trainer: True)
+    run_sft(str(tiny_model_dir), ift, eft, tmp_path / "gathered", cfg, seed=0)
+
+    plain, gathered = _weights(tmp_path / "plain"), _weights(tmp_path / "gathered")
+    assert set(plain) == set(gathered) == set(_weights(tiny_model_dir))  # no adapter tensors left
+    assert max(float((plain[k] - gathered[k]).abs().max()) for k in plain) <= 1e-6
+    assert any(not torch.equal(gathered[k], w) for k, w in _weights(tiny_model_dir).items())
+    names = {p.name for p in (tmp_path / "gathered").iterdir()}
+    assert "training_args.bin" not in names and not any(n.endswith((".bin", ".pt")) for n in names)
+    assert "tokenizer_config.json" in names and "adapter_config.json" not in names
+    saved = json.loads((tmp_path / "gathered" / "config.json").read_text())
+    assert saved["attention_dropout"] == 0.0 and saved["use_cache"] is True
+    assert not list(tmp_path.glob(".*"))  # no staging, gathering or scratch folder left behind

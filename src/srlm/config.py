@@ -57,9 +57,10 @@ class DataConfig(_Section):
 
 
 class GenerationBackendConfig(_Section):
-    name: Literal["hf", "openai", "fake"] = Field(
-        "hf", description="Generation backend: 'hf' (transformers, in-process), 'openai' (any OpenAI-compatible "
-        "server: vLLM, transformers serve, llama.cpp, hosted APIs) or 'fake' (scripted outputs for tests).",
+    name: Literal["hf", "vllm", "openai", "fake"] = Field(
+        "hf", description="Generation backend: 'hf' (transformers, in-process), 'vllm' (vLLM's offline engine "
+        "in-process, needs a CUDA GPU and pip install 'srlm[vllm]'), 'openai' (any OpenAI-compatible server: vLLM, "
+        "transformers serve, llama.cpp, hosted APIs) or 'fake' (scripted outputs for tests).",
     )
     max_batch_tokens: int = Field(
         16384, ge=256, description="hf: token budget of one generation batch (prompt + new tokens, over all sequences)."
@@ -74,6 +75,18 @@ class GenerationBackendConfig(_Section):
     max_concurrency: int = Field(8, ge=1, description="openai: requests in flight at once.")
     timeout_seconds: float = Field(120, gt=0, description="openai: per-request timeout.")
     max_retries: int = Field(5, ge=0, description="openai: retries (with backoff) on timeouts, 429 and 5xx.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one model is split over (tensor parallelism).")
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="vllm: share of each GPU's memory the engine reserves (weights, activations, "
+        "KV cache) until it is closed before training.",
+    )
+    max_model_len: int | None = Field(
+        None, ge=1, description="vllm: context length (prompt + new tokens); null = the model's own. Lower it to "
+        "leave more memory for the KV cache.",
+    )
+    enforce_eager: bool = Field(
+        False, description="vllm: skip CUDA graph capture: faster start and less memory, slower decoding.",
+    )
 
 
 class SftConfig(_Section):
@@ -122,6 +135,12 @@ class RespondConfig(_Section):
 
 
 class JudgeConfig(_Section):
+    method: Literal["sample_mean", "expected"] = Field(
+        "sample_mean", description="How a judgement becomes a score. 'sample_mean' (the paper): the integer after the "
+        "last 'Score:'. 'expected': sum_k k * p(k) over the judge's probabilities of the tokens 0-5 right after that "
+        "'Score:' (renormalised over the six): a continuous score from one judgement, fewer ties; usually with "
+        "num_samples=1. Needs the hf backend, or an openai server that returns top_logprobs (e.g. vLLM).",
+    )
     num_samples: int = Field(3, ge=1, description="Judgements per response, averaged over the parsable ones (paper: 3).")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature (paper: 0.7, as for responses).")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling.")
@@ -154,6 +173,11 @@ class DpoConfig(_Section):
         True, description="Recompute activations in the backward pass: less memory, about 30% more time."
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="Also save a full (LoRA-merged) model every this many optimizer steps, under "
+        "<out>/../.<out name>.checkpoints/step-N, as candidates for eval.select_checkpoint (paper: every 200 "
+        "steps); null = only the final model.",
+    )
 
 
 class EvalConfig(_Section):
@@ -170,6 +194,20 @@ class EvalConfig(_Section):
     winrate_judge: str = Field(
         "next", description="Who judges M_t+1 vs M_t: 'next' = M_t+1 itself (a self-judged number: treat with care), "
         "or a hub id / path of a fixed judge model.",
+    )
+    select_checkpoint: bool = Field(
+        False, description="The paper's checkpoint selection: M_t+1 is the DPO checkpoint (dpo.checkpoint_every_steps, "
+        "or the final model) whose answers win most often against M_t's on eval.selection_prompts, judged pairwise "
+        "in both orders; ties go to the later step. Off = M_t+1 is the final DPO model.",
+    )
+    selection_prompts: str | None = Field(
+        None, description="JSONL prompts ({prompt}, never trained on) for checkpoint selection; null = "
+        "eval.heldout_prompts (paper: 253 validation prompts, apart from its test prompts).",
+    )
+    selection_limit: int = Field(32, ge=1, description="Use at most this many selection prompts (paper: 253).")
+    selection_judge: str = Field(
+        "previous", description="Who judges checkpoint selection: 'previous' = M_t, the same judge for every "
+        "candidate; or a hub id / path of a fixed judge model (paper: Claude 2).",
     )
 
 

@@ -37,7 +37,12 @@ def resolve_device(device: str = "auto") -> str:
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        # Under a launcher (accelerate, torchrun) or a per-GPU shard process every rank sees LOCAL_RANK: each rank
+        # takes its own GPU instead of all of them loading onto GPU 0.
+        local_rank = os.environ.get("LOCAL_RANK")
+        return f"cuda:{int(local_rank) % torch.cuda.device_count()}" if local_rank is not None else "cuda"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SrlmError(f"device '{device}' asked for, but no CUDA GPU is available")
     return device
@@ -139,25 +144,53 @@ def load_model(
     trust_remote_code: bool = False,
     dtype: str = "auto",
     device: str = "auto",
+    place: bool = True,
+    dropout: float | None = None,
 ) -> LoadedModel:
-    """Model and tokenizer, on the device, in eval mode. safetensors only: pickle checkpoints are refused."""
+    """Model and tokenizer, on the device, in eval mode. safetensors only: pickle checkpoints are refused.
+
+    `place=False` leaves the weights where `from_pretrained` built them (CPU, or already sharded under DeepSpeed
+    ZeRO-3): the training stages let the trainer place the model on each rank's device, which also works when the
+    weights are partitioned and must not be moved whole. The dtype is still the one chosen for `device`.
+
+    `dropout` sets the model's dropout rates for training. It must be given here, at construction: attention layers
+    copy `config.attention_dropout` when they are built, so changing the config of a loaded model changes nothing.
+    """
     from transformers import AutoModelForCausalLM
 
     device = resolve_device(device)
     path = resolve_model_path(name_or_path)
     tokenizer = load_tokenizer(path, chat_template, trust_remote_code)
+    config_kwargs = {}
+    if dropout is not None:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        set_dropout_config(config, dropout)
+        config_kwargs["config"] = config
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,
+            **config_kwargs,
             dtype=resolve_dtype(dtype, device),
             trust_remote_code=trust_remote_code,
             use_safetensors=True,
         )
     except (OSError, ValueError) as exc:
         raise SrlmError(f"{name_or_path}: cannot load model ({str(exc).splitlines()[0]})") from None
-    model.to(device)
+    if place:
+        model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, device=device, path=path)
+
+
+DROPOUT_KEYS = ("attention_dropout", "dropout", "hidden_dropout")  # where Llama-style configs keep dropout rates
+
+
+def set_dropout_config(config, dropout: float) -> None:
+    for name in DROPOUT_KEYS:
+        if hasattr(config, name):
+            setattr(config, name, dropout)
 
 
 def save_model(model, tokenizer, out_dir: Path) -> None:

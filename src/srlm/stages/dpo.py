@@ -16,7 +16,7 @@ from pathlib import Path
 from srlm.config import DpoConfig
 from srlm.errors import SrlmError
 from srlm.io import iter_jsonl
-from srlm.stages import training
+from srlm.stages import select, training
 
 PAIR_SCHEMA = {"prompt": list, "chosen": list, "rejected": list}
 
@@ -36,23 +36,26 @@ def run_dpo(
     from datasets import Dataset, load_from_disk
     from trl import DPOConfig, DPOTrainer
 
-    from srlm.models import load_model
+    from srlm.models import load_model, resolve_device, resolve_dtype
 
     pairs = [{k: r[k] for k in PAIR_SCHEMA} for r in iter_jsonl(pairs_path, PAIR_SCHEMA)]
     if not pairs:
         raise SrlmError(f"{pairs_path}: zero preference pairs; refusing to train on nothing (M_t+1 would equal M_t)")
 
-    loaded = load_model(model_path, chat_template=chat_template, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
     out_dir = Path(out_dir)
-    training.check_free_disk(loaded.model, out_dir)
-    training.set_dropout(loaded.model, cfg.dropout)
     with training.scratch_dir(out_dir) as scratch:
         args = DPOConfig(
-            **training.trainer_kwargs(cfg=cfg, device=loaded.device, dtype=loaded.model.dtype, seed=seed, output_dir=scratch),
+            **training.trainer_kwargs(cfg=cfg, device=device, dtype=torch_dtype, seed=seed, output_dir=scratch),
             beta=cfg.beta,
             precompute_ref_log_probs=True,
             disable_dropout=cfg.dropout == 0,
         )
+        # Created after the trainer config, so that under DeepSpeed ZeRO-3 it is built already sharded (see sft.py).
+        loaded = load_model(model_path, chat_template=chat_template, trust_remote_code=trust_remote_code, dtype=dtype,
+                            device=device, place=False, dropout=cfg.dropout)
+        training.check_free_disk(loaded.model, out_dir)
         train_dataset = Dataset.from_list(pairs)
         if args.world_size > 1:
             # TRL caches the precomputed reference log-probs beside the dataset's files, and every rank reads rank 0's
@@ -71,8 +74,9 @@ def run_dpo(
             peft_config=training.peft_config(cfg.lora),
             callbacks=[training.nan_guard()],
         )
+        select.add_checkpoint_saver(trainer, cfg.checkpoint_every_steps, out_dir, loaded.tokenizer)
         trainer.train()
-        training.finish_and_save(trainer, loaded.tokenizer, out_dir)
+        training.finish_and_save(trainer, loaded.tokenizer, out_dir, base_model=loaded.path, dtype=torch_dtype)
     stats = training.log_history_stats(
         trainer.state.log_history,
         {"rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin",

@@ -69,21 +69,25 @@ def run_sft(
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from srlm.models import load_model
+    from srlm.models import load_model, resolve_device, resolve_dtype
 
     ift = read_ift(ift_path, max_ift_examples)
     eft = read_eft(eft_path, max_eft_examples) if eft_path else []
     examples = build_sft_examples(ift, eft, load_template(judge_template_file), seed)
 
-    loaded = load_model(model_path, chat_template=chat_template, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
     out_dir = Path(out_dir)
-    training.check_free_disk(loaded.model, out_dir)
-    training.set_dropout(loaded.model, cfg.dropout)
     with training.scratch_dir(out_dir) as scratch:
         args = SFTConfig(
-            **training.trainer_kwargs(cfg=cfg, device=loaded.device, dtype=loaded.model.dtype, seed=seed, output_dir=scratch),
+            **training.trainer_kwargs(cfg=cfg, device=device, dtype=torch_dtype, seed=seed, output_dir=scratch),
             completion_only_loss=True,
         )
+        # The model is created after the trainer config: under DeepSpeed ZeRO-3 that config is what makes
+        # from_pretrained build it already sharded, instead of every rank holding a full copy.
+        loaded = load_model(model_path, chat_template=chat_template, trust_remote_code=trust_remote_code, dtype=dtype,
+                            device=device, place=False, dropout=cfg.dropout)
+        training.check_free_disk(loaded.model, out_dir)
         trainer = SFTTrainer(
             model=loaded.model,
             args=args,
@@ -93,6 +97,6 @@ def run_sft(
             callbacks=[training.nan_guard()],
         )
         trainer.train()
-        training.finish_and_save(trainer, loaded.tokenizer, out_dir)
+        training.finish_and_save(trainer, loaded.tokenizer, out_dir, base_model=loaded.path, dtype=torch_dtype)
     stats = training.log_history_stats(trainer.state.log_history, {"mean_token_accuracy": "token_accuracy_mean"})
     return {"ift_examples": len(ift), "eft_examples": len(eft), "processes": trainer.args.world_size, **stats}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from srlm.config import LoraConfig
 from srlm.errors import SrlmError
-from srlm.models import fresh_dir, save_model
+from srlm.models import DROPOUT_KEYS, fresh_dir, save_model, set_dropout_config
 
 
 def trainer_kwargs(*, cfg, device: str, dtype, seed: int, output_dir: str) -> dict:
@@ -63,16 +63,13 @@ def peft_config(lora: LoraConfig):
                           target_modules=lora.target_modules, task_type="CAUSAL_LM")
 
 
-def set_dropout(model, dropout: float) -> None:
-    """The paper trains with dropout 0.1; Llama-style configs carry it as attention_dropout (0 by default)."""
-    for name in ("attention_dropout", "dropout", "hidden_dropout"):
-        if hasattr(model.config, name):
-            setattr(model.config, name, dropout)
+
 
 
 def check_free_disk(model, out_dir: Path, margin: float = 1.2) -> None:
     """Refuse to start training when the finished model could not be saved: learn it now, not after hours."""
-    need = sum(p.numel() * p.element_size() for p in model.parameters()) * margin
+    # Under DeepSpeed ZeRO-3 a parameter holds only this rank's partition (numel() is 0); ds_numel is its full size.
+    need = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters()) * margin
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out_dir.parent).free
     if free < need:
@@ -96,17 +93,83 @@ def nan_guard():
     return StopOnNonFiniteLoss()
 
 
-def finish_and_save(trainer, tokenizer, out_dir: Path) -> None:
-    """Merge LoRA adapters (so the next iteration and any HF tool load a plain model), then save atomically."""
+def finish_and_save(trainer, tokenizer, out_dir: Path, *, base_model: str, dtype) -> None:
+    """Save the trained model as one plain checkpoint (LoRA merged), atomically, whatever the process layout.
+
+    `base_model` is the checkpoint training started from and `dtype` the dtype it was loaded in: with LoRA under
+    ZeRO-3 or FSDP the adapters are merged into a fresh copy of it (see `_save_gathered`).
+    """
+    inference_config(trainer.model.config)
+    if needs_gathering(trainer):
+        _save_gathered(trainer, tokenizer, out_dir, base_model=base_model, dtype=dtype)
+        return
     model = trainer.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    set_dropout(model, 0.0)  # the saved model is for inference; training stages set dropout again
-    model.config.use_cache = True
     # Under DDP every rank holds the same weights and all share out_dir: one writes, the others wait for it.
     if trainer.is_world_process_zero():
         save_model(model, tokenizer, out_dir)
     trainer.accelerator.wait_for_everyone()
+
+
+def needs_gathering(trainer) -> bool:
+    """True where no rank holds the whole model: DeepSpeed (ZeRO-3 partitions the weights) or FSDP."""
+    return bool(trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled)
+
+
+def inference_config(config) -> None:
+    """The saved model is for inference: dropout off (training stages set it again) and the KV cache on."""
+    set_dropout_config(config, 0.0)
+    config.use_cache = True
+
+
+def _save_gathered(trainer, tokenizer, out_dir: Path, *, base_model: str, dtype) -> None:
+    """Saving when no rank holds the whole model (DeepSpeed ZeRO-3, FSDP).
+
+    `trainer.save_model` is collective: every rank takes part while the weights are gathered (ZeRO-3's
+    `zero3_save_16bit_model`, FSDP's FULL_STATE_DICT) and rank 0 writes them. A LoRA model gathers only its adapters;
+    rank 0 then merges them into a fresh CPU copy of the base model, which needs the base model's size in host RAM
+    once. The result is renamed into place only when complete, like every other model srlm writes.
+    """
+    import json
+
+    out_dir = Path(out_dir)
+    gathered = out_dir.parent / f".{out_dir.name}.gathered"
+    main = trainer.is_world_process_zero()
+    if main:
+        fresh_dir(gathered)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(gathered))
+    if main:
+        (gathered / "training_args.bin").unlink(missing_ok=True)  # a pickle: srlm's checkpoints are safetensors only
+        if (gathered / "adapter_config.json").exists():
+            merged = merge_adapters(base_model, gathered, dtype)
+            save_model(merged, tokenizer, out_dir)
+        else:
+            config_path = gathered / "config.json"
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            for name in DROPOUT_KEYS:
+                if name in config:
+                    config[name] = 0.0
+            config["use_cache"] = True
+            config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+            tokenizer.save_pretrained(gathered)
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            gathered.rename(out_dir)
+        shutil.rmtree(gathered, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+
+
+def merge_adapters(base_model: str, adapter_dir: Path, dtype):
+    """A plain model: the base checkpoint (on CPU) with the saved LoRA adapters merged into its weights."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, use_safetensors=True)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    inference_config(merged.config)
+    return merged
 
 
 @contextmanager
