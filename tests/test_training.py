@@ -161,3 +161,34 @@ def test_gathered_save_equals_the_plain_save(tiny_model_dir, tmp_path, data, mon
     saved = json.loads((tmp_path / "gathered" / "config.json").read_text())
     assert saved["attention_dropout"] == 0.0 and saved["use_cache"] is True
     assert not list(tmp_path.glob(".*"))  # no staging, gathering or scratch folder left behind
+
+
+def test_length_grouped_batches_hold_similar_lengths():
+    """The DPO trainer's sampler puts pairs of similar token length in one optimizer batch, and visits each once."""
+    import random
+    from types import SimpleNamespace
+
+    import torch
+    from trl import DPOTrainer
+
+    from srlm.stages import training
+    from srlm.stages.dpo import pair_lengths
+
+    rng = random.Random(0)
+    n, micro = 256, 2
+    dataset = {name: [[0] * rng.randint(1, 300) for _ in range(n)] for name in ("prompt_ids", "chosen_ids", "rejected_ids")}
+    lengths = pair_lengths(dataset)
+    trainer = object.__new__(training.length_grouped(DPOTrainer, pair_lengths))
+    trainer.args = SimpleNamespace(train_batch_size=2, gradient_accumulation_steps=2)
+    trainer.train_dataset = dataset
+    torch.manual_seed(0)
+    order = list(trainer._get_train_sampler())
+    assert sorted(order) == list(range(n))
+
+    def padding(indices):  # pad tokens added when each micro-batch is padded to its longest pair
+        batches = [indices[i:i + micro] for i in range(0, n, micro)]
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    # Sorted within groups of 16 optimizer batches (the sampler's group size for 256 examples): a fraction of the
+    # padding of the dataset's own order (measured 0.06 with this seed).
+    assert padding(order) < 0.25 * padding(list(range(n)))

@@ -21,6 +21,12 @@ from srlm.stages import select, training
 PAIR_SCHEMA = {"prompt": list, "chosen": list, "rejected": list}
 
 
+def pair_lengths(dataset) -> list[int]:
+    """Tokens a tokenized pair takes in a batch: its prompt plus the longer of its two responses."""
+    return [len(p) + max(len(c), len(r))
+            for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+
+
 def run_dpo(
     model_path: str,
     pairs_path: Path,
@@ -65,7 +71,10 @@ def run_dpo(
                 if args.process_index == 0:
                     train_dataset.save_to_disk(saved)
             train_dataset = load_from_disk(saved)
-        trainer = DPOTrainer(
+        trainer_class = DPOTrainer
+        if cfg.group_by_length:
+            trainer_class = training.length_grouped(DPOTrainer, pair_lengths)
+        trainer = trainer_class(
             model=loaded.model,
             ref_model=None,
             args=args,

@@ -88,7 +88,10 @@ def run_sft(
         loaded = load_model(model_path, chat_template=chat_template, trust_remote_code=trust_remote_code, dtype=dtype,
                             device=device, place=False, dropout=cfg.dropout)
         training.check_free_disk(loaded.model, out_dir)
-        trainer = SFTTrainer(
+        trainer_class = SFTTrainer
+        if cfg.group_by_length:
+            trainer_class = training.length_grouped(SFTTrainer, lambda d: [len(ids) for ids in d["input_ids"]])
+        trainer = trainer_class(
             model=loaded.model,
             args=args,
             train_dataset=Dataset.from_list(examples),

@@ -54,6 +54,26 @@ def trainer_kwargs(*, cfg, device: str, dtype, seed: int, output_dir: str) -> di
     )
 
 
+def length_grouped(trainer_class, lengths_of):
+    """`trainer_class` (a TRL trainer) with training batches of similar-length examples.
+
+    With micro_batch_size > 1 every sequence of a batch is padded to the longest; grouping by length cuts that
+    waste. transformers' LengthGroupedSampler keeps the order random at the scale that matters: it shuffles, takes
+    groups of 50 optimizer batches, and sorts only within each group. The trainers drop unused columns before the
+    sampler is built, so the lengths are read from the tokenized columns they keep (`lengths_of(dataset)`).
+    """
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class LengthGroupedTrainer(trainer_class):
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=lengths_of(dataset))
+
+    LengthGroupedTrainer.__name__ = f"LengthGrouped{trainer_class.__name__}"
+    return LengthGroupedTrainer
+
+
 def peft_config(lora: LoraConfig):
     if not lora.enabled:
         return None
