@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from srlm.errors import DataError
+from srlm.errors import DataError, SrlmError
 from srlm.io import ResumableJsonlWriter, read_jsonl, stable_id, stable_seed, write_jsonl
 
 
@@ -73,15 +73,86 @@ def test_resumable_writer_recovers_from_a_torn_line(tmp_path):
     assert not resumed.partial_path.exists()
 
 
+TEN_MB = 10 * 2**20
+
+
+def ten_mb_prompt() -> str:
+    return ("lorem ipsum dolor sit amet " * (TEN_MB // 27 + 1))[:TEN_MB]
+
+
 def test_a_ten_megabyte_line_is_read_and_a_broken_one_is_named(tmp_path):
     path = tmp_path / "big.jsonl"
-    big = "x" * (10 * 2**20)
+    big = "x" * TEN_MB
     path.write_text(json.dumps({"prompt": "short"}) + "\n" + json.dumps({"prompt": big}) + "\n")
     records = read_jsonl(path, {"prompt": str})
-    assert len(records[1]["prompt"]) == 10 * 2**20
+    assert len(records[1]["prompt"]) == TEN_MB
     path.write_text(json.dumps({"prompt": "short"}) + "\n" + '{"prompt": "' + big + "\n")
-    with pytest.raises(DataError, match=r"big.jsonl:2: malformed JSON"):
+    # The newline ends the line inside the string: the parser stops at it, 10 MB in.
+    message = rf"big.jsonl:2: malformed JSON \(Invalid control character at column {TEN_MB + 13}\)$"
+    with pytest.raises(DataError, match=message):
         read_jsonl(path)
+    path.write_text(json.dumps({"prompt": "short"}) + "\n" + json.dumps({"prompt": big})[:-1] + ", 3]}\n")
+    with pytest.raises(DataError, match=r"big.jsonl:2: malformed JSON") as info:
+        read_jsonl(path)
+    assert len(str(info.value)) < 300  # the message names the place; it never quotes the 10 MB line
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_a_ten_megabyte_last_line_without_a_newline(tmp_path, suffix):
+    import gzip
+
+    path = tmp_path / f"big{suffix}"
+    write = (lambda data: gzip.open(path, "wb").write(data)) if suffix.endswith(".gz") else path.write_bytes
+    line = json.dumps({"prompt": ten_mb_prompt() + " \u00e9"}, ensure_ascii=False).encode("utf-8")
+    head = b'{"prompt": "short"}\n'
+    write(head + line)  # complete, only the final newline is missing: an ordinary file
+    assert len(read_jsonl(path, {"prompt": str})[1]["prompt"]) == TEN_MB + 2
+    write(head + line[: len(line) // 2])  # cut in the middle: named as truncated, with its line
+    with pytest.raises(DataError, match=rf"big{suffix}:2: malformed JSON \(Unterminated string starting at column 12\);"
+                                        r" the file ends inside this line "
+                                        r"\(no final newline\): truncated\?"):
+        read_jsonl(path)
+    cut = line.index("\u00e9".encode()) + 1  # in the middle of the two bytes of "é"
+    write(head + line[:cut])
+    with pytest.raises(DataError, match=rf"big{suffix}:2: not valid UTF-8 \(unexpected end of data at byte {cut - 1}\);"
+                                        r" the file ends inside this line"):
+        read_jsonl(path)
+    write(head + line[:-1] + b"\n")  # a broken line that does end in a newline is not called truncated
+    with pytest.raises(DataError, match=rf"big{suffix}:2: malformed JSON") as info:
+        read_jsonl(path)
+    assert "truncated" not in str(info.value)
+
+
+def test_a_ten_megabyte_prompt_is_read_then_skipped_by_the_stages_and_counted(tmp_path):
+    from srlm.backends import make_backend
+    from srlm.config import PromptsConfig, RespondConfig
+    from srlm.stages.prompts import run_prompts
+    from srlm.stages.respond import run_respond
+
+    big = ten_mb_prompt()
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"prompt": "Name a colour."}, {"prompt": big}, {"prompt": "Name a fruit."}])
+    stats = run_respond(prompts, tmp_path / "responses.jsonl", make_backend("fake"), RespondConfig(num_samples=2),
+                        seed=0)
+    assert stats["skipped_prompt_too_long"] == 1 and stats["prompts"] == 2 and stats["responses"] == 4
+    assert {r["prompt"] for r in read_jsonl(tmp_path / "responses.jsonl")} == {"Name a colour.", "Name a fruit."}
+
+    # As a seed prompt it is no demonstration: never shown to the generator, never compared against, counted.
+    seeds = ["Explain how a rainbow forms after a storm.", big, "Give three tips for staying focused while studying."]
+    backend = make_backend("fake")
+    shown = []
+    generate = backend.generate
+
+    def recording_generate(requests, on_done=None):
+        shown.extend(request.text for request in requests)
+        return generate(requests, on_done)
+
+    backend.generate = recording_generate
+    stats = run_prompts(seeds, [], tmp_path / "new.jsonl", backend, PromptsConfig(num_prompts=4), seed=0)
+    assert stats["seed_prompts_skipped_too_long"] == 1 and stats["kept"] == 4
+    assert shown and max(len(text) for text in shown) < 10_000
+    with pytest.raises(SrlmError, match="all 1 seed prompts are longer than prompts.max_words"):
+        run_prompts([big], [], tmp_path / "none.jsonl", backend, PromptsConfig(num_prompts=4), seed=0)
 
 
 def test_gzip_files_are_read_and_corrupt_ones_named(tmp_path):

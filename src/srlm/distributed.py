@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from srlm.errors import DataError, SrlmError
-from srlm.io import iter_jsonl, read_jsonl, write_jsonl
+from srlm.io import iter_jsonl, read_jsonl, safe_child, write_jsonl
 
 # Stages that may run under `accelerate launch`: the trainers. Every other command does the whole job on each rank.
 LAUNCHABLE_STAGES = ("sft", "dpo")
@@ -183,10 +183,10 @@ def shard(items: Sequence, index: int, count: int) -> list:
 
 def shard_path(path: str | Path, index: int, count: int, out_dir: str | Path | None = None) -> Path:
     """`dir/name.jsonl` -> `out_dir/name.shard-03-of-08.jsonl`: the count is in the name, so a merge can tell a
-    missing shard from a finished job."""
+    missing shard from a finished job. Refused (`UnsafePathError`) if that name is a link leading out of the folder."""
     path = Path(path)
     width = max(2, len(str(count)))
-    return Path(out_dir or path.parent) / f"{path.stem}.shard-{index:0{width}d}-of-{count:0{width}d}{path.suffix}"
+    return safe_child(out_dir or path.parent, f"{path.stem}.shard-{index:0{width}d}-of-{count:0{width}d}{path.suffix}")
 
 
 def write_shards(path: str | Path, count: int, *, kind: str, out_dir: str | Path | None = None) -> list[Path]:

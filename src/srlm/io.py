@@ -1,10 +1,20 @@
 """Reading and writing the JSONL files that flow between stages.
 
 Three promises, relied on everywhere:
-- a bad file fails with a message naming the file, the line and the field (never a bare KeyError);
+- a bad file fails with a message naming the file, the line and the field (never a bare KeyError); a file that
+  ends inside a line (no final newline, and the line does not parse) is named as truncated;
 - an output file either exists complete or not at all (written to a temporary name, then renamed);
 - long stages append finished records to `<name>.partial` and, when restarted, skip the ids already there,
   so that a killed run neither loses nor repeats a record.
+
+Lines have no length limit. A record is one JSON value, which cannot be parsed in pieces, so a line is read whole:
+in time linear in its length (a 10 MB line takes about 0.05 s) and about three times its size in memory while it
+is parsed. Whether a long *prompt* is usable is decided where tokens are known, not here: `respond` and `judge` skip
+prompts over their `max_prompt_tokens` and count them, and `prompts` does not show seed prompts of more than
+`prompts.max_words` words as demonstrations. A final line without a newline is read like any other when it parses.
+
+Everything srlm writes lands inside the folder it was told to write to (a run directory, an `--out-dir`): names
+are composed with `safe_child`, which refuses absolute names, `..` and symbolic links that lead outside.
 """
 
 from __future__ import annotations
@@ -16,12 +26,58 @@ import math
 import os
 import tempfile
 import zlib
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Iterable, Iterator
 
-from srlm.errors import DataError
+from srlm.errors import DataError, SrlmError
 
 _TYPE_NAMES = {str: "string", int: "integer", float: "number", list: "list", dict: "object", bool: "boolean"}
+
+
+class UnsafePathError(SrlmError):
+    """A file srlm was about to write would land outside the folder it writes to."""
+
+
+def safe_child(base: str | Path, name: str | PurePath) -> Path:
+    """`base / name`, checked to stay inside `base`; raises `UnsafePathError` otherwise.
+
+    `name` is relative and may have several parts ("models/m1"), but neither an absolute name nor a `..` part is
+    accepted, even one that would come back inside ("a/../b"): srlm composes its names itself, so either is a bug or
+    an attack. Symbolic links are followed, at every level below `base` and the name itself, dangling ones too; one
+    that leads outside `base` is refused, since files would be written through it. `base` itself may be a link:
+    where a run lives is the user's choice. Nothing is created; the path is returned as composed, not resolved.
+    """
+    base = Path(base)
+    text = os.fspath(name)
+    if "\x00" in text:
+        raise UnsafePathError(f"{base}: refusing to write {text!r}: the name contains a NUL byte")
+    rel = PurePath(text)
+    if rel.is_absolute() or rel.anchor:
+        raise UnsafePathError(f"{base}: refusing to write '{text}': an absolute name would leave this folder")
+    if ".." in rel.parts:
+        raise UnsafePathError(f"{base}: refusing to write '{text}': names with '..' parts are not accepted")
+    if not rel.parts:
+        raise UnsafePathError(f"{base}: refusing to write an empty name")
+    target = base / rel
+    try:
+        root, real = base.resolve(), target.resolve()
+    except (OSError, RuntimeError) as exc:  # a loop of symbolic links (RuntimeError before Python 3.13)
+        raise UnsafePathError(f"{target}: cannot tell where it leads ({exc})") from None
+    if real != root and root not in real.parents:
+        raise UnsafePathError(
+            f"{target}: refusing to write through a symbolic link to {real}, outside {root}; srlm writes only "
+            "inside the folder it was given (replace the link by a real folder, or point srlm at the other place)"
+        )
+    return target
+
+
+def ensure_inside(base: str | Path, path: str | Path) -> Path:
+    """`path`, which must be `base / something`, checked like `safe_child(base, something)`."""
+    try:
+        rel = Path(path).relative_to(Path(base))
+    except ValueError:
+        raise UnsafePathError(f"{path}: refusing to write outside {base}") from None
+    return safe_child(base, rel)
 
 
 def stable_id(*parts: object, length: int = 16) -> str:
@@ -76,16 +132,24 @@ def iter_json_lines(path: str | Path, *, allow_strings: bool = False) -> Iterato
     try:
         with opener(path, "rb") as handle:
             for line_no, raw in enumerate(handle, start=1):
+                # Only the last line of a file can lack its newline; if it also fails to parse, the file was most
+                # likely cut off (a copy or a write that did not finish), and the message says so.
+                cut = "" if raw.endswith(b"\n") else "; the file ends inside this line (no final newline): truncated?"
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise DataError(f"{path}:{line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+                    raise DataError(
+                        f"{path}:{line_no}: not valid UTF-8 ({exc.reason} at byte {exc.start}){cut}"
+                    ) from None
                 if not line.strip():
                     continue
                 try:
                     value = json.loads(line, parse_constant=_refuse_constant)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{line_no}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+                    message = exc.msg.removesuffix(" at")  # "Unterminated string starting at" + " at column N"
+                    raise DataError(
+                        f"{path}:{line_no}: malformed JSON ({message} at column {exc.colno}){cut}"
+                    ) from None
                 except RecursionError:
                     raise DataError(f"{path}:{line_no}: JSON nested too deeply to read") from None
                 except ValueError as exc:
@@ -168,6 +232,9 @@ class ResumableJsonlWriter:
         self.id_field = id_field
         self.records: list[dict] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.partial_path.is_symlink():
+            # Appending (and cutting a torn line) would go through the link, wherever it points.
+            raise UnsafePathError(f"{self.partial_path}: is a symbolic link; srlm appends only to a file of its own")
         if self.partial_path.exists():
             self._recover()
         self.done_ids = {r[id_field] for r in self.records}

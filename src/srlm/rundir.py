@@ -16,6 +16,9 @@ A stage is skipped when the manifest says it finished with the same fingerprint 
 chained with the fingerprints of the stages before it) and its outputs exist. A stage that must run again makes
 every later stage run again. A stage interrupted mid-way keeps its `.partial` records when it resumes with the same
 fingerprint; with a different one they are deleted first.
+
+Everything a run writes stays inside RUN_DIR: its paths are composed with `srlm.io.safe_child`, and a stage whose
+outputs would lead outside (a subfolder that is a symbolic link to another place) is refused before it runs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from srlm.errors import SrlmError
-from srlm.io import read_json, write_json
+from srlm.io import ensure_inside, read_json, safe_child, write_json
 from srlm.stages.training import release_memory
 
 MANIFEST_VERSION = 1
@@ -38,16 +41,20 @@ class RunDir:
         if self.root.exists() and not self.root.is_dir():
             raise SrlmError(f"{self.root}: run directory path exists and is not a directory")
         self.root.mkdir(parents=True, exist_ok=True)
-        self.manifest_path = self.root / "manifest.json"
+        self.manifest_path = self.path("manifest.json")
         self.manifest = read_json(self.manifest_path) if self.manifest_path.exists() else {"version": MANIFEST_VERSION, "stages": {}}
         self.chain = "start"
         self.rerun_rest = False
 
+    def path(self, name: str) -> Path:
+        """`root / name`, refused (`UnsafePathError`) if it would lead outside the run directory."""
+        return safe_child(self.root, name)
+
     def model_dir(self, t: int) -> Path:
-        return self.root / "models" / f"m{t}"
+        return self.path(f"models/m{t}")
 
     def iter_dir(self, t: int) -> Path:
-        return self.root / f"iter_{t}"
+        return self.path(f"iter_{t}")
 
     def save(self) -> None:
         write_json(self.manifest_path, self.manifest)
@@ -60,6 +67,8 @@ class RunDir:
         A `side` stage (evaluation, the SFT baseline) depends on the stages before it, but nothing depends on it:
         turning it on, off or changing its settings never reruns the main line of the loop.
         """
+        for out in outputs:  # before anything is run or deleted: a stage writes only inside the run directory
+            ensure_inside(self.root, out)
         fingerprint = hashlib.sha256(f"{self.chain}|{key}|{config_fingerprint}".encode()).hexdigest()[:16]
         entry = self.manifest["stages"].get(key)
         finished = (

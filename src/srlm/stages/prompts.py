@@ -12,8 +12,9 @@ top-p 0.9. Every new item goes through Self-Instruct's filters, in this order, a
   duplicate    the same text (case and spacing aside) as a pool prompt
   similar      ROUGE-L F above `rouge_l_max` (0.7) against any pool prompt (a near duplicate)
   contaminated matches a prompt of an evaluation set in `decontaminate_against`, exactly or nearly
-The pool is the seed prompts, earlier generated prompts and the ones kept so far. Attempts stop when `num_prompts`
-are kept or `max_attempts` are spent.
+The pool is the seed prompts, earlier generated prompts and the ones kept so far. Seed prompts of more than
+`max_words` words are neither shown nor pooled (counted as `seed_prompts_skipped_too_long`). Attempts stop when
+`num_prompts` are kept or `max_attempts` are spent.
 
 Every raw attempt and the fate of each item are logged to `prompts.attempts.jsonl` as they finish; a resumed run
 replays that log, so the kept prompts are the same as an uninterrupted run's.
@@ -100,11 +101,13 @@ def _evaluation_prompts(paths: list[str]) -> list[str]:
     return [r["prompt"] for path in paths for r in load_records(path, kind="prompts")]
 
 
-def _is_contaminated(text: str, eval_prompts: list[str]) -> bool:
-    from srlm.data.decontaminate import decontaminate
+def _decontamination_index(paths: list[str]):
+    """The evaluation prompts of `decontaminate_against`, indexed once for the whole stage; None when there are none."""
+    if not paths:
+        return None
+    from srlm.data.decontaminate import DecontaminationIndex
 
-    kept, _report = decontaminate([{"prompt": text}], eval_prompts)
-    return not kept
+    return DecontaminationIndex(_evaluation_prompts(paths))
 
 
 def run_prompts(
@@ -119,12 +122,20 @@ def run_prompts(
 ) -> dict:
     if not seed_prompts:
         raise SrlmError("self-instruction needs at least one seed prompt")
+    # A seed prompt longer than a generated one may be (max_words) is no demonstration of a task: one such prompt
+    # (a pasted document, a 10 MB line) would make every few-shot prompt that shows it too long to generate from.
+    seeds_too_long = sum(1 for text in seed_prompts if len(text.split()) > cfg.max_words)
+    if seeds_too_long:
+        seed_prompts = [text for text in seed_prompts if len(text.split()) <= cfg.max_words]
+        if not seed_prompts:
+            raise SrlmError(f"all {seeds_too_long} seed prompts are longer than prompts.max_words ({cfg.max_words} "
+                            "words): none can serve as a few-shot demonstration")
     max_attempts = cfg.max_attempts or 4 * cfg.num_prompts
     sampling = Sampling(n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     log = ResumableJsonlWriter(out_path.with_name(out_path.stem + ".attempts.jsonl"), id_field="attempt")
 
     prompt_filter = PromptFilter(seed_prompts + earlier_generated, cfg)
-    eval_prompts = _evaluation_prompts(cfg.decontaminate_against)
+    contamination = _decontamination_index(cfg.decontaminate_against)
     generated = list(earlier_generated)  # demos of the "generated" kind
     kept: list[dict] = []
     rejected: Counter = Counter()
@@ -136,7 +147,7 @@ def run_prompts(
                 rejected["over_budget"] += 1
                 continue
             reason = prompt_filter.check(text)
-            if reason is None and eval_prompts and _is_contaminated(text, eval_prompts):
+            if reason is None and contamination is not None and contamination.match(text) is not None:
                 reason = "contaminated"
             if reason:
                 rejected[reason] += 1
@@ -183,4 +194,5 @@ def run_prompts(
         "kept": len(kept),
         "rejected": dict(sorted(rejected.items())),
         "target": cfg.num_prompts,
+        "seed_prompts_skipped_too_long": seeds_too_long,
     }
