@@ -30,6 +30,7 @@ from srlm.stages.judge import run_judge
 from srlm.stages.pairs import run_pairs
 from srlm.stages.prompts import run_prompts
 from srlm.stages.respond import run_respond
+from srlm.stages.select import check_selection_config, recover_model_dir, run_selection, selection_fingerprint
 from srlm.stages.sft import run_sft
 
 
@@ -106,6 +107,7 @@ def _train_dpo(cfg: Config, rd: RunDir, model_t: Path, pairs: Path, out_dir: Pat
 
 
 def run_loop(cfg: Config, run_dir: str | Path) -> dict:
+    check_selection_config(cfg)  # before any training: a missing key must not surface after SFT and DPO
     rd = RunDir(run_dir)
     save_config(cfg, rd.root / "config.yaml")
     started = time.perf_counter()
@@ -163,10 +165,22 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
                 f"nothing. Look at {d / 'judgements.jsonl'}: a judge that never parses or always gives the same "
                 "score needs more EFT training (sft.epochs, more EFT data) or more candidates (respond.num_samples)."
             )
+        recover_model_dir(model_next)  # a selected checkpoint whose move into models/m{t+1} a kill interrupted
+        # With selection on, models/m{t+1} may hold a selected checkpoint, not the final model: turning selection
+        # off again must train again, so the setting is part of the DPO stage's fingerprint (only when on, so runs
+        # without it keep theirs).
+        selecting = cfg.eval.select_checkpoint
         stats["dpo_stage"] = rd.stage(
-            f"iter_{t}/dpo", cfg.fingerprint("seed", "dpo"), [model_next / "config.json"],
+            f"iter_{t}/dpo", cfg.fingerprint("seed", "dpo") + ("+select" if selecting else ""),
+            [model_next / "config.json"],
             lambda: _train_dpo(cfg, rd, model_t, d / "pairs.jsonl", model_next),
         )
+        if selecting:
+            # Part of the main line: the checkpoint picked here is M_t+1, which everything after builds on.
+            stats["selection"] = rd.stage(
+                f"iter_{t}/select", selection_fingerprint(cfg), [d / "selection.json", model_next / "config.json"],
+                lambda: run_selection(cfg, model_t, model_next, d),
+            )
         if cfg.eval.heldout_prompts or cfg.eval.judge_data:
             stats["eval"] = rd.stage(
                 f"iter_{t}/eval", cfg.fingerprint("eval", "judge"), [d / "eval"],
@@ -225,7 +239,16 @@ def iteration_row(stats: dict, seconds: float) -> dict:
         "dpo_loss_last": dpo.get("loss_last"),
         "seconds": seconds,
         **({"eval": stats["eval"]} if stats.get("eval") else {}),
+        **({"selection": _selection_row(stats["selection"])} if stats.get("selection") else {}),
     }
+
+
+def _selection_row(table: dict) -> dict:
+    """The selection table for summary.json: the winner and each candidate's numbers (texts stay in iter_t/)."""
+    keep = ("candidate", "step", "final", "selected", "win", "tie", "loss", "win_rate", "n", "n_unparsed")
+    return {"selected": table["selected"], "selected_step": table["selected_step"],
+            "final_step": table["final_step"], "judge": table["judge"], "n_prompts": table["n_prompts"],
+            "candidates": [{k: c.get(k) for k in keep} for c in table["candidates"]]}
 
 
 def print_iteration_table(row: dict) -> None:
@@ -248,6 +271,12 @@ def print_iteration_table(row: dict) -> None:
         w = evaluation["winrate_vs_previous"]
         lines.append((f"m{row['iteration'] + 1} vs m{row['iteration']} (win/tie/loss)",
                       f"{w['win']:.0%} / {w['tie']:.0%} / {w['loss']:.0%}  judge: {w['judge']}"))
+    if "selection" in row:
+        s = row["selection"]
+        won = next(c for c in s["candidates"] if c["selected"])
+        lines.append((f"checkpoint selected (vs m{row['iteration']})",
+                      f"{s['selected']} of {len(s['candidates'])}, win rate {won['win_rate']:.0%}"
+                      + (" (final)" if won["final"] else f" (final step {s['final_step']})")))
     if "judge_accuracy" in evaluation:
         j = evaluation["judge_accuracy"]
         lines.append((f"m{row['iteration'] + 1} judge pairwise acc.", j.get("pairwise_accuracy")))

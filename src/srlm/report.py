@@ -189,6 +189,7 @@ def collect_report_data(run_dir: str | Path) -> dict:
             it["examples"] = []
             it["lengths_source"] = "summary.json"
         it["winrates"], it["judge_accuracy"] = _eval_entries(row)
+        it["selection"] = row.get("selection") if isinstance(row.get("selection"), dict) else None
         iterations.append(it)
 
     return {"run_dir": str(root), "summary": summary, "config": config, "iterations": iterations,
@@ -274,6 +275,28 @@ def _judge_table(data: dict) -> tuple[list[str], list[list[str]]]:
         rows.append([str(it["iteration"]), *[_fmt(m.get(key)) for key, _ in JUDGE_METRICS],
                      _fmt(m.get("parse_failure_rate"), "pct"), _fmt(m.get("n"))])
     return header, rows
+
+
+def _selection_table(data: dict) -> tuple[list[str], list[list[str]]]:
+    """Checkpoint selection (eval.select_checkpoint): every candidate's result against M_t, and which became M_t+1."""
+    header = ["iteration", "candidate", "step", "win", "tie", "loss", "win rate", "prompts", "selected"]
+    rows = []
+    for it in data["iterations"]:
+        s = it.get("selection")
+        if not s:
+            continue
+        for c in s.get("candidates") or []:
+            if not isinstance(c, dict):
+                continue
+            name = str(c.get("candidate")) + (" (final)" if c.get("final") else "")
+            rows.append([str(it["iteration"]), name, _fmt(c.get("step")), _fmt(c.get("win"), "pct"),
+                         _fmt(c.get("tie"), "pct"), _fmt(c.get("loss"), "pct"), _fmt(c.get("win_rate"), "pct"),
+                         _fmt(c.get("n")), "yes" if c.get("selected") else ""])
+    return header, rows
+
+
+SELECTION_NOTE = ("Each DPO checkpoint answered the selection prompts and a pairwise judge compared its answers with "
+                  "M_t's in both orders; the highest win rate became M_t+1 (equal rates: the later step).")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -571,6 +594,11 @@ def render_html(data: dict) -> str:
         header, rows = _TABLES[title](data)
         if rows:
             out.append(_html_table(header, rows))
+    header, rows = _selection_table(data)
+    if rows:
+        out.append("<h2>Checkpoint selection</h2>")
+        out.append(f'<p class="meta">{_e(SELECTION_NOTE)}</p>')
+        out.append(_html_table(header, rows))
     out.append("<h2>Example pairs</h2>")
     out.append('<p class="meta">Per iteration, the pair with the largest chosen-minus-rejected judge score margin '
                "(the clearest call) and the one with the smallest (the closest call).</p>")
@@ -626,6 +654,9 @@ def render_markdown(data: dict) -> str:
             out += ["(plotted in report.html)", ""]
         else:
             out += [f"No data: {why_empty}.", ""]
+    header, rows = _selection_table(data)
+    if rows:
+        out += ["## Checkpoint selection", "", _md_cell(SELECTION_NOTE), ""] + _md_table(header, rows)
     out += ["## Example pairs", "",
             "Per iteration, the pair with the largest chosen-minus-rejected judge score margin (the clearest call) "
             "and the one with the smallest (the closest call).", ""]

@@ -24,8 +24,14 @@ pairwise accuracy, 5-best, exact match, Spearman, Kendall tau, each with a 95% b
 Writes OUT (metrics JSON, with the tie policy beside the numbers) and OUT's .items.jsonl (every judgement text,
 per-sample scores and the mean score per reply, so anyone can recompute the metrics).
 
-example:
+judge.method=expected scores each judgement by the expected value of the judge's probabilities of the digits 0-5
+after its last 'Score:' (a continuous score, fewer ties; usually with judge.num_samples=1) instead of the integer
+it wrote; it needs backend.name=hf or an openai server that returns top_logprobs.
+
+examples:
   srlm eval judge --data ../shared/data/oasst/en_100_tree.jsonl --model runs/x/models/m1 --out judge_m1.json
+  srlm eval judge --data ../shared/data/oasst/en_100_tree.jsonl --model runs/x/models/m1 --out judge_m1_exp.json \
+      judge.method=expected judge.num_samples=1
 """
 
 WINRATE_HELP = """\
@@ -59,8 +65,15 @@ configured by judge.*) or --grader mtbench (an MT-Bench-style 1-10 grader ending
 graded with the conversation before it. Reports the mean overall, per turn and per category, and for MT-Bench the
 paper's two category groups. Reads any file `srlm eval generate` writes.
 
-example:
+--reference FILE (FastChat's reference answer JSONL, e.g. data/mt_bench/reference_answer/gpt-4.jsonl) grades the
+questions of --reference-categories (default math, reasoning, coding, as FastChat) against their reference
+answer, with a reference-guided 1-10 template; at turn 2 the judge also sees the turn-1 reference. Each graded
+record says which template it used and whether a reference was shown. Needs --grader mtbench.
+
+examples:
   srlm eval grade --answers mtbench.jsonl --grader mtbench --judge-model JUDGE --out mtbench_grades.json
+  srlm eval grade --answers mtbench.jsonl --grader mtbench --reference gpt-4.jsonl --judge-model JUDGE \\
+      --out mtbench_grades.json
 """
 
 REPORT_HELP = """\
@@ -223,16 +236,45 @@ def cmd_eval_generate(args) -> int:
     return 0
 
 
+def _reference_categories(value: str) -> list[str] | None:
+    """--reference-categories: a comma-separated list, or 'all' (None: every question that has a reference)."""
+    if value.strip().lower() == "all":
+        return None
+    categories = [c.strip() for c in value.split(",") if c.strip()]
+    if not categories:
+        raise argparse.ArgumentTypeError("give categories separated by commas, or 'all'")
+    return categories
+
+
 def cmd_eval_grade(args) -> int:
     from srlm.backends import Sampling
+    from srlm.errors import SrlmError
     from srlm.evaluation.judge_eval import items_path_for
-    from srlm.evaluation.prompt_sets import format_grade_table, grade_answers, make_grader, read_answers
+    from srlm.evaluation.prompt_sets import (
+        format_grade_table,
+        grade_answers,
+        load_reference_answers,
+        make_grader,
+        match_references,
+        read_answers,
+    )
     from srlm.io import write_json, write_jsonl
 
     cfg = _config(args)
     answered = read_answers(args.answers)
+    references, missing = None, []
+    if args.reference:
+        if args.grader != "mtbench":
+            raise SrlmError(f"--reference grades against reference answers with the mtbench grader; --grader "
+                            f"{args.grader} has no place for them")
+        # Matched against the whole answers file, before --limit: a reference that belongs to no question there
+        # means the wrong file, not a shorter selection.
+        references, missing = match_references(answered, load_reference_answers(args.reference),
+                                               categories=args.reference_categories, answers_source=args.answers)
     if args.limit:
         answered = answered[: args.limit]
+        kept = {record["id"] for record in answered}
+        missing = [i for i in missing if i in kept]
     grader = make_grader(args.grader, cfg.judge.template_file)
     # The additive judge is sampled as the loop samples it; the MT-Bench grader, like GPT-4 in FastChat, decodes
     # greedily once, with room for its longer explanation.
@@ -245,10 +287,14 @@ def cmd_eval_grade(args) -> int:
                         top_p=cfg.judge.top_p, max_new_tokens=args.max_new_tokens or default_tokens)
     backend = _backend(cfg, args.judge_model)
     try:
-        metrics, items = grade_answers(answered, backend, grader, seed=cfg.seed, sampling=sampling)
+        metrics, items = grade_answers(answered, backend, grader, seed=cfg.seed, sampling=sampling,
+                                       references=references)
     finally:
         backend.close()
     metrics.update(answers=str(args.answers), judge_model=args.judge_model or cfg.model.name_or_path)
+    if args.reference:
+        metrics["reference"] = {"file": str(args.reference), "categories": args.reference_categories or "all",
+                                "questions_missing_reference": missing}
     items_path = items_path_for(args.out)
     write_jsonl(items_path, items)
     write_json(args.out, {**metrics, "items_file": items_path.name})
@@ -273,7 +319,7 @@ def add_eval_commands(subparsers) -> None:
     """Register `srlm eval {judge,winrate,generate,grade}` and `srlm report` on the main CLI's subparsers."""
     from srlm.cli import add_config_args  # srlm.cli imports this module while building its parser
 
-    from srlm.evaluation.prompt_sets import GRADERS
+    from srlm.evaluation.prompt_sets import GRADERS, REFERENCE_CATEGORIES
 
     ev = subparsers.add_parser(
         "eval", help="evaluate: judge vs humans, head-to-head win rates, MT-Bench / AlpacaEval answers and grades",
@@ -345,6 +391,12 @@ def add_eval_commands(subparsers) -> None:
                    help="judge temperature (default: judge.temperature for additive, 0 for mtbench)")
     p.add_argument("--max-new-tokens", type=positive_int,
                    help="judgement length limit (default: judge.max_new_tokens for additive, 256 for mtbench)")
+    p.add_argument("--reference", metavar="FILE",
+                   help="FastChat reference answers JSONL (question_id, choices[0].turns): the questions of "
+                   "--reference-categories are graded against them (mtbench grader)")
+    p.add_argument("--reference-categories", type=_reference_categories, default=list(REFERENCE_CATEGORIES),
+                   metavar="CATS", help="comma-separated categories graded against a reference, or 'all' "
+                   f"(default: {','.join(REFERENCE_CATEGORIES)}, as FastChat)")
     add_config_args(p)
     p.set_defaults(func=cmd_eval_grade)
 

@@ -412,6 +412,7 @@ def run_selection(cfg, model_prev: Path, model_next: Path, out_dir: Path) -> dic
     # The checkpoints go before the partial records: a restart in between still finds the decision.
     _discard(ckpt_dir)
     _discard(_replaced_dir(model_next))
+    _discard(_staged_dir(model_next))  # only a kill between renames followed by a new DPO run can leave one
     journal.partial_path.unlink(missing_ok=True)
     return table
 
