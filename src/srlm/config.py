@@ -190,12 +190,14 @@ class DpoConfig(_Section):
 
 class EvalConfig(_Section):
     heldout_prompts: str | None = Field(
-        None, description="JSONL prompts (never trained on) for M_t+1 vs M_t after each iteration; null = skip."
+        None, description="JSONL prompts (never trained on) for M_t+1 vs M_t after each iteration; 'builtin:heldout' "
+        "= 16 shipped prompts; null = skip."
     )
     heldout_limit: int = Field(32, ge=1, description="Use at most this many held-out prompts.")
     judge_data: str | None = Field(
         None, description="Human-ranked replies (OpenAssistant trees, EFT eval split or chosen/rejected pairs) to "
-        "measure each model's judge against; null = skip.",
+        "measure each model's judge against; 'builtin:judge_pairs' = 12 shipped pairs (a quick check, not a "
+        "benchmark); null = skip.",
     )
     judge_limit: int | None = Field(50, ge=1, description="Use at most this many ranked groups.")
     max_new_tokens: int = Field(256, ge=1, description="Most tokens per held-out answer and per pairwise verdict.")

@@ -32,20 +32,7 @@ from srlm.stages.prompts import run_prompts
 from srlm.stages.respond import run_respond
 from srlm.stages.select import check_selection_config, recover_model_dir, run_selection, selection_fingerprint
 from srlm.stages.sft import run_sft
-
-
-def resolve_data_path(value: str | None) -> str | None:
-    """'builtin:NAME' -> the shipped seed file NAME.jsonl; anything else is a path, checked to exist."""
-    if value is None:
-        return None
-    if value.startswith("builtin:"):
-        entry = resources.files("srlm.seed").joinpath(value.split(":", 1)[1] + ".jsonl")
-        if not entry.is_file():
-            raise SrlmError(f"unknown built-in data set '{value}' (available: builtin:ift, builtin:eft)")
-        return str(entry)
-    if not Path(value).exists():
-        raise SrlmError(f"{value}: data file not found")
-    return value
+from srlm.seed import resolve_data_path  # also imported from here by callers: `srlm.loop.resolve_data_path`
 
 
 def seed_prompt_texts(cfg: Config) -> list[str]:
@@ -108,6 +95,8 @@ def _train_dpo(cfg: Config, rd: RunDir, model_t: Path, pairs: Path, out_dir: Pat
 
 def run_loop(cfg: Config, run_dir: str | Path) -> dict:
     check_selection_config(cfg)  # before any training: a missing key must not surface after SFT and DPO
+    for path in (cfg.eval.heldout_prompts, cfg.eval.judge_data):
+        resolve_data_path(path)  # likewise, a missing evaluation file fails now
     rd = RunDir(run_dir)
     save_config(cfg, rd.root / "config.yaml")
     started = time.perf_counter()

@@ -18,13 +18,14 @@ from pathlib import Path
 from srlm.backends import Sampling, backend_for
 from srlm.config import Config
 from srlm.io import iter_jsonl, write_json, write_jsonl
+from srlm.seed import resolve_data_path
 
 
 def judge_accuracy(cfg: Config, model_path: str, out_dir: Path) -> dict:
     """Metrics of `model_path` as a judge on `eval.judge_data`; writes judge_accuracy.json and its items."""
     from srlm.evaluation.judge_eval import evaluate_judge, read_human_groups, write_judge_eval
 
-    groups, _counts, _fmt = read_human_groups(cfg.eval.judge_data)
+    groups, _counts, _fmt = read_human_groups(resolve_data_path(cfg.eval.judge_data))
     groups = groups[: cfg.eval.judge_limit]
     backend = backend_for(cfg, model_path)
     try:
@@ -53,7 +54,8 @@ def winrate_vs_previous(cfg: Config, new_model: str, old_model: str, out_dir: Pa
     """M_t+1 (side A) vs M_t (side B) on the held-out prompts; writes winrate_vs_previous.json and its items."""
     from srlm.evaluation.winrate import pairwise_winrate
 
-    prompts = [r["prompt"] for r in iter_jsonl(cfg.eval.heldout_prompts, {"prompt": str})][: cfg.eval.heldout_limit]
+    path = resolve_data_path(cfg.eval.heldout_prompts)
+    prompts = [r["prompt"] for r in iter_jsonl(path, {"prompt": str})][: cfg.eval.heldout_limit]
     answers_new, answers_old = _answers(cfg, new_model, prompts), _answers(cfg, old_model, prompts)
     judge_path = new_model if cfg.eval.winrate_judge == "next" else cfg.eval.winrate_judge
     judge = backend_for(cfg, judge_path)

@@ -41,6 +41,7 @@ from pathlib import Path
 from srlm.backends import backend_for
 from srlm.errors import ConfigError, DataError, SrlmError
 from srlm.io import ResumableJsonlWriter, iter_jsonl, read_json, write_json, write_jsonl
+from srlm.seed import BUILTIN_PREFIX, resolve_data_path
 
 TRAINING_FILE = "training.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
@@ -242,8 +243,9 @@ def check_selection_config(cfg) -> None:
     if path is None:
         raise ConfigError("eval.select_checkpoint=true needs eval.selection_prompts (or eval.heldout_prompts): a "
                           "JSONL file of prompts never trained on")
-    if not Path(path).is_file():
+    if not path.startswith(BUILTIN_PREFIX) and not Path(path).is_file():
         raise DataError(f"{path}: selection prompts file not found (eval.selection_prompts, or eval.heldout_prompts)")
+    resolve_data_path(path)  # an unknown builtin: name fails here too
 
 
 def selection_fingerprint(cfg) -> str:
@@ -295,7 +297,7 @@ def _move_winner(decision: dict, model_next: Path) -> None:
 
 
 def _selection_prompts(cfg) -> list[str]:
-    path = selection_prompts_path(cfg)
+    path = resolve_data_path(selection_prompts_path(cfg))
     prompts = [r["prompt"] for r in iter_jsonl(path, {"prompt": str})][: cfg.eval.selection_limit]
     if not prompts:
         raise DataError(f"{path}: no selection prompts")
