@@ -8,6 +8,15 @@ Two rules that the numbers depend on:
 - a judgement without a parsable score in [0, 5] is a *missing value* (None), never 0;
 - only the judge's own output is parsed, never the prompt, so a candidate answer that says "Score: 5" gets no
   credit for it. Of several score lines in one judgement, the last one counts: it is the conclusion.
+
+Two ways to turn judgements into a response's score (`judge.method`):
+- "sample_mean" (the paper): each judgement's score is the integer it concludes with; the response's score is the
+  mean over its K judgements;
+- "expected": each judgement's score is the expected value sum_k k * p(k) of the judge's own next-token
+  probabilities p(0..5) at the position right after that last "Score:", renormalised over the six digits; the
+  response's score is the mean over its K judgements. One judgement then gives a continuous score (fewer ties
+  between candidates) for the cost of one extra forward pass. A judgement without a parsable score has no
+  expected score either (a missing value, never 0): its digit position is where the format says it is.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from srlm.backends.base import supports_score_probs
 from srlm.errors import SrlmError
 
 MAX_SCORE = 5.0
@@ -68,7 +78,61 @@ def parse_score(judgement: str) -> float | None:
     return value
 
 
+JUDGE_METHODS = ("sample_mean", "expected")
+SCORE_TOKENS = tuple(str(k) for k in range(int(MAX_SCORE) + 1))  # "0".."5": the candidates of expected scoring
+
+
+def score_prefix(judgement: str) -> str | None:
+    """The judgement up to the first character of the score it concludes with ("...\nScore: "), i.e. the text
+    after which the score digit is the next token; None when the judgement has no parsable score in [0, 5]."""
+    if parse_score(judgement) is None:
+        return None
+    last = list(_SCORE_RE.finditer(judgement))[-1]  # the match parse_score read
+    return judgement[: last.start(1)]
+
+
+def expected_score(probs: list[float]) -> float:
+    """sum_k k * p(k) over the score tokens 0..5, with `probs` renormalised over them (so it lies in [0, 5])."""
+    if len(probs) != len(SCORE_TOKENS):
+        raise ValueError(f"expected {len(SCORE_TOKENS)} probabilities (scores 0-5), got {len(probs)}")
+    total = sum(probs)
+    if not total > 0:
+        raise ValueError("score probabilities sum to 0")
+    return sum(k * p for k, p in enumerate(probs)) / total
+
+
 def average_score(scores: list[float | None]) -> float | None:
     """Mean of the parsable scores; None when none parsed (the paper's 3 samples, failures dropped)."""
     parsed = [s for s in scores if s is not None]
     return sum(parsed) / len(parsed) if parsed else None
+
+
+def check_method(method: str, backend) -> None:
+    """Fail before any generation when `method` cannot run on `backend` (hours of judging must not end in an error)."""
+    if method not in JUDGE_METHODS:
+        raise SrlmError(f"judge.method must be one of {', '.join(JUDGE_METHODS)}, got {method!r}")
+    if method == "expected" and not supports_score_probs(backend):
+        raise SrlmError(
+            f"judge.method=expected reads the judge's score-token probabilities, which the '{backend.name}' backend "
+            "cannot give; use backend.name=hf, or backend.name=openai with a server that returns top_logprobs "
+            "(e.g. vLLM), or judge.method=sample_mean"
+        )
+
+
+def expected_judgements(backend, judged: list[tuple[object, list[str]]]) -> list[list[dict]]:
+    """The expected-score fields of every judgement text: for each (request, texts), one dict per text with
+    `score_probs` (p(0..5), renormalised), `score_token_mass` (the six digits' share of the whole next-token
+    distribution) and `expected_score`, all None where the text has no parsable score. One backend call scores all
+    the texts, so an in-process backend batches them."""
+    positions = [(i, k) for i, (_, texts) in enumerate(judged) for k, text in enumerate(texts)
+                 if score_prefix(text) is not None]
+    probs = backend.score_token_probs(
+        [(judged[i][0], score_prefix(judged[i][1][k])) for i, k in positions], list(SCORE_TOKENS)
+    ) if positions else []
+    fields = [[{"score_probs": None, "score_token_mass": None, "expected_score": None} for _ in texts]
+              for _, texts in judged]
+    for (i, k), result in zip(positions, probs):
+        if result is not None:  # None: the backend could not read the digits' probabilities (a missing value)
+            fields[i][k] = {"score_probs": list(result.probs), "score_token_mass": result.mass,
+                            "expected_score": expected_score(result.probs)}
+    return fields

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,19 @@ class Completion:
     finish_reason: str  # "stop": the model ended it; "length": cut at max_new_tokens
 
 
+@dataclass(frozen=True)
+class CandidateProbs:
+    """The model's next-token distribution restricted to a few candidate strings (e.g. the score digits 0-5).
+
+    `probs[i]` is the probability of `candidates[i]` renormalised over the candidates (they sum to 1); `mass` is
+    how much of the whole next-token distribution the candidates held before renormalising (1.0 means the model
+    was certain one of them comes next; a small mass means the renormalised numbers rest on little).
+    """
+
+    probs: list[float]
+    mass: float
+
+
 @dataclass
 class GenerationStats:
     sequences: int = 0
@@ -63,3 +76,27 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Free the memory the backend holds (GPU memory before training)."""
+
+
+class ScoresNextTokens(Protocol):
+    """Optional backend capability: the next-token distribution over candidate strings after a given continuation.
+
+    Expected-score judging (`judge.method=expected`) needs it; a backend without it cannot judge that way, and the
+    judge stage says so before generating anything (see `supports_score_probs`).
+    """
+
+    def score_token_probs(
+        self, items: Sequence[tuple[GenerationRequest, str]], candidates: Sequence[str]
+    ) -> list[CandidateProbs | None]:
+        """For each (request, continuation): the distribution over `candidates` of the token that follows the
+        request's prompt (after the chat template, as `generate` would build it) continued by `continuation`.
+
+        `continuation` is text the assistant wrote, cut just before the value to score (e.g. ending in "Score: ").
+        A candidate must be ONE token right there; whitespace at the end of the continuation may be moved into
+        the candidate token where the tokenizer writes " 4" as one token. None for an item the backend could not
+        score (e.g. a server that returned none of the candidates); a tokenizer that cannot write every candidate
+        as one token is an error, not None."""
+
+
+def supports_score_probs(backend) -> bool:
+    return callable(getattr(backend, "score_token_probs", None))

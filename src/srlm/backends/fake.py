@@ -12,7 +12,7 @@ import os
 import time
 from typing import Callable
 
-from srlm.backends.base import Completion, GenerationRequest, GenerationStats
+from srlm.backends.base import CandidateProbs, Completion, GenerationRequest, GenerationStats
 from srlm.io import stable_id, stable_seed
 
 _TOPICS = [
@@ -74,6 +74,19 @@ class FakeBackend:
             if on_done:
                 on_done(1)
         self.stats.seconds += time.perf_counter() - start
+        return results
+
+    def score_token_probs(self, items, candidates):
+        """Deterministic made-up probabilities, the same for the same (request, continuation): a smooth bump over
+        the candidates centred on a point picked by a hash, so that expected values spread over the range."""
+        results = []
+        for request, continuation in items:
+            key = stable_seed(request.request_id, request.seed, continuation)
+            centre = (key % 1000) / 999 * (len(candidates) - 1)
+            weights = [1.0 / (1.0 + (i - centre) ** 2) for i in range(len(candidates))]
+            total = sum(weights)
+            results.append(CandidateProbs([w / total for w in weights], 0.5 + (key % 500) / 1000))
+        self.stats.extra["scored_sequences"] = self.stats.extra.get("scored_sequences", 0) + len(items)
         return results
 
     def close(self) -> None:

@@ -27,7 +27,8 @@ import os
 import time
 from contextlib import contextmanager
 
-from srlm.backends.base import Completion, GenerationRequest, GenerationStats, Sampling
+from srlm.backends.base import CandidateProbs, Completion, GenerationRequest, GenerationStats, Sampling
+from srlm.errors import SrlmError
 from srlm.io import stable_seed
 
 
@@ -161,7 +162,9 @@ class HFBackend:
         self.device = device
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
-        self.stats = GenerationStats(extra={"shared_prefix_tokens": 0, "prefill_tokens": 0, "batches": 0})
+        # score_*: the teacher-forced passes of `score_token_probs` (expected-score judging), counted apart.
+        self.stats = GenerationStats(extra={"shared_prefix_tokens": 0, "prefill_tokens": 0, "batches": 0,
+                                            "score_batches": 0, "score_prefill_tokens": 0, "scored_sequences": 0})
         eos = {tokenizer.eos_token_id}
         config_eos = getattr(model.generation_config, "eos_token_id", None)
         eos.update(config_eos if isinstance(config_eos, list) else [config_eos])
@@ -233,6 +236,38 @@ class HFBackend:
         self.stats.seconds += time.perf_counter() - start
         return results
 
+    # -- prefill, shared by decoding and scoring ---------------------------------------------------------------
+    def _prefill(self, prompts: list[list[int]], cache):
+        """Run every prompt through the model into `cache` (call under inference mode): the common prefix once,
+        copied to every row, then each row's own suffix, left-padded after the prefix.
+
+        Returns (model output with the last position's logits, attention mask, position ids, token counts). The
+        mask hides the padding and the position ids skip it, so the last position of every row sees exactly what
+        it would see alone.
+        """
+        import torch
+
+        device, rows = self.device, len(prompts)
+        # Leave each prompt at least one token of its own, whose logits are the ones wanted.
+        shared = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
+        if shared > 0:
+            prefix = torch.tensor([prompts[0][:shared]], device=device)
+            self.model(input_ids=prefix, **{self.cache_arg: cache}, use_cache=True, logits_to_keep=1)
+            cache.batch_repeat_interleave(rows)
+        suffixes = [p[shared:] for p in prompts]
+        width = max(len(s) for s in suffixes)
+        input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((rows, shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for row, suffix in enumerate(suffixes):
+            input_ids[row, width - len(suffix):] = torch.tensor(suffix)
+            mask[row, shared + width - len(suffix):] = 1
+        mask = mask.to(device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self.model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions[:, shared:],
+                         **{self.cache_arg: cache}, use_cache=True, logits_to_keep=1)
+        return out, mask, positions, {"shared": shared, "tokens": shared + sum(len(s) for s in suffixes)}
+
     # -- the decode loop --------------------------------------------------------------------------------------
     def _decode_batch(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[tuple[list[int], bool]]:
         """(new tokens, reached EOS) for each prompt x sample, in order prompt 0 sample 0..n-1, prompt 1, ..."""
@@ -240,28 +275,11 @@ class HFBackend:
 
         device, n, rows = self.device, sampling.n, len(prompts)
         generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]  # one per output sequence
-        # Leave each prompt at least one token of its own, whose logits start the sampling.
-        shared = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
         cache = preallocated_cache(max(len(p) for p in prompts) + sampling.max_new_tokens)
         with torch.inference_mode():
-            if shared > 0:
-                prefix = torch.tensor([prompts[0][:shared]], device=device)
-                self.model(input_ids=prefix, **{self.cache_arg: cache}, use_cache=True, logits_to_keep=1)
-                cache.batch_repeat_interleave(rows)
-            suffixes = [p[shared:] for p in prompts]
-            width = max(len(s) for s in suffixes)
-            input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((rows, shared + width), dtype=torch.long)
-            mask[:, :shared] = 1
-            for row, suffix in enumerate(suffixes):
-                input_ids[row, width - len(suffix):] = torch.tensor(suffix)
-                mask[row, shared + width - len(suffix):] = 1
-            mask = mask.to(device)
-            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-            out = self.model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions[:, shared:],
-                             **{self.cache_arg: cache}, use_cache=True, logits_to_keep=1)
-            self.stats.extra["shared_prefix_tokens"] += shared
-            self.stats.extra["prefill_tokens"] += shared + sum(len(s) for s in suffixes)
+            out, mask, positions, prefill = self._prefill(prompts, cache)
+            self.stats.extra["shared_prefix_tokens"] += prefill["shared"]
+            self.stats.extra["prefill_tokens"] += prefill["tokens"]
             self.stats.extra["batches"] += 1
 
             # N samples per prompt: copy the prompt's cache rather than prefilling it N times.
@@ -301,6 +319,93 @@ class HFBackend:
                                  position_ids=last_position[:, None], **{self.cache_arg: cache}, use_cache=True)
                 logits = out.logits[:, -1]
         return list(zip(tokens, finished))
+
+    # -- next-token probabilities of candidates (expected-score judging) ---------------------------------------
+    def score_token_probs(self, items, candidates):
+        """See `srlm.backends.base.ScoresNextTokens`: one teacher-forced forward pass per batch of
+        (prompt + continuation), reading the next-token distribution at the last position.
+
+        Why a second pass rather than reading the distribution while decoding: which position holds the score is
+        known only once a judgement is finished and decoded (the LAST "Score:" line counts), the decode loop drops
+        rows as they finish, and the sampled tokens may spell " 4" or " " + "4". A separate pass over the finished
+        text needs none of that bookkeeping, works on text from any backend, and is checked against a plain
+        forward pass in the tests. It costs one prefill per judgement, with the prefix common to a batch (chat
+        header and judge rubric) prefilled once; next to decoding the judgement that is small (benchmarks/README.md
+        has measured figures).
+        """
+        with _grouped_query_attention_in_sdpa(self.device):
+            return self._score_token_probs(items, list(candidates))
+
+    def _score_token_probs(self, items, candidates: list[str]) -> list[CandidateProbs | None]:
+        import torch
+
+        start = time.perf_counter()
+        prepared = []  # (index, prompt + continuation ids, candidate token ids)
+        for index, (request, continuation) in enumerate(items):
+            continuation_ids, candidate_ids = self._candidate_tokens(continuation, candidates, request.request_id)
+            prepared.append((index, self._prompt_ids(request) + continuation_ids, candidate_ids))
+        prepared.sort(key=lambda item: -len(item[1]))  # similar lengths together: less padding
+        batches, batch = [], []
+        for item in prepared:  # longest first, so a batch's first item sets its width
+            if batch and ((len(batch) + 1) * len(batch[0][1]) > self.max_batch_tokens
+                          or len(batch) >= self.max_batch_size):
+                batches.append(batch)
+                batch = []
+            batch.append(item)
+        if batch:
+            batches.append(batch)
+
+        results: list[CandidateProbs | None] = [None] * len(items)
+        for batch in batches:
+            cache = preallocated_cache(len(batch[0][1]))
+            with torch.inference_mode():
+                out, _, _, prefill = self._prefill([ids for _, ids, _ in batch], cache)
+                log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+            self.stats.extra["score_batches"] += 1
+            self.stats.extra["score_prefill_tokens"] += prefill["tokens"]
+            for row, (index, _, candidate_ids) in enumerate(batch):
+                chosen = log_probs[row, torch.tensor(candidate_ids, device=log_probs.device)].double()
+                # Renormalised in log space: exact even where the candidates' whole mass underflows float32.
+                results[index] = CandidateProbs(torch.softmax(chosen, dim=-1).tolist(),
+                                                float(torch.logsumexp(chosen, dim=-1).exp()))
+        self.stats.extra["scored_sequences"] += len(items)
+        self.stats.seconds += time.perf_counter() - start
+        return results
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _candidate_tokens(self, continuation: str, candidates: list[str],
+                          request_id: str) -> tuple[list[int], list[int]]:
+        """(continuation ids, one token id per candidate) such that continuation + candidate tokenises as the
+        continuation's ids followed by that single token: the candidate must be the very next token.
+
+        "Score: 4" is ":", " ", "4" for some tokenizers (SmolLM2) and ":", " 4" for others (GPT-2 style), so the
+        continuation is tried as given, then with its trailing whitespace moved into the candidates.
+        """
+        options = [(continuation, candidates)]
+        stripped = continuation.rstrip()
+        if stripped != continuation:
+            options.append((stripped, [continuation[len(stripped):] + c for c in candidates]))
+        problems = []
+        for text, spelled in options:
+            base = self._encode(text)
+            ids = []
+            for candidate in spelled:
+                full = self._encode(text + candidate)
+                if len(full) != len(base) + 1 or full[: len(base)] != base:
+                    problems.append(f"{candidate!r} after {text[-12:]!r} is not one added token")
+                    break
+                ids.append(full[-1])
+            else:
+                if len(set(ids)) == len(ids):
+                    return base, ids
+                problems.append(f"{spelled} share a token")
+        raise SrlmError(
+            f"hf backend, request '{request_id}': the tokenizer does not write each of the candidates {candidates} "
+            f"as one token after the text before them ({'; '.join(problems)}), so their probabilities cannot be "
+            "read at one position; judge.method=expected needs a tokenizer with single-token score digits"
+        )
 
     def close(self) -> None:
         import gc

@@ -28,6 +28,10 @@ scrubbed from error messages that the server echoes back). A key-less local serv
 that the key is sent to whatever `base_url` is configured, so for a local or third-party server set
 `backend.api_key_env` to a variable meant for it (or null) rather than leave a real OpenAI key in OPENAI_API_KEY.
 
+Expected-score judging (`judge.method=expected`) reads the judge's probabilities of the score digits through
+`score_token_probs`: one-token requests with `top_logprobs`, continuing the judgement as a final assistant message
+(vLLM's `continue_final_message`; see that method).
+
 Token counts are approximate where the server does not give them, see `count_prompt_tokens` and `_num_tokens`.
 Only the standard library is used, so this backend needs no extra.
 """
@@ -46,7 +50,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from srlm.backends.base import Completion, GenerationRequest, GenerationStats
+from srlm.backends.base import CandidateProbs, Completion, GenerationRequest, GenerationStats
 from srlm.errors import SrlmError
 from srlm.io import stable_seed
 
@@ -56,6 +60,8 @@ RETRYABLE_STATUS = {408, 429}
 MAX_RETRY_AFTER_SECONDS = 300.0
 # Characters per token of the prompt-length estimate: about right for English text with BPE vocabularies.
 CHARS_PER_TOKEN = 4
+# Top next tokens asked for when reading score-token probabilities: vLLM's default cap (max_logprobs) is 20.
+SCORE_TOP_LOGPROBS = 20
 
 
 class _Secret:
@@ -126,7 +132,8 @@ class OpenAIBackend:
         self.max_backoff_seconds = float(max_backoff_seconds)
         # Some servers (llama.cpp) reject n > 1; this caps the choices asked per HTTP request (None: no cap).
         self.max_n_per_request = max_n_per_request
-        self.stats = GenerationStats(extra={"http_requests": 0, "retries": 0, "top_up_requests": 0})
+        self.stats = GenerationStats(extra={"http_requests": 0, "retries": 0, "top_up_requests": 0,
+                                            "score_requests": 0})
         self._lock = threading.Lock()  # guards stats, updated from worker threads
         self._random = random.Random()  # jitter only: it never changes what is generated
 
@@ -182,27 +189,102 @@ class OpenAIBackend:
         `SrlmError` is raised.
         """
         start = time.perf_counter()
-        results: list[list[Completion] | None] = [None] * len(requests)
+        results = self._map_concurrently(self._complete, requests, on_done)
+        with self._lock:
+            self.stats.seconds += time.perf_counter() - start
+        return results
+
+    def _map_concurrently(self, function, inputs: list, on_done=None) -> list:
+        """[function(x, abort) for x in inputs], `max_concurrency` at a time, in input order. If one call fails
+        for good, the others are abandoned (queued ones cancelled, running ones stop at their next retry) and its
+        error is raised."""
+        results: list = [None] * len(inputs)
         abort = threading.Event()
-        if requests:
-            pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests)),
+        if inputs:
+            pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(inputs)),
                                       thread_name_prefix="srlm-openai")
             try:
-                pending = {pool.submit(self._complete, request, abort): i for i, request in enumerate(requests)}
+                pending = {pool.submit(function, x, abort): i for i, x in enumerate(inputs)}
                 while pending:
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in finished:
                         index = pending.pop(future)
-                        results[index] = future.result()  # raises the request's SrlmError
+                        results[index] = future.result()  # raises the call's SrlmError
                         if on_done:
                             on_done(1)
             finally:
                 # On failure: stop the other workers quickly, and wait for them so none outlives this call.
                 abort.set()
                 pool.shutdown(wait=True, cancel_futures=True)
+        return results
+
+    def score_token_probs(self, items, candidates):
+        """See `srlm.backends.base.ScoresNextTokens`: the server continues the text by ONE token, greedily, and
+        reports the `top_logprobs` (`SCORE_TOP_LOGPROBS` of them) of that position.
+
+        A chat request is sent to `chat/completions` with the continuation as a final assistant message that the
+        server must continue rather than answer (`continue_final_message`, `add_generation_prompt: false`: vLLM's
+        and SGLang's extension; a server without it refuses the request or answers a fresh turn, so use one that
+        has it, such as `vllm serve`). A raw-text request goes to `completions` with the continuation appended to
+        its prompt. The text sent ends without trailing whitespace, where most tokenizers write " 4" as one token;
+        when the most likely next token is whitespace alone (tokenizers that write " ", "4"), it is asked again
+        with the whitespace kept. Top tokens that equal a candidate once stripped count for it; candidates outside
+        the top list get probability 0 before renormalising, and None comes back when none of them is listed.
+        """
+        candidates = list(candidates)
+        start = time.perf_counter()
+        results = self._map_concurrently(lambda item, abort: self._score_one(item, candidates, abort), list(items))
         with self._lock:
             self.stats.seconds += time.perf_counter() - start
         return results
+
+    def _score_one(self, item, candidates: list[str], abort: threading.Event) -> CandidateProbs | None:
+        request, continuation = item
+        stripped = continuation.rstrip()
+        texts = [stripped] + ([continuation] if stripped != continuation else [])
+        for attempt, text in enumerate(texts):
+            top = self._next_token_top_logprobs(request, text, abort)
+            if attempt + 1 < len(texts) and top and not max(top, key=lambda t: t[1])[0].strip():
+                continue  # the space is its own token for this tokenizer: the digit comes one token later
+            break
+        found = [0.0] * len(candidates)
+        for token, logprob in top:
+            if token.strip() in candidates and math.isfinite(logprob):
+                found[candidates.index(token.strip())] += math.exp(logprob)
+        mass = sum(found)
+        if mass <= 0:
+            return None
+        return CandidateProbs([p / mass for p in found], mass)
+
+    def _next_token_top_logprobs(self, request: GenerationRequest, text: str, abort) -> list[tuple[str, float]]:
+        """(token, logprob) of the top next tokens after the request's prompt continued by `text`."""
+        chat = request.messages is not None
+        body = {"model": self.model, "n": 1, "temperature": 0.0, "max_tokens": 1, "seed": request.seed}
+        if chat:
+            url = f"{self.base_url}/chat/completions"
+            body.update(messages=[*request.messages, {"role": "assistant", "content": text}],
+                        continue_final_message=True, add_generation_prompt=False,
+                        logprobs=True, top_logprobs=SCORE_TOP_LOGPROBS)
+        else:
+            url = f"{self.base_url}/completions"
+            body.update(prompt=request.text + text, logprobs=SCORE_TOP_LOGPROBS)
+        hint = ("judge.method=expected on the openai backend needs a server that returns top_logprobs and "
+                "continues a final assistant message (continue_final_message), such as vLLM")
+        try:
+            data = self._post_with_retries(url, body, chat, request.request_id, abort)
+        except SrlmError as exc:
+            raise SrlmError(f"{exc} ({hint})") from None
+        with self._lock:
+            self.stats.extra["score_requests"] += 1
+        logprobs = data["choices"][0].get("logprobs")
+        try:
+            if chat:
+                first = logprobs["content"][0]
+                return [(t["token"], float(t["logprob"])) for t in first["top_logprobs"]]
+            return [(token, float(lp)) for token, lp in logprobs["top_logprobs"][0].items()]
+        except (TypeError, KeyError, IndexError, ValueError, AttributeError):
+            raise SrlmError(f"openai backend: POST {url} for request '{request.request_id}' answered without "
+                            f"top log-probabilities ({hint})") from None
 
     def close(self) -> None:
         pass  # nothing held between calls: each generate() has its own pool, each HTTP request its own connection

@@ -8,6 +8,10 @@ judgements from the configured template (the same rubric, sampling and parser as
 measures the judge the loop actually uses); the reply's score is the mean of the parsable ones, and
 `srlm.evaluation.metrics.judge_agreement` compares the scores with the human ranks.
 
+With `judge.method=expected` each judgement's score is instead the expected value of the judge's own probabilities
+of the digits 0-5 after its last "Score:" (see `srlm.judge`), and the reply's score the mean of those; this is how
+the two methods are compared on the same human ranks (benchmarks/judge_methods.py).
+
 Choices the paper leaves open, and what we do:
 - several samples per reply, averaged (the loop's setting), not a single greedy judgement;
 - a judge prompt longer than `judge.max_prompt_tokens` is not sent: the reply has a missing score, like a failed
@@ -32,13 +36,19 @@ from srlm.errors import DataError
 from srlm.evaluation.human_data import RankedGroup, read_oasst_trees, read_preference_pairs
 from srlm.evaluation.metrics import judge_agreement
 from srlm.io import stable_seed, write_json, write_jsonl
-from srlm.judge import average_score, load_template, parse_score, render
+from srlm.judge import average_score, check_method, expected_judgements, load_template, parse_score, render
 from srlm.stages.common import chunks, progress
 
 HUMAN_DATA_FORMATS = ("oasst", "pairs", "groups")
 SCORE_POLICY = (
     "Each reply gets judge.num_samples judgements; its score is the mean of the parsable ones (a value in [0, 5]). "
     "A reply with no parsable judgement, or whose judge prompt was too long to send, has a missing score (never 0)."
+)
+EXPECTED_SCORE_POLICY = (
+    "Each reply gets judge.num_samples judgements; a judgement's score is sum_k k * p(k), p being the judge's "
+    "probabilities of the tokens 0-5 right after its last 'Score:', renormalised over those six, and the reply's "
+    "score is the mean over its judgements that have one (a value in [0, 5]). A judgement without a parsable score "
+    "has none; a reply with none, or whose judge prompt was too long to send, has a missing score (never 0)."
 )
 # Requests sent to the backend at once: the unit of the progress bar (the hf backend batches within it).
 _CHUNK_REQUESTS = 64
@@ -130,9 +140,12 @@ def evaluate_judge(
     Returns (metrics, items). metrics: everything `judge_agreement` returns (values, 95% intervals, counts and
     policies) plus the judge settings, `sample_parse_rate` (parsable judgements / judgements sent) and
     `replies_skipped_prompt_too_long`. items: one record per reply, in group order, with group_id, reply_id,
-    rank, the judgement texts, per-sample scores and the mean score.
+    rank, the judgement texts, per-sample scores and the mean score (with judge.method=expected, per-sample
+    expected scores, plus `parsed_scores`, `score_probs` and `score_token_mass`).
     """
     groups = list(groups)
+    method = judge_cfg.method
+    check_method(method, backend)
     template = load_template(judge_cfg.template_file)
     sampling = _judge_sampling(judge_cfg)
 
@@ -164,9 +177,20 @@ def evaluate_judge(
     with progress(len(to_send), "eval judge", unit="reply") as bar:
         for chunk in chunks(to_send, _CHUNK_REQUESTS):
             completions_per_request = backend.generate([request for request, _ in chunk], on_done=bar.update)
-            for (_, item), completions in zip(chunk, completions_per_request):
+            expected = None
+            if method == "expected":
+                judged = [(request, [c.text for c in completions])
+                          for (request, _), completions in zip(chunk, completions_per_request)]
+                expected = expected_judgements(backend, judged)
+            for i, ((_, item), completions) in enumerate(zip(chunk, completions_per_request)):
                 item["judgements"] = [c.text for c in completions]
                 item["scores"] = [parse_score(c.text) for c in completions]
+                if expected is not None:
+                    # `scores` stays what `score` averages; the integers the texts end with are kept beside them.
+                    item["parsed_scores"] = item["scores"]
+                    item["score_probs"] = [f["score_probs"] for f in expected[i]]
+                    item["score_token_mass"] = [f["score_token_mass"] for f in expected[i]]
+                    item["scores"] = [f["expected_score"] for f in expected[i]]
                 item["score"] = average_score(item["scores"])
 
     score_groups, start = [], 0
@@ -179,12 +203,13 @@ def evaluate_judge(
     sent = sum(len(it["scores"]) for it in items)
     parsed = sum(1 for it in items for s in it["scores"] if s is not None)
     metrics.update(
-        score_policy=SCORE_POLICY,
+        score_policy=EXPECTED_SCORE_POLICY if method == "expected" else SCORE_POLICY,
         sample_parse_rate=parsed / sent if sent else None,
         judgements=sent,
         replies_skipped_prompt_too_long=sum(1 for it in items if it.get("skipped")),
         judge={
             "template_file": judge_cfg.template_file or "built-in additive 5-point template",
+            "method": method,
             "num_samples": judge_cfg.num_samples,
             "temperature": judge_cfg.temperature,
             "top_p": judge_cfg.top_p,
@@ -227,6 +252,10 @@ def format_judge_table(metrics: dict) -> str:
         shown = "n/a" if value is None else f"{value:.3f}"
         ci = "" if interval is None else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
         lines.append(f"  {label:<20} {shown:>8}  {ci:<17} {metrics.get(count_key, '')}")
+    judge = metrics.get("judge") or {}
+    if judge.get("method") == "expected":
+        lines.append(f"  scores: expected value of the score-token probabilities, {judge.get('num_samples')} "
+                     "judgement(s) per reply")
     lines.append(f"  groups {metrics['n']}, replies {metrics['n_replies']}, judgements {metrics.get('judgements')}, "
                  f"judged-equal pairs {metrics.get('pairs_judge_tied')} (half credit)")
     skipped = metrics.get("replies_skipped_prompt_too_long")

@@ -6,6 +6,10 @@ Each response gets `judge.num_samples` judgements (default 3, sampled at T 0.7, 
 Every judgement text is kept with its parsed score; the response's score is the mean of the parsable ones, or
 None when none parsed (a missing value, never 0). The parse rate is reported: after EFT training it should be
 high, and a falling parse rate is the first sign of a judge that has lost its format.
+
+With `judge.method=expected`, each judgement also gets `score_probs` (the judge's probabilities of 0..5 right
+after its last "Score:", renormalised), `score_token_mass` and `expected_score` (sum_k k * p(k)); the response's
+`scores` are then the expected scores and `score` their mean (see `srlm.judge`).
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from pathlib import Path
 from srlm.backends import GenerationRequest, Sampling
 from srlm.config import JudgeConfig
 from srlm.io import ResumableJsonlWriter, read_jsonl, stable_seed
-from srlm.judge import average_score, load_template, parse_score, render
+from srlm.judge import average_score, check_method, expected_judgements, load_template, parse_score, render
 from srlm.stages.common import chunks, progress
 
 RESPONSE_SCHEMA = {"prompt_id": str, "response_id": str, "prompt": str, "response": str}
 
 
 def run_judge(responses_path: Path, out_path: Path, backend, cfg: JudgeConfig, *, seed: int, chunk_prompts: int = 16) -> dict:
+    check_method(cfg.method, backend)
     responses = read_jsonl(responses_path, RESPONSE_SCHEMA)
     template = load_template(cfg.template_file)
     sampling = Sampling(n=cfg.num_samples, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
@@ -42,7 +47,12 @@ def run_judge(responses_path: Path, out_path: Path, backend, cfg: JudgeConfig, *
     with progress(len(requests), "judge", initial=len(requests) - len(todo), unit="response") as bar:
         for chunk in chunks(todo, chunk_size):
             outputs = backend.generate(list(chunk), on_done=bar.update)
-            writer.append(_record(by_id[req.request_id], outs) for req, outs in zip(chunk, outputs))
+            expected = None
+            if cfg.method == "expected":
+                judged = [(req, [c.text for c in outs]) for req, outs in zip(chunk, outputs)]
+                expected = expected_judgements(backend, judged)
+            writer.append(_record(by_id[req.request_id], outs, expected[i] if expected is not None else None)
+                          for i, (req, outs) in enumerate(zip(chunk, outputs)))
     writer.append(
         {**_record(by_id[req.request_id], []), "skipped": "judge_prompt_too_long"}
         for req in too_long if req.request_id not in writer.done_ids
@@ -52,9 +62,13 @@ def run_judge(responses_path: Path, out_path: Path, backend, cfg: JudgeConfig, *
     return summarize_judgements(records)
 
 
-def _record(response: dict, completions) -> dict:
+def _record(response: dict, completions, expected: list[dict] | None = None) -> dict:
+    """The response's record; `expected`: the expected-score fields of each judgement (judge.method=expected)."""
     judgements = [{"text": c.text, "score": parse_score(c.text), "finish_reason": c.finish_reason} for c in completions]
-    scores = [j["score"] for j in judgements]
+    if expected is not None:
+        for judgement, fields in zip(judgements, expected):
+            judgement.update(fields)
+    scores = [j["expected_score"] if expected is not None else j["score"] for j in judgements]
     return {
         "prompt_id": response["prompt_id"],
         "response_id": response["response_id"],
@@ -69,6 +83,16 @@ def summarize_judgements(records: list[dict]) -> dict:
     parsed = sum(1 for r in records for j in r["judgements"] if j["score"] is not None)
     scored = [r["score"] for r in records if r["score"] is not None]
     histogram = Counter(str(round(s)) for s in scored)
+    expected = [j for r in records for j in r["judgements"] if "expected_score" in j]
+    masses = [j["score_token_mass"] for j in expected if j["score_token_mass"] is not None]
+    method_stats = {
+        "score_method": "expected",
+        # parsed, but the backend could not read the digits' probabilities (an openai server that listed none)
+        "expected_missing": sum(1 for j in expected if j["score"] is not None and j["expected_score"] is None),
+        "score_token_mass_mean": round(sum(masses) / len(masses), 4) if masses else None,
+        # responses sharing a score with another response of the same prompt: what expected scoring reduces
+        "responses_tied_within_prompt": _tied_within_prompt(records),
+    } if expected else {"score_method": "sample_mean", "responses_tied_within_prompt": _tied_within_prompt(records)}
     return {
         "responses": len(records),
         "judgements": total,
@@ -78,4 +102,13 @@ def summarize_judgements(records: list[dict]) -> dict:
         "skipped_judge_prompt_too_long": sum(1 for r in records if r.get("skipped") == "judge_prompt_too_long"),
         "score_mean": round(sum(scored) / len(scored), 3) if scored else None,
         "score_histogram": {str(k): histogram.get(str(k), 0) for k in range(6)},
+        **method_stats,
     }
+
+
+def _tied_within_prompt(records: list[dict]) -> int:
+    by_prompt: dict[str, Counter] = {}
+    for r in records:
+        if r["score"] is not None:
+            by_prompt.setdefault(r["prompt_id"], Counter())[r["score"]] += 1
+    return sum(n for counts in by_prompt.values() for n in counts.values() if n > 1)
