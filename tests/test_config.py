@@ -65,3 +65,19 @@ def test_fingerprint_tracks_the_sections_read():
     b = load_config(recipe="quickstart", overrides=["judge.num_samples=5"])
     assert a.fingerprint("respond") == b.fingerprint("respond")
     assert a.fingerprint("judge") != b.fingerprint("judge")
+
+
+def test_added_keys_at_their_defaults_leave_fingerprints_unchanged():
+    """Upgrading srlm must not make a finished run redo its stages: with every key added since run directories
+    existed left at its default, the fingerprints are those srlm computed before the keys were added (pinned)."""
+    from srlm.config import ADDED_KEYS, Config, load_config
+
+    assert load_config().fingerprint() == "ede65554c00688ca"
+    assert load_config("quickstart").fingerprint() == "1ea7e1bbdc896950"
+    assert load_config("paper").fingerprint() == "0d3795c56afd8733"
+    for section, keys in ADDED_KEYS.items():
+        fields = type(getattr(Config(), section)).model_fields
+        for key, value in keys.items():
+            assert fields[key].default == value, f"ADDED_KEYS[{section!r}][{key!r}] must be the field's default"
+    # a changed value is part of the fingerprint like any other key
+    assert load_config(overrides=["judge.method=expected"]).fingerprint("judge") != load_config().fingerprint("judge")

@@ -103,7 +103,8 @@ class SftConfig(_Section):
     )
     group_by_length: bool = Field(
         True, description="Put examples of similar length in the same batch (transformers' LengthGroupedSampler: "
-        "random groups of 50 batches, sorted within): less padding when micro_batch_size > 1. Changes the order only.",
+        "random groups of up to 50 batches, sorted within): less padding. Used only when micro_batch_size > 1; "
+        "changes the order of examples, nothing else.",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
@@ -178,7 +179,8 @@ class DpoConfig(_Section):
     )
     group_by_length: bool = Field(
         True, description="Put examples of similar length in the same batch (transformers' LengthGroupedSampler: "
-        "random groups of 50 batches, sorted within): less padding when micro_batch_size > 1. Changes the order only.",
+        "random groups of up to 50 batches, sorted within): less padding. Used only when micro_batch_size > 1; "
+        "changes the order of examples, nothing else.",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     checkpoint_every_steps: int | None = Field(
@@ -267,9 +269,30 @@ class Config(_Section):
 
     def fingerprint(self, *sections: str) -> str:
         """A hash of the named sections (all if none): a stage reruns when the part of the config it reads changed."""
-        data = self.model_dump(mode="json")
+        data = {name: fingerprint_view(name, values) if isinstance(values, dict) else values
+                for name, values in self.model_dump(mode="json").items()}
         picked = {name: data[name] for name in sections} if sections else data
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Keys added to a section after run directories already existed. While such a key holds the value it was added
+# with, it is left out of the fingerprints, so upgrading srlm does not make a finished run redo its stages when
+# the config those stages read is what it was. Add every new key here, with its default.
+ADDED_KEYS: dict[str, dict[str, object]] = {
+    "backend": {"tensor_parallel_size": 1, "gpu_memory_utilization": 0.85, "max_model_len": None,
+                "enforce_eager": False},
+    "judge": {"method": "sample_mean"},
+    "sft": {"group_by_length": True},
+    "dpo": {"group_by_length": True, "checkpoint_every_steps": None},
+    "eval": {"select_checkpoint": False, "selection_prompts": None, "selection_limit": 32,
+             "selection_judge": "previous"},
+}
+
+
+def fingerprint_view(section: str, values: dict) -> dict:
+    """A section's dumped values without the ADDED_KEYS that still hold the value they were added with."""
+    added = ADDED_KEYS.get(section, {})
+    return {key: value for key, value in values.items() if not (key in added and added[key] == value)}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -41,12 +41,14 @@ log written with different ones is refused rather than silently mixed.
 
 from __future__ import annotations
 
+import json
+
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from srlm.backends import GenerationRequest, Sampling
-from srlm.config import JudgeConfig
+from srlm.config import JudgeConfig, fingerprint_view
 from srlm.errors import DataError
 from srlm.io import ResumableJsonlWriter, iter_jsonl, stable_id, stable_seed, write_json, write_jsonl
 from srlm.judge import load_template, parse_score, render
@@ -113,7 +115,10 @@ def _item_id(group_id: str, reply_id: str) -> str:
 
 def log_key(teacher: str, judge_cfg: JudgeConfig, template: str, seed: int) -> str:
     """What a log's judgements depend on: a log written with another teacher, seed or judge setting is stale."""
-    return stable_id(teacher, seed, judge_cfg.model_dump_json(), template)
+    # The judge section as model_dump_json writes it, less the keys added since logs were first keyed this way.
+    judge = json.dumps(fingerprint_view("judge", judge_cfg.model_dump(mode="json")), separators=(",", ":"),
+                       ensure_ascii=False)
+    return stable_id(teacher, seed, judge, template)
 
 
 def judge_groups(

@@ -72,7 +72,7 @@ def run_dpo(
                     train_dataset.save_to_disk(saved)
             train_dataset = load_from_disk(saved)
         trainer_class = DPOTrainer
-        if cfg.group_by_length:
+        if cfg.group_by_length and cfg.micro_batch_size > 1:  # one example per pass: nothing to pad
             trainer_class = training.length_grouped(DPOTrainer, pair_lengths)
         trainer = trainer_class(
             model=loaded.model,

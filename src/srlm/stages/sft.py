@@ -89,7 +89,7 @@ def run_sft(
                             device=device, place=False, dropout=cfg.dropout)
         training.check_free_disk(loaded.model, out_dir)
         trainer_class = SFTTrainer
-        if cfg.group_by_length:
+        if cfg.group_by_length and cfg.micro_batch_size > 1:  # one example per pass: nothing to pad
             trainer_class = training.length_grouped(SFTTrainer, lambda d: [len(ids) for ids in d["input_ids"]])
         trainer = trainer_class(
             model=loaded.model,
