@@ -1,9 +1,11 @@
-"""DPO: srlm's DPO stage (TRL DPOTrainer, reference log-probs computed once, no reference copy in memory) vs TRL's
-DPOTrainer with default settings (a second model as reference, run at every step), on the same pairs.
+"""DPO: srlm's DPO stage (TRL DPOTrainer, reference log-probs computed once, no reference copy in memory, batches
+grouped by length) vs TRL's DPOTrainer with default settings (a second model as reference, run at every step), on the
+same pairs; and srlm with and without length grouping, to show what grouping alone gives.
 
-    python benchmarks/dpo.py [--pairs 16] [--json]
+    python benchmarks/dpo.py [--pairs 32] [--json]
 
-Compared by pairs per second of training (the reference pass included on both sides).
+Compared by pairs per second of training (the reference pass included on both sides). The pairs' answers vary in
+length from one to eight sentences, as generated answers do, so that padding (what grouping removes) is realistic.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from common import Timer, prompts, report
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -31,14 +33,18 @@ def main() -> None:
 
     texts = prompts(args.pairs)
     pairs = [{"prompt": [{"role": "user", "content": t}],
-              "chosen": [{"role": "assistant", "content": f"Here is a careful answer about: {t} " * 4}],
-              "rejected": [{"role": "assistant", "content": "I don't know."}]} for t in texts]
+              "chosen": [{"role": "assistant", "content": f"Here is a careful answer about: {t} " * (1 + (i * 5) % 8)}],
+              "rejected": [{"role": "assistant", "content": "I don't know. " * (1 + (i * 3) % 6)}]}
+             for i, t in enumerate(texts)]
     cfg = DpoConfig(epochs=1, learning_rate=5e-6, batch_size=4, micro_batch_size=2, max_length_tokens=512, dropout=0.0)
     model_path = resolve_model_path("embedded")
     with tempfile.TemporaryDirectory() as tmp:
         write_jsonl(Path(tmp) / "pairs.jsonl", pairs)
         with Timer() as fast:
             run_dpo(model_path, Path(tmp) / "pairs.jsonl", Path(tmp) / "out", cfg, seed=0)
+        with Timer() as ungrouped:
+            run_dpo(model_path, Path(tmp) / "pairs.jsonl", Path(tmp) / "out2", cfg.model_copy(update={"group_by_length": False}),
+                    seed=0)
 
         lm = load_model(model_path)
         baseline_args = DPOConfig(output_dir=str(Path(tmp) / "baseline"), per_device_train_batch_size=2,
@@ -49,12 +55,17 @@ def main() -> None:
                        processing_class=lm.tokenizer).train()
 
     fast_rate, slow_rate = args.pairs / fast.seconds, args.pairs / slow.seconds
+    ungrouped_rate = args.pairs / ungrouped.seconds
     result = {"benchmark": "dpo", "pairs": args.pairs, "srlm_pairs_per_s": round(fast_rate, 3),
-              "trl_default_pairs_per_s": round(slow_rate, 3), "speedup": round(fast_rate / slow_rate, 2)}
+              "srlm_ungrouped_pairs_per_s": round(ungrouped_rate, 3),
+              "trl_default_pairs_per_s": round(slow_rate, 3), "speedup": round(fast_rate / slow_rate, 2),
+              "grouping_speedup": round(fast_rate / ungrouped_rate, 2)}
     report("DPO: precomputed reference vs TRL default (reference model at every step)", [
         ("srlm dpo pairs/s (load + train + save)", fast_rate, f"({fast.seconds:.1f} s)"),
+        ("srlm dpo without length grouping pairs/s", ungrouped_rate, f"({ungrouped.seconds:.1f} s)"),
         ("TRL DPOTrainer default pairs/s (train only)", slow_rate, f"({slow.seconds:.1f} s)"),
-        ("speedup", fast_rate / slow_rate, "x"),
+        ("speedup vs TRL default", fast_rate / slow_rate, "x"),
+        ("speedup from length grouping", fast_rate / ungrouped_rate, "x"),
     ], result, args.json)
 
 

@@ -167,3 +167,71 @@ def test_cli_argument_errors(tmp_path, capsys):
     assert "not a mix" in capsys.readouterr().err
     assert main(["eval", "winrate", "--model-a", "A", "--model-b", "B", "--out", out]) == 2
     assert "need --prompts" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Identical answers, and single-answer (additive) grading
+
+
+def _counting(script):
+    calls = []
+
+    def wrapped(request, index):
+        calls.append(request.messages[0]["content"])
+        return script(request, index)
+
+    return wrapped, calls
+
+
+def test_identical_answers_are_ties_that_are_not_judged():
+    script, calls = _counting(lambda request, index: "Winner: A")  # a judge that always picks the first position
+    judge = make_backend("fake", script=script)
+    result = pairwise_winrate(["p1", "p2", "p3"], ["same", "x", "same too"], ["same", "y", "same too"], judge, seed=0,
+                              bootstrap_samples=0)
+    assert len(calls) == 2  # only the pair that differs, in both orders
+    metrics, items = result["metrics"], result["items"]
+    assert metrics["n_identical"] == 2 and [bool(i.get("identical")) for i in items] == [True, False, True]
+    assert metrics["tie"] == pytest.approx(1.0)  # identical pairs tie; the position-biased pair disagrees: a tie
+    assert metrics["n_order_disagreements"] == 1
+
+
+def test_additive_winrate_grades_each_answer_alone_and_the_higher_score_wins():
+    from srlm.config import JudgeConfig
+    from srlm.evaluation.winrate import additive_winrate
+
+    scores = {"great answer": 5, "fine answer": 3, "okay answer": 3, "poor answer": 1, "mumble": None}
+
+    def judge_script(request, index):
+        content = request.messages[0]["content"]
+        answer = next(a for a in scores if a in content)
+        return "Justified." + ("" if scores[answer] is None else f"\nScore: {scores[answer]}")
+
+    script, calls = _counting(judge_script)
+    judge = make_backend("fake", script=script)
+    prompts = ["q1", "q2", "q3", "q4", "q5"]
+    a = ["great answer", "poor answer", "fine answer", "mumble", "fine answer"]
+    b = ["poor answer", "great answer", "okay answer", "fine answer", "fine answer"]
+    result = additive_winrate(prompts, a, b, judge, JudgeConfig(num_samples=2), seed=0, bootstrap_samples=0)
+    items, metrics = result["items"], result["metrics"]
+    outcomes = [(i["first_order"], i["second_order"]) for i in items]
+    # A wins, B wins, equal scores tie, an unscored answer leaves the pair unparsed, identical answers tie
+    assert outcomes == [("A", "B"), ("B", "A"), ("tie", "tie"), (None, None), ("tie", "tie")]
+    assert items[0]["score_a"] == 5 and items[0]["score_b"] == 1 and len(items[0]["judgements_a"]) == 2
+    assert metrics["win"] == pytest.approx(0.2) and metrics["loss"] == pytest.approx(0.2)
+    assert metrics["n_unparsed"] == 1 and metrics["n_identical"] == 1 and metrics["n_order_disagreements"] == 0
+    assert metrics["judge"]["method"] == "additive"
+    # each distinct (prompt, answer) of a pair that differs is graded once, with num_samples=2 judgements
+    assert len(set(calls)) == 8 and len(calls) == 8 * 2
+
+
+def test_eval_winrate_cli_additive_method(tmp_path, capsys):
+    outputs_a = tmp_path / "a.json"
+    outputs_b = tmp_path / "b.json"
+    outputs_a.write_text(json.dumps([{"instruction": "q1", "output": "one"}, {"instruction": "q2", "output": "two"}]))
+    outputs_b.write_text(json.dumps([{"instruction": "q1", "output": "uno"}, {"instruction": "q2", "output": "two"}]))
+    out = tmp_path / "w.json"
+    assert main(["eval", "winrate", "--outputs-a", str(outputs_a), "--outputs-b", str(outputs_b), "--method",
+                 "additive", "--out", str(out), "backend.name=fake"]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["judge"]["method"] == "additive" and metrics["n"] == 2 and metrics["n_identical"] == 1
+    assert "graded alone" in capsys.readouterr().out

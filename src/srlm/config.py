@@ -207,6 +207,11 @@ class EvalConfig(_Section):
         "next", description="Who judges M_t+1 vs M_t: 'next' = M_t+1 itself (a self-judged number: treat with care), "
         "or a hub id / path of a fixed judge model.",
     )
+    winrate_method: Literal["pairwise", "additive"] = Field(
+        "pairwise", description="How M_t+1 vs M_t is judged: 'pairwise' (the paper: both answers shown together, "
+        "judged in both orders) or 'additive' (each answer graded alone with the additive 5-point judge, the higher "
+        "score wins; suits a small model judging itself, which learned the additive format from EFT).",
+    )
     select_checkpoint: bool = Field(
         False, description="The paper's checkpoint selection: M_t+1 is the DPO checkpoint (dpo.checkpoint_every_steps, "
         "or the final model) whose answers win most often against M_t's on eval.selection_prompts, judged pairwise "
@@ -284,7 +289,7 @@ ADDED_KEYS: dict[str, dict[str, object]] = {
     "judge": {"method": "sample_mean"},
     "sft": {"group_by_length": True},
     "dpo": {"group_by_length": True, "checkpoint_every_steps": None},
-    "eval": {"select_checkpoint": False, "selection_prompts": None, "selection_limit": 32,
+    "eval": {"winrate_method": "pairwise", "select_checkpoint": False, "selection_prompts": None, "selection_limit": 32,
              "selection_judge": "previous"},
 }
 

@@ -143,7 +143,7 @@ def _answers_by_prompt(path: str) -> dict[str, str]:
 def cmd_eval_winrate(args) -> int:
     from srlm.errors import SrlmError
     from srlm.evaluation.judge_eval import items_path_for
-    from srlm.evaluation.winrate import format_winrate_table, load_pairwise_template, pairwise_winrate
+    from srlm.evaluation.winrate import additive_winrate, format_winrate_table, load_pairwise_template, pairwise_winrate
     from srlm.io import write_json, write_jsonl
 
     cfg = _config(args)
@@ -180,22 +180,30 @@ def cmd_eval_winrate(args) -> int:
             out.extend(by_prompt[p.strip()] for p in prompts)
         name_a, name_b = Path(args.outputs_a).name, Path(args.outputs_b).name
 
+    if args.method == "additive" and args.template:
+        raise SrlmError("--template is the pairwise template; --method additive grades with judge.template_file")
     judge = _backend(cfg, args.judge_model)
     try:
-        result = pairwise_winrate(prompts, answers_a, answers_b, judge, seed=cfg.seed,
-                                  max_new_tokens=args.judge_max_new_tokens or cfg.judge.max_new_tokens,
-                                  temperature=args.judge_temperature,
-                                  template=load_pairwise_template(args.template),
-                                  bootstrap_samples=args.bootstrap_samples)
+        if args.method == "additive":
+            result = additive_winrate(prompts, answers_a, answers_b, judge, cfg.judge, seed=cfg.seed,
+                                      bootstrap_samples=args.bootstrap_samples)
+        else:
+            result = pairwise_winrate(prompts, answers_a, answers_b, judge, seed=cfg.seed,
+                                      max_new_tokens=args.judge_max_new_tokens or cfg.judge.max_new_tokens,
+                                      temperature=args.judge_temperature,
+                                      template=load_pairwise_template(args.template),
+                                      bootstrap_samples=args.bootstrap_samples)
     finally:
         judge.close()
     metrics = result["metrics"]
     metrics.update(model_a=name_a, model_b=name_b, judge_model=args.judge_model or cfg.model.name_or_path,
-                   template_file=args.template or "built-in pairwise template")
+                   template_file=(args.template or "built-in pairwise template") if args.method == "pairwise"
+                   else (cfg.judge.template_file or "built-in additive template"))
     items_path = items_path_for(args.out)
     write_jsonl(items_path, result["items"])
     write_json(args.out, {**metrics, "items_file": items_path.name})
-    print(f"win rate of A = {name_a} against B = {name_b}, {len(prompts)} prompts, both orders")
+    how = "both orders" if args.method == "pairwise" else "each answer graded alone (additive judge)"
+    print(f"win rate of A = {name_a} against B = {name_b}, {len(prompts)} prompts, {how}")
     print(format_winrate_table(metrics, "A", "B"))
     print(f"wrote {args.out} and {items_path}")
     return 0
@@ -349,6 +357,9 @@ def add_eval_commands(subparsers) -> None:
     p.add_argument("--outputs-a", help="answers of A: AlpacaEval model_outputs.json or `srlm eval generate` JSONL")
     p.add_argument("--outputs-b", help="answers of B, same formats")
     p.add_argument("--judge-model", help="pairwise judge model (default: model.name_or_path)")
+    p.add_argument("--method", choices=["pairwise", "additive"], default="pairwise",
+                   help="pairwise: both answers shown together, judged in both orders (the paper); additive: each "
+                   "answer graded alone by the additive 5-point judge (judge.* settings), the higher score wins")
     p.add_argument("--template", help="pairwise judge template with {instruction}, {output_a}, {output_b} "
                    "(default: the built-in one, ending in 'Winner: A|B|tie')")
     p.add_argument("--out", required=True, help="metrics JSON; per-pair items go to <out stem>.items.jsonl")

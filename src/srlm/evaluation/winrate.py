@@ -107,6 +107,8 @@ def pairwise_winrate(
 
     requests = []
     for index, (prompt, a, b) in enumerate(zip(prompts, answers_a, answers_b)):
+        if a == b:
+            continue  # the same text: a tie, whatever a judge would say about positions
         pair_id = stable_id("pair", index, prompt, a, b)
         for order, (first, second) in (("first_order", (a, b)), ("second_order", (b, a))):
             requests.append(GenerationRequest(
@@ -120,8 +122,12 @@ def pairwise_winrate(
             judgements.extend(outs[0].text for outs in judge_backend.generate(list(chunk), on_done=bar.update))
 
     items = []
+    texts = iter(judgements)
     for index, (prompt, a, b) in enumerate(zip(prompts, answers_a, answers_b)):
-        first_text, second_text = judgements[2 * index], judgements[2 * index + 1]
+        if a == b:
+            items.append(_identical_item(index, prompt, a))
+            continue
+        first_text, second_text = next(texts), next(texts)
         items.append({
             "index": index,
             "prompt": prompt,
@@ -136,8 +142,96 @@ def pairwise_winrate(
         })
     metrics = winrate_from_verdicts(items, bootstrap_samples=bootstrap_samples, seed=seed)
     metrics["length_unit"] = "characters"
-    metrics["judge"] = {"temperature": temperature, "max_new_tokens": max_new_tokens,
-                        "orders": "A first, then B first; letters name positions"}
+    metrics["n_identical"] = sum(1 for item in items if item.get("identical"))
+    metrics["judge"] = {"method": "pairwise", "temperature": temperature, "max_new_tokens": max_new_tokens,
+                        "orders": "A first, then B first; letters name positions",
+                        "identical_answers": "a tie, not judged"}
+    return {"metrics": metrics, "items": items}
+
+
+def _identical_item(index: int, prompt: str, answer: str) -> dict:
+    return {"index": index, "prompt": prompt, "answer_a": answer, "answer_b": answer, "len_a": len(answer),
+            "len_b": len(answer), "identical": True, "first_order": "tie", "second_order": "tie"}
+
+
+def additive_winrate(
+    prompts: Sequence[str],
+    answers_a: Sequence[str],
+    answers_b: Sequence[str],
+    judge_backend,
+    judge_cfg,
+    *,
+    seed: int,
+    bootstrap_samples: int = 1000,
+) -> dict[str, Any]:
+    """A against B by single-answer grading: the additive 5-point judge (judge.* settings: template, samples,
+    method) scores every answer on its own, and the higher score wins; equal scores are a tie, and an answer
+    without a parsable score makes the pair unparsed (counted as a tie, as in pairwise judging).
+
+    Why offer this beside the pairwise judge: a model trained on EFT demonstrations has learned the additive
+    format, not the pairwise one. Judging itself in the loop (eval.winrate_judge=next) a small model writes
+    parsable scores but rarely a parsable `Winner:` line. Each answer is shown alone, so there is no position to be
+    biased by and no second order to judge: both verdict fields of an item hold the same verdict. Identical
+    answers are a tie and are not judged.
+    """
+    from srlm.judge import average_score, check_method, expected_judgements, load_template, parse_score, render
+
+    if not (len(prompts) == len(answers_a) == len(answers_b)):
+        raise ValueError(f"prompts, answers_a and answers_b differ in length: {len(prompts)}, {len(answers_a)}, "
+                         f"{len(answers_b)}")
+    if not prompts:
+        raise SrlmError("no prompts to compare on")
+    check_method(judge_cfg.method, judge_backend)
+    template = load_template(judge_cfg.template_file)
+    sampling = Sampling(n=judge_cfg.num_samples, temperature=judge_cfg.temperature, top_p=judge_cfg.top_p,
+                        max_new_tokens=judge_cfg.max_new_tokens)
+    requests, seen = [], set()
+    for index, (prompt, a, b) in enumerate(zip(prompts, answers_a, answers_b)):
+        if a == b:
+            continue
+        for answer in (a, b):
+            answer_id = stable_id("answer", prompt, answer)  # one judgement per distinct (prompt, answer)
+            if answer_id not in seen:
+                seen.add(answer_id)
+                requests.append(GenerationRequest(
+                    answer_id, sampling, stable_seed(seed, "winrate-additive", answer_id),
+                    messages=[{"role": "user", "content": render(template, prompt, answer)}]))
+
+    graded: dict[str, dict] = {}
+    with progress(len(requests), "eval winrate (additive)", unit="answer") as bar:
+        for chunk in chunks(requests, _CHUNK_REQUESTS):
+            outputs = judge_backend.generate(list(chunk), on_done=bar.update)
+            expected = None
+            if judge_cfg.method == "expected":
+                expected = expected_judgements(judge_backend, [(r, [c.text for c in outs]) for r, outs in zip(chunk, outputs)])
+            for i, (request, outs) in enumerate(zip(chunk, outputs)):
+                texts = [c.text for c in outs]
+                scores = ([e["expected_score"] for e in expected[i]] if expected is not None
+                          else [parse_score(t) for t in texts])
+                graded[request.request_id] = {"judgements": texts, "scores": scores, "score": average_score(scores)}
+
+    items = []
+    for index, (prompt, a, b) in enumerate(zip(prompts, answers_a, answers_b)):
+        if a == b:
+            items.append(_identical_item(index, prompt, a))
+            continue
+        grade_a, grade_b = graded[stable_id("answer", prompt, a)], graded[stable_id("answer", prompt, b)]
+        score_a, score_b = grade_a["score"], grade_b["score"]
+        if score_a is None or score_b is None:
+            verdict = None
+        else:
+            verdict = "A" if score_a > score_b else "B" if score_b > score_a else "tie"
+        items.append({"index": index, "prompt": prompt, "answer_a": a, "answer_b": b, "len_a": len(a), "len_b": len(b),
+                      "score_a": score_a, "score_b": score_b, "judgements_a": grade_a["judgements"],
+                      "judgements_b": grade_b["judgements"],
+                      # one verdict, stored in both order fields: for metrics that read pairwise items
+                      "first_order": verdict, "second_order": {"A": "B", "B": "A"}.get(verdict, verdict)})
+    metrics = winrate_from_verdicts(items, bootstrap_samples=bootstrap_samples, seed=seed)
+    metrics["length_unit"] = "characters"
+    metrics["n_identical"] = sum(1 for item in items if item.get("identical"))
+    metrics["judge"] = {"method": "additive", "num_samples": judge_cfg.num_samples, "score_method": judge_cfg.method,
+                        "temperature": judge_cfg.temperature, "max_new_tokens": judge_cfg.max_new_tokens,
+                        "rule": "higher additive score wins; equal scores tie; identical answers are a tie, not judged"}
     return {"metrics": metrics, "items": items}
 
 

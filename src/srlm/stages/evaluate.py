@@ -52,7 +52,7 @@ def _answers(cfg: Config, model_path: str, prompts: list[str]) -> list[str]:
 
 def winrate_vs_previous(cfg: Config, new_model: str, old_model: str, out_dir: Path) -> dict:
     """M_t+1 (side A) vs M_t (side B) on the held-out prompts; writes winrate_vs_previous.json and its items."""
-    from srlm.evaluation.winrate import pairwise_winrate
+    from srlm.evaluation.winrate import additive_winrate, pairwise_winrate
 
     path = resolve_data_path(cfg.eval.heldout_prompts)
     prompts = [r["prompt"] for r in iter_jsonl(path, {"prompt": str})][: cfg.eval.heldout_limit]
@@ -60,8 +60,11 @@ def winrate_vs_previous(cfg: Config, new_model: str, old_model: str, out_dir: Pa
     judge_path = new_model if cfg.eval.winrate_judge == "next" else cfg.eval.winrate_judge
     judge = backend_for(cfg, judge_path)
     try:
-        result = pairwise_winrate(prompts, answers_new, answers_old, judge, seed=cfg.seed,
-                                  max_new_tokens=cfg.eval.max_new_tokens)
+        if cfg.eval.winrate_method == "additive":
+            result = additive_winrate(prompts, answers_new, answers_old, judge, cfg.judge, seed=cfg.seed)
+        else:
+            result = pairwise_winrate(prompts, answers_new, answers_old, judge, seed=cfg.seed,
+                                      max_new_tokens=cfg.eval.max_new_tokens)
     finally:
         judge.close()
     metrics = {**result["metrics"], "judge": "self (M_t+1)" if cfg.eval.winrate_judge == "next" else judge_path}
