@@ -16,7 +16,9 @@ from srlm.io import read_jsonl
 from srlm.loop import run_loop
 
 SMALL = ["backend.name=fake", "data.max_ift_examples=6", "data.max_eft_examples=6", "sft.batch_size=4", "sft.micro_batch_size=2", "sft.epochs=1",
-         "dpo.batch_size=4", "dpo.micro_batch_size=2", "prompts.num_prompts=6", "backend.chunk_prompts=2"]
+         "dpo.batch_size=4", "dpo.micro_batch_size=2", "prompts.num_prompts=6", "backend.chunk_prompts=2",
+         # the paper's judging and no in-loop evaluation, unless a test turns them on
+         "judge.method=sample_mean", "judge.num_samples=3", "eval.heldout_prompts=null", "eval.judge_data=null"]
 
 
 def small_config(model_dir, *extra):

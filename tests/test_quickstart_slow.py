@@ -21,6 +21,11 @@ def test_quickstart_reaches_m3_with_pairs_every_iteration(tmp_path):
         assert row["pairs"] >= 8, row
         assert row["chosen_score_mean"] > row["rejected_score_mean"]
     assert summary["iterations"][0]["judge_parse_rate"] >= 0.9  # what EFT is for: M1 keeps the judge format
+    for row in summary["iterations"]:  # the in-loop evaluation the quickstart turns on
+        assert 0.0 <= row["eval"]["winrate_vs_previous"]["win_rate"] <= 1.0, row
+        assert row["eval"]["winrate_vs_previous"]["n"] == 8
+        assert 0.0 <= row["eval"]["judge_accuracy"]["pairwise_accuracy"] <= 1.0, row
+    assert summary["m1_judge_accuracy"]["n"] == 12
     assert (run_dir / "models" / "m3" / "model.safetensors").exists()
     assert "<svg" in (run_dir / "report.html").read_text()
     assert "iteration 2: m2 -> m3" in proc.stdout
