@@ -176,3 +176,11 @@ def test_training_stages_run_under_accelerate_launch(tiny_model_dir, tmp_path):
     assert manifest["stages"]["iter_1/dpo"]["stats"]["processes"] == 2
     assert (run_dir / "models" / "m2" / "model.safetensors").exists()
     assert not list(run_dir.glob(".*stats.json"))
+
+
+def test_expected_judging_on_a_backend_without_score_probabilities_fails_before_training(tiny_model_dir, tmp_path):
+    cfg = small_config(tiny_model_dir, "judge.method=expected", "backend.name=vllm")
+    with pytest.raises(SrlmError, match="judge.method=expected reads the judge's score-token probabilities, which the "
+                                        "'vllm' backend cannot give"):
+        run_loop(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "models").exists()  # refused before SFT

@@ -1,6 +1,6 @@
 """Run configuration: pydantic models, YAML recipes and `key=value` overrides.
 
-Every field has a description (shown by `srlm config --help-keys`) and, where it has one, its unit in its name.
+Every field has a description (shown by `srlm config --keys`) and, where it has one, its unit in its name.
 Unknown keys and wrong types are errors that name the key: a typo must never silently fall back to a default.
 """
 

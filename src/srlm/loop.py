@@ -18,7 +18,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from srlm.backends import backend_for
+from srlm.backends import backend_for, check_judge_method
 from srlm.config import Config, save_config
 from srlm.errors import SrlmError
 from srlm.io import iter_jsonl, write_json
@@ -95,6 +95,7 @@ def _train_dpo(cfg: Config, rd: RunDir, model_t: Path, pairs: Path, out_dir: Pat
 
 def run_loop(cfg: Config, run_dir: str | Path) -> dict:
     check_selection_config(cfg)  # before any training: a missing key must not surface after SFT and DPO
+    check_judge_method(cfg)
     for path in (cfg.eval.heldout_prompts, cfg.eval.judge_data):
         resolve_data_path(path)  # likewise, a missing evaluation file fails now
     rd = RunDir(run_dir)

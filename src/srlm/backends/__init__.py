@@ -31,11 +31,32 @@ def make_backend(name: str, loaded_model=None, **options) -> Backend:
     return getattr(module, class_name).create(loaded_model, **options)
 
 
+def backend_class(name: str):
+    """The class behind a backend name, imported without building it (no model, no engine, no optional package)."""
+    import importlib
+
+    if name not in BACKENDS:
+        raise SrlmError(f"unknown backend '{name}'; available: {', '.join(BACKENDS)}")
+    module_name, class_name = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def check_judge_method(cfg) -> None:
+    """judge.method=expected needs score-token probabilities: refuse a backend that has none before any training.
+    (An openai server may still lack top_logprobs; the judge stage finds that out on its first request.)"""
+    from srlm.backends.base import supports_score_probs
+
+    if cfg.judge.method == "expected" and not supports_score_probs(backend_class(cfg.backend.name)):
+        raise SrlmError(f"judge.method=expected reads the judge's score-token probabilities, which the "
+                        f"'{cfg.backend.name}' backend cannot give; use judge.method=sample_mean, or backend.name=hf, "
+                        "or backend.name=openai with a server that returns top_logprobs (e.g. vllm serve)")
+
+
 def backend_for(cfg, model_path: str) -> Backend:
     """The backend a config asks for, serving `model_path` (loaded here for in-process backends).
 
     For the `openai` backend the server decides which weights answer; `backend.model_name` names them, defaulting
-    to `model_path`. The `vllm` backend starts its own engine on the resolved local path (a new one for each
+    to `model_path`. The `vllm` backend starts its own engine on the resolved local path or hub id (a new one for each
     `model_path`, so each iteration's model is loaded fresh).
     """
     loaded = None

@@ -2,7 +2,7 @@
 
     srlm dpo --pairs pairs.jsonl --model M_t --out M_t+1 [key=value ...]
 
-TRL's `DPOTrainer` with beta 0.1. The reference is the starting model itself: its log-probabilities on every pair
+TRL's `DPOTrainer` with beta `dpo.beta` (0.1, the paper's). The reference is the starting model itself: its log-probabilities on every pair
 are computed once before training (`precompute_ref_log_probs`), so no second copy of the model is kept in memory.
 With LoRA, the reference is the model with its adapters disabled. The result is saved as a full checkpoint (LoRA
 merged) that the next iteration and any Hugging Face tool can load. An empty pair file is an error: a DPO step on

@@ -2,7 +2,8 @@
 
 After iteration t has produced M_t+1:
 - head to head, M_t+1 vs M_t on held-out prompts (`eval.heldout_prompts`): both answer greedily, a pairwise judge
-  compares every pair in both orders, a disagreement is a tie (paper section 6.1). The judge is M_t+1 itself unless
+  compares every pair in both orders, a disagreement is a tie (paper section 6.1); or, with
+  `eval.winrate_method=additive`, the additive judge grades each answer alone and the higher score wins. The judge is M_t+1 itself unless
   `eval.winrate_judge` names a fixed model: a self-judged win rate flatters the newer model, and the summary says
   which judge was used;
 - the judge's agreement with human rankings (`eval.judge_data`: pairwise accuracy, 5-best, exact match, Spearman,

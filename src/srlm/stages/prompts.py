@@ -12,6 +12,7 @@ top-p 0.9. Every new item goes through Self-Instruct's filters, in this order, a
   duplicate    the same text (case and spacing aside) as a pool prompt
   similar      ROUGE-L F above `rouge_l_max` (0.7) against any pool prompt (a near duplicate)
   contaminated matches a prompt of an evaluation set in `decontaminate_against`, exactly or nearly
+  over_budget  a valid item that came after `num_prompts` were already kept
 The pool is the seed prompts, earlier generated prompts and the ones kept so far. Seed prompts of more than
 `max_words` words are neither shown nor pooled (counted as `seed_prompts_skipped_too_long`). Attempts stop when
 `num_prompts` are kept or `max_attempts` are spent.

@@ -2,7 +2,7 @@
 
 Training itself is TRL's (`SFTTrainer`, `DPOTrainer`); this module only sets them up the way the paper and this
 machine need: precision chosen for the device (fp32 on CPU, where bf16 runs in a slow fallback), cosine decay to
-a floor learning rate, dropout 0.1, no checkpoints or loggers that the user did not ask for.
+a floor learning rate, dropout from `sft/dpo.dropout` (paper 0.1), no checkpoints or loggers that the user did not ask for.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def length_grouped(trainer_class, lengths_of):
 
     With micro_batch_size > 1 every sequence of a batch is padded to the longest; grouping by length cuts that
     waste. transformers' LengthGroupedSampler keeps the order random at the scale that matters: it shuffles, takes
-    groups of 50 optimizer batches, and sorts only within each group. The trainers drop unused columns before the
+    groups of up to 50 optimizer batches, and sorts only within each group. The trainers drop unused columns before the
     sampler is built, so the lengths are read from the tokenized columns they keep (`lengths_of(dataset)`).
     """
     from transformers.trainer_pt_utils import LengthGroupedSampler
