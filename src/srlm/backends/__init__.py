@@ -22,13 +22,7 @@ IN_PROCESS = {"hf"}  # backends that need the model loaded into this process (vl
 
 def make_backend(name: str, loaded_model=None, **options) -> Backend:
     """Build the backend `name`. `loaded_model` is a `srlm.models.LoadedModel` for backends that run one in-process."""
-    import importlib
-
-    if name not in BACKENDS:
-        raise SrlmError(f"unknown backend '{name}'; available: {', '.join(BACKENDS)}")
-    module_name, class_name = BACKENDS[name].split(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, class_name).create(loaded_model, **options)
+    return backend_class(name).create(loaded_model, **options)
 
 
 def backend_class(name: str):
@@ -44,12 +38,9 @@ def backend_class(name: str):
 def check_judge_method(cfg) -> None:
     """judge.method=expected needs score-token probabilities: refuse a backend that has none before any training.
     (An openai server may still lack top_logprobs; the judge stage finds that out on its first request.)"""
-    from srlm.backends.base import supports_score_probs
+    from srlm.judge import check_method
 
-    if cfg.judge.method == "expected" and not supports_score_probs(backend_class(cfg.backend.name)):
-        raise SrlmError(f"judge.method=expected reads the judge's score-token probabilities, which the "
-                        f"'{cfg.backend.name}' backend cannot give; use judge.method=sample_mean, or backend.name=hf, "
-                        "or backend.name=openai with a server that returns top_logprobs (e.g. vllm serve)")
+    check_method(cfg.judge.method, backend_class(cfg.backend.name))  # the class: nothing is loaded yet
 
 
 def backend_for(cfg, model_path: str) -> Backend:

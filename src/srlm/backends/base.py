@@ -98,5 +98,14 @@ class ScoresNextTokens(Protocol):
         as one token is an error, not None."""
 
 
+def prompt_token_ids(tokenizer, request: GenerationRequest) -> list[int]:
+    """The token ids an in-process backend feeds the model for `request`: chat messages through the tokenizer's chat
+    template with the assistant turn opened (the template already holds any special tokens), raw text as is."""
+    if request.messages is not None:
+        text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(request.text)["input_ids"]
+
+
 def supports_score_probs(backend) -> bool:
     return callable(getattr(backend, "score_token_probs", None))

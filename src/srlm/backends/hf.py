@@ -27,7 +27,14 @@ import os
 import time
 from contextlib import contextmanager
 
-from srlm.backends.base import CandidateProbs, Completion, GenerationRequest, GenerationStats, Sampling
+from srlm.backends.base import (
+    CandidateProbs,
+    Completion,
+    GenerationRequest,
+    GenerationStats,
+    Sampling,
+    prompt_token_ids,
+)
 from srlm.errors import SrlmError
 from srlm.io import stable_seed
 
@@ -183,10 +190,7 @@ class HFBackend:
 
     # -- tokenization -----------------------------------------------------------------------------------------
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        if request.messages is not None:
-            text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(request.text)["input_ids"]
+        return prompt_token_ids(self.tokenizer, request)
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return len(self._prompt_ids(request))

@@ -45,7 +45,7 @@ import gc
 import sys
 import time
 
-from srlm.backends.base import Completion, GenerationRequest, GenerationStats
+from srlm.backends.base import Completion, GenerationRequest, GenerationStats, prompt_token_ids
 from srlm.errors import SrlmError
 from srlm.io import stable_seed
 
@@ -175,10 +175,7 @@ class VLLMBackend:
 
     # -- tokenization: exactly the hf backend's ------------------------------------------------------------------
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        if request.messages is not None:
-            text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(request.text)["input_ids"]
+        return prompt_token_ids(self.tokenizer, request)
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return len(self._prompt_ids(request))
