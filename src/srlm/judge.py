@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -117,6 +118,37 @@ def check_method(method: str, backend) -> None:
             "cannot give; use backend.name=hf, or backend.name=openai with a server that returns top_logprobs "
             "(e.g. vLLM), or judge.method=sample_mean"
         )
+
+
+@dataclass
+class Judged:
+    """One request's judgements, scored: `scores` is what a response's score averages (the expected scores with
+    judge.method=expected, else the integers the texts end with); `expected` holds the expected-score fields of
+    each judgement (None with sample_mean)."""
+
+    completions: list
+    parsed: list[float | None]
+    expected: list[dict] | None
+    scores: list[float | None]
+
+    @property
+    def texts(self) -> list[str]:
+        return [c.text for c in self.completions]
+
+
+def judge_requests(backend, requests: list, method: str, on_done=None) -> list[Judged]:
+    """Generate the judgements of `requests` (one backend call) and score each by `method`."""
+    outputs = backend.generate(list(requests), on_done=on_done)
+    expected = None
+    if method == "expected":
+        expected = expected_judgements(backend, [(r, [c.text for c in outs]) for r, outs in zip(requests, outputs)])
+    judged = []
+    for i, outs in enumerate(outputs):
+        parsed = [parse_score(c.text) for c in outs]
+        fields = expected[i] if expected is not None else None
+        scores = [f["expected_score"] for f in fields] if fields is not None else parsed
+        judged.append(Judged(list(outs), parsed, fields, scores))
+    return judged
 
 
 def expected_judgements(backend, judged: list[tuple[object, list[str]]]) -> list[list[dict]]:

@@ -36,7 +36,7 @@ from srlm.errors import DataError
 from srlm.evaluation.human_data import RankedGroup, read_oasst_trees, read_preference_pairs
 from srlm.evaluation.metrics import judge_agreement
 from srlm.io import stable_seed, write_json, write_jsonl
-from srlm.judge import average_score, check_method, expected_judgements, load_template, parse_score, render
+from srlm.judge import average_score, check_method, judge_requests, load_template, render
 from srlm.stages.common import chunks, progress
 
 HUMAN_DATA_FORMATS = ("oasst", "pairs", "groups")
@@ -176,21 +176,14 @@ def evaluate_judge(
 
     with progress(len(to_send), "eval judge", unit="reply") as bar:
         for chunk in chunks(to_send, _CHUNK_REQUESTS):
-            completions_per_request = backend.generate([request for request, _ in chunk], on_done=bar.update)
-            expected = None
-            if method == "expected":
-                judged = [(request, [c.text for c in completions])
-                          for (request, _), completions in zip(chunk, completions_per_request)]
-                expected = expected_judgements(backend, judged)
-            for i, ((_, item), completions) in enumerate(zip(chunk, completions_per_request)):
-                item["judgements"] = [c.text for c in completions]
-                item["scores"] = [parse_score(c.text) for c in completions]
-                if expected is not None:
-                    # `scores` stays what `score` averages; the integers the texts end with are kept beside them.
-                    item["parsed_scores"] = item["scores"]
-                    item["score_probs"] = [f["score_probs"] for f in expected[i]]
-                    item["score_token_mass"] = [f["score_token_mass"] for f in expected[i]]
-                    item["scores"] = [f["expected_score"] for f in expected[i]]
+            judged = judge_requests(backend, [request for request, _ in chunk], method, on_done=bar.update)
+            for (_, item), j in zip(chunk, judged):
+                item["judgements"] = j.texts
+                item["scores"] = j.scores  # what `score` averages
+                if j.expected is not None:  # the integers the texts end with are kept beside the expected scores
+                    item["parsed_scores"] = j.parsed
+                    item["score_probs"] = [f["score_probs"] for f in j.expected]
+                    item["score_token_mass"] = [f["score_token_mass"] for f in j.expected]
                 item["score"] = average_score(item["scores"])
 
     score_groups, start = [], 0

@@ -97,11 +97,7 @@ def pairwise_winrate(
     "items": one record per prompt with both answers, both judgement texts and both verdicts}.
     In the first order answer A is output (a); in the second answer B is.
     """
-    if not (len(prompts) == len(answers_a) == len(answers_b)):
-        raise ValueError(f"prompts, answers_a and answers_b differ in length: {len(prompts)}, {len(answers_a)}, "
-                         f"{len(answers_b)}")
-    if not prompts:
-        raise SrlmError("no prompts to compare on")
+    _check_inputs(prompts, answers_a, answers_b)
     template = template if template is not None else builtin_pairwise_template()
     sampling = Sampling(n=1, temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens)
 
@@ -140,13 +136,27 @@ def pairwise_winrate(
             "first_order": parse_verdict(first_text),
             "second_order": parse_verdict(second_text),
         })
-    metrics = winrate_from_verdicts(items, bootstrap_samples=bootstrap_samples, seed=seed)
-    metrics["length_unit"] = "characters"
-    metrics["n_identical"] = sum(1 for item in items if item.get("identical"))
+    metrics = _metrics(items, bootstrap_samples, seed)
     metrics["judge"] = {"method": "pairwise", "temperature": temperature, "max_new_tokens": max_new_tokens,
                         "orders": "A first, then B first; letters name positions",
                         "identical_answers": "a tie, not judged"}
     return {"metrics": metrics, "items": items}
+
+
+def _check_inputs(prompts, answers_a, answers_b) -> None:
+    if not (len(prompts) == len(answers_a) == len(answers_b)):
+        raise ValueError(f"prompts, answers_a and answers_b differ in length: {len(prompts)}, {len(answers_a)}, "
+                         f"{len(answers_b)}")
+    if not prompts:
+        raise SrlmError("no prompts to compare on")
+
+
+def _metrics(items: list[dict], bootstrap_samples: int, seed: int) -> dict:
+    """Win/tie/loss from the items' verdicts (`winrate_from_verdicts`), with the length unit and identical pairs."""
+    metrics = winrate_from_verdicts(items, bootstrap_samples=bootstrap_samples, seed=seed)
+    metrics["length_unit"] = "characters"
+    metrics["n_identical"] = sum(1 for item in items if item.get("identical"))
+    return metrics
 
 
 def _identical_item(index: int, prompt: str, answer: str) -> dict:
@@ -174,13 +184,9 @@ def additive_winrate(
     biased by and no second order to judge: both verdict fields of an item hold the same verdict. Identical
     answers are a tie and are not judged.
     """
-    from srlm.judge import average_score, check_method, expected_judgements, load_template, parse_score, render
+    from srlm.judge import average_score, check_method, judge_requests, load_template, render
 
-    if not (len(prompts) == len(answers_a) == len(answers_b)):
-        raise ValueError(f"prompts, answers_a and answers_b differ in length: {len(prompts)}, {len(answers_a)}, "
-                         f"{len(answers_b)}")
-    if not prompts:
-        raise SrlmError("no prompts to compare on")
+    _check_inputs(prompts, answers_a, answers_b)
     check_method(judge_cfg.method, judge_backend)
     template = load_template(judge_cfg.template_file)
     sampling = Sampling(n=judge_cfg.num_samples, temperature=judge_cfg.temperature, top_p=judge_cfg.top_p,
@@ -200,15 +206,8 @@ def additive_winrate(
     graded: dict[str, dict] = {}
     with progress(len(requests), "eval winrate (additive)", unit="answer") as bar:
         for chunk in chunks(requests, _CHUNK_REQUESTS):
-            outputs = judge_backend.generate(list(chunk), on_done=bar.update)
-            expected = None
-            if judge_cfg.method == "expected":
-                expected = expected_judgements(judge_backend, [(r, [c.text for c in outs]) for r, outs in zip(chunk, outputs)])
-            for i, (request, outs) in enumerate(zip(chunk, outputs)):
-                texts = [c.text for c in outs]
-                scores = ([e["expected_score"] for e in expected[i]] if expected is not None
-                          else [parse_score(t) for t in texts])
-                graded[request.request_id] = {"judgements": texts, "scores": scores, "score": average_score(scores)}
+            for request, j in zip(chunk, judge_requests(judge_backend, list(chunk), judge_cfg.method, bar.update)):
+                graded[request.request_id] = {"judgements": j.texts, "score": average_score(j.scores)}
 
     items = []
     for index, (prompt, a, b) in enumerate(zip(prompts, answers_a, answers_b)):
@@ -226,9 +225,7 @@ def additive_winrate(
                       "judgements_b": grade_b["judgements"],
                       # one verdict, stored in both order fields: for metrics that read pairwise items
                       "first_order": verdict, "second_order": {"A": "B", "B": "A"}.get(verdict, verdict)})
-    metrics = winrate_from_verdicts(items, bootstrap_samples=bootstrap_samples, seed=seed)
-    metrics["length_unit"] = "characters"
-    metrics["n_identical"] = sum(1 for item in items if item.get("identical"))
+    metrics = _metrics(items, bootstrap_samples, seed)
     metrics["judge"] = {"method": "additive", "num_samples": judge_cfg.num_samples, "score_method": judge_cfg.method,
                         "temperature": judge_cfg.temperature, "max_new_tokens": judge_cfg.max_new_tokens,
                         "rule": "higher additive score wins; equal scores tie; identical answers are a tie, not judged"}

@@ -20,7 +20,7 @@ from pathlib import Path
 from srlm.backends import GenerationRequest, Sampling
 from srlm.config import JudgeConfig
 from srlm.io import ResumableJsonlWriter, read_jsonl, stable_seed
-from srlm.judge import average_score, check_method, expected_judgements, load_template, parse_score, render
+from srlm.judge import Judged, average_score, check_method, judge_requests, load_template, render
 from srlm.stages.common import chunks, progress
 
 RESPONSE_SCHEMA = {"prompt_id": str, "response_id": str, "prompt": str, "response": str}
@@ -46,15 +46,10 @@ def run_judge(responses_path: Path, out_path: Path, backend, cfg: JudgeConfig, *
     chunk_size = chunk_prompts * max(1, len(responses) // max(1, len({r["prompt_id"] for r in responses})))
     with progress(len(requests), "judge", initial=len(requests) - len(todo), unit="response") as bar:
         for chunk in chunks(todo, chunk_size):
-            outputs = backend.generate(list(chunk), on_done=bar.update)
-            expected = None
-            if cfg.method == "expected":
-                judged = [(req, [c.text for c in outs]) for req, outs in zip(chunk, outputs)]
-                expected = expected_judgements(backend, judged)
-            writer.append(_record(by_id[req.request_id], outs, expected[i] if expected is not None else None)
-                          for i, (req, outs) in enumerate(zip(chunk, outputs)))
+            judged = judge_requests(backend, list(chunk), cfg.method, on_done=bar.update)
+            writer.append(_record(by_id[req.request_id], j) for req, j in zip(chunk, judged))
     writer.append(
-        {**_record(by_id[req.request_id], []), "skipped": "judge_prompt_too_long"}
+        {**_record(by_id[req.request_id], Judged([], [], None, [])), "skipped": "judge_prompt_too_long"}
         for req in too_long if req.request_id not in writer.done_ids
     )
     order = {r["response_id"]: i for i, r in enumerate(responses)}
@@ -62,13 +57,15 @@ def run_judge(responses_path: Path, out_path: Path, backend, cfg: JudgeConfig, *
     return summarize_judgements(records)
 
 
-def _record(response: dict, completions, expected: list[dict] | None = None) -> dict:
-    """The response's record; `expected`: the expected-score fields of each judgement (judge.method=expected)."""
-    judgements = [{"text": c.text, "score": parse_score(c.text), "finish_reason": c.finish_reason} for c in completions]
-    if expected is not None:
-        for judgement, fields in zip(judgements, expected):
+def _record(response: dict, judged: Judged) -> dict:
+    """The response's record: each judgement's text, parsed score and finish reason (and, with judge.method=expected,
+    its expected-score fields), and the mean of the scores."""
+    judgements = [{"text": c.text, "score": parsed, "finish_reason": c.finish_reason}
+                  for c, parsed in zip(judged.completions, judged.parsed)]
+    if judged.expected is not None:
+        for judgement, fields in zip(judgements, judged.expected):
             judgement.update(fields)
-    scores = [j["expected_score"] if expected is not None else j["score"] for j in judgements]
+    scores = judged.scores
     return {
         "prompt_id": response["prompt_id"],
         "response_id": response["response_id"],
