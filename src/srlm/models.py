@@ -193,6 +193,13 @@ def set_dropout_config(config, dropout: float) -> None:
             setattr(config, name, dropout)
 
 
+def move_into_place(complete: Path, out_dir: Path) -> None:
+    """Replace `out_dir` with the finished folder `complete` (a rename: the new model appears whole or not at all)."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    complete.rename(out_dir)
+
+
 def save_model(model, tokenizer, out_dir: Path) -> None:
     """Save a full checkpoint atomically: into a staging folder, renamed into place when complete."""
     out_dir = Path(out_dir)
@@ -200,9 +207,7 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        move_into_place(staging, out_dir)
     finally:
         if staging.exists():
             shutil.rmtree(staging)

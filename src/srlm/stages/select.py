@@ -41,7 +41,9 @@ from pathlib import Path
 from srlm.backends import backend_for
 from srlm.errors import ConfigError, DataError, SrlmError
 from srlm.io import ResumableJsonlWriter, iter_jsonl, read_json, write_json, write_jsonl
+from srlm.models import DROPOUT_KEYS, save_model
 from srlm.seed import BUILTIN_PREFIX, resolve_data_path
+from srlm.stages.training import model_bytes
 
 TRAINING_FILE = "training.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
@@ -117,9 +119,7 @@ def _check_disk(model, ckpt_dir: Path, count: int, margin: float = 1.2) -> None:
     """Refuse to train when the checkpoints and the final model would not fit: learn it before, not at step N."""
     if count <= 0:
         return
-    # ds_numel: a ZeRO-3 parameter's full size (numel() is this rank's shard).
-    size = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
-    need = size * (count + 1) * margin
+    need = model_bytes(model) * (count + 1) * margin
     free = shutil.disk_usage(ckpt_dir).free
     if free < need:
         raise SrlmError(f"{ckpt_dir}: {free / 2**30:.2f} GiB free; {count} checkpoints (dpo.checkpoint_every_steps) "
@@ -133,8 +133,6 @@ def save_merged_checkpoint(trainer, tokenizer, out_dir: Path) -> None:
     LoRA deltas are added into a copy of the weights, so training continues on the unmerged adapters. Rank 0
     writes, atomically, through `srlm.models.save_model`; the others wait for it.
     """
-    from srlm.models import save_model
-
     accelerator = trainer.accelerator
     state_dict = accelerator.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model)
     if trainer.is_world_process_zero():
@@ -165,9 +163,8 @@ _MISSING = object()
 @contextmanager
 def _inference_config(model):
     """The saved config is for inference (dropout 0, cache on), as the final model's; training's is restored after."""
-    dropouts = ("attention_dropout", "dropout", "hidden_dropout")  # where Llama-style configs keep dropout rates
-    saved = {name: getattr(model.config, name, _MISSING) for name in (*dropouts, "use_cache")}
-    for name in dropouts:
+    saved = {name: getattr(model.config, name, _MISSING) for name in (*DROPOUT_KEYS, "use_cache")}
+    for name in DROPOUT_KEYS:
         if saved[name] is not _MISSING:
             setattr(model.config, name, 0.0)
     model.config.use_cache = True

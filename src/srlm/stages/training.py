@@ -15,7 +15,7 @@ from pathlib import Path
 
 from srlm.config import LoraConfig
 from srlm.errors import SrlmError
-from srlm.models import DROPOUT_KEYS, fresh_dir, save_model, set_dropout_config
+from srlm.models import fresh_dir, move_into_place, save_model, set_dropout_config
 
 
 def trainer_kwargs(*, cfg, device: str, dtype, seed: int, output_dir: str) -> dict:
@@ -86,10 +86,15 @@ def peft_config(lora: LoraConfig):
 
 
 
+def model_bytes(model) -> int:
+    """The size of the model's weights as saved. Under DeepSpeed ZeRO-3 a parameter holds only this rank's partition
+    (numel() is 0); ds_numel is its full size."""
+    return sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
+
+
 def check_free_disk(model, out_dir: Path, margin: float = 1.2) -> None:
     """Refuse to start training when the finished model could not be saved: learn it now, not after hours."""
-    # Under DeepSpeed ZeRO-3 a parameter holds only this rank's partition (numel() is 0); ds_numel is its full size.
-    need = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters()) * margin
+    need = model_bytes(model) * margin
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out_dir.parent).free
     if free < need:
@@ -149,10 +154,9 @@ def _save_gathered(trainer, tokenizer, out_dir: Path, *, base_model: str, dtype)
     `trainer.save_model` is collective: every rank takes part while the weights are gathered (ZeRO-3's
     `zero3_save_16bit_model`, FSDP's FULL_STATE_DICT) and rank 0 writes them. A LoRA model gathers only its adapters;
     rank 0 then merges them into a fresh CPU copy of the base model, which needs the base model's size in host RAM
-    once. The result is renamed into place only when complete, like every other model srlm writes.
+    once. The result is renamed into place only when complete, like every other model srlm writes. The config it
+    writes is the live one, which `finish_and_save` has already set up for inference.
     """
-    import json
-
     out_dir = Path(out_dir)
     gathered = out_dir.parent / f".{out_dir.name}.gathered"
     main = trainer.is_world_process_zero()
@@ -166,17 +170,8 @@ def _save_gathered(trainer, tokenizer, out_dir: Path, *, base_model: str, dtype)
             merged = merge_adapters(base_model, gathered, dtype)
             save_model(merged, tokenizer, out_dir)
         else:
-            config_path = gathered / "config.json"
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-            for name in DROPOUT_KEYS:
-                if name in config:
-                    config[name] = 0.0
-            config["use_cache"] = True
-            config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
             tokenizer.save_pretrained(gathered)
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            gathered.rename(out_dir)
+            move_into_place(gathered, out_dir)
         shutil.rmtree(gathered, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
 
