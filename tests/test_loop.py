@@ -59,10 +59,23 @@ def test_loop_runs_m1_to_m3_and_a_rerun_does_nothing(tiny_model_dir, tmp_path, c
     assert (run_dir / "config.yaml").exists()
     # evaluation inside the loop: M1's judge once, then M_t+1 vs M_t and M_t+1's judge after each iteration
     assert 0 <= on_disk["m1_judge_accuracy"]["parse_failure_rate"] <= 1
+    m1_accuracy = on_disk["m1_judge_accuracy"]
+    assert m1_accuracy["judge_signal"] in ("above chance", "below chance", "none")
+    assert m1_accuracy["length_baseline"]["pairwise_accuracy"] == 1.0  # every chosen answer is the longer one
     for row in on_disk["iterations"]:
         w = row["eval"]["winrate_vs_previous"]
-        assert w["n"] == 3 and abs(w["win"] + w["tie"] + w["loss"] - 1) < 1e-9 and w["judge"] == "self (M_t+1)"
+        # M1 judges every comparison: a judge fixed for the run, not the contestant
+        assert w["n"] == 3 and abs(w["win"] + w["tie"] + w["loss"] - 1) < 1e-9 and w["judge"] == "M1 (fixed)"
         assert row["eval"]["judge_accuracy"]["n"] == 4
+        # the judge that built this iteration's pairs (M_t), with its interval, in the iteration's row
+        assert row["judge_accuracy"]["pairwise_accuracy_ci"] is not None
+        # one logged entry per DPO step, first loss ln 2 (policy = reference)
+        assert row["dpo_steps"] and abs(row["dpo_steps"][0]["loss"] - 0.6931) < 1e-3
+    assert "winrate_vs_m1" not in on_disk["iterations"][0]["eval"]  # M2's previous model is M1
+    assert on_disk["iterations"][1]["eval"]["winrate_vs_m1"]["model_b"] == "m1"
+    assert on_disk["iterations"][1]["judge_accuracy"] == {
+        k: on_disk["iterations"][0]["eval"]["judge_accuracy"].get(k) for k in on_disk["iterations"][1]["judge_accuracy"]}
+    assert "m3 vs m1 (win/tie/loss)" in out and "judge (m1) pairwise acc." in out
     assert (run_dir / "iter_2" / "eval" / "judge_accuracy.items.jsonl").exists()
     html = (run_dir / "report.html").read_text()
     assert "<svg" in html and (run_dir / "report.md").exists()

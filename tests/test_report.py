@@ -21,7 +21,9 @@ def summary_row(t, **extra):
         "score_histogram": {"0": 1, "1": 2, "2": 3, "3": 10, "4": 15, "5": 5},
         "pairs": 8, "pairs_dropped": {"tie": 2}, "chosen_len_mean": 300.0, "rejected_len_mean": 200.0,
         "chosen_score_mean": 4.5, "rejected_score_mean": 2.0, "dpo_reward_accuracy": 0.75, "dpo_reward_margin": 0.2,
-        "dpo_loss_first": 0.69, "dpo_loss_last": 0.5, "seconds": 12.5, **extra,
+        "dpo_loss_first": 0.69, "dpo_loss_last": 0.5, "seconds": 12.5,
+        "dpo_steps": [{"step": 1, "loss": 0.6931, "reward_accuracy": 0.0}, {"step": 2, "loss": 0.6, "reward_accuracy": 0.75},
+                      {"step": 3, "loss": 0.5, "reward_accuracy": 1.0}], **extra,
     }
 
 
@@ -38,7 +40,8 @@ def write_jsonl(path, records):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-JUDGE_ACC = {"pairwise_accuracy": 0.7, "five_best": 0.4, "exact_match": 0.1, "spearman": 0.25, "kendall_tau": 0.2,
+JUDGE_ACC = {"pairwise_accuracy": 0.7, "pairwise_accuracy_ci": [0.6, 0.8], "judge_signal": "above chance",
+             "length_baseline": {"pairwise_accuracy": 0.61, "pairwise_accuracy_ci": [0.56, 0.66]}, "five_best": 0.4, "exact_match": 0.1, "spearman": 0.25, "kendall_tau": 0.2,
              "parse_failure_rate": 0.05, "n": 50}
 WINRATE = {"metrics": {"win": 0.5, "tie": 0.3, "loss": 0.2, "win_rate": 0.65, "length_controlled_win_rate": 0.6,
                        "n": 20}}
@@ -70,8 +73,9 @@ def test_report_files_plots_and_escaping(run_dir):
     html_path, md_path = write_report(run_dir)
     assert html_path == run_dir / "report.html" and md_path == run_dir / "report.md"
     page = html_path.read_text()
-    # Four plots, all with data: score histogram, lengths, win rates, judge accuracy.
-    assert page.count("<svg") == 4 and "No data" not in page
+    # Five plots, all with data: score histogram, lengths, win rates, judge accuracy per model, DPO loss per step.
+    assert page.count("<svg") == 5 and "No data" not in page
+    assert "DPO loss per step" in page and "0.700 [0.600, 0.800]" in page and "length baseline" in page
     # Generated text is escaped, never live markup; the page has no script and no URL at all.
     assert XSS not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<script" not in page and "http" not in page and "tiny&lt;model&gt;" in page
@@ -90,7 +94,9 @@ def test_markdown_has_the_same_numbers(run_dir):
     assert "| 1 | 1 | 0 | 0 | 0 | 3 | 1 | 1 | 6 | iter_1/judgements.jsonl |" in md
     assert "| 2 | 1 | 2 | 3 | 10 | 15 | 5 | 4 | 40 | summary.json |" in md
     assert "| 2 | winrate_vs_previous | 50.0% | 30.0% | 20.0% | 65.0% | 60.0% | 20 |" in md
-    assert "| 2 | 0.8 | 0.4 | 0.1 | 0.25 | 0.2 | 5.0% | 50 |" in md
+    # The judge table has one row per model (M_t+1 of iteration t), with the interval and the length baseline.
+    assert "| m3 | 0.800 [0.600, 0.800] | 0.610 [0.560, 0.660] | above chance | 0.4 | 0.1 | 0.25 | 0.2 | 5.0% |" in md
+    assert "| 2 | 3 | 0.693 | 0.5 | 1 |" in md  # DPO: steps, first and last loss, last reward accuracy
     # Examples sit in fenced blocks, where markup is inert text.
     assert "```text\nA helpful answer <script>alert(1)</script> with markup.\n```" in md
 
@@ -108,11 +114,11 @@ def test_plots_without_data_say_so(tmp_path):
     root = tmp_path / "run"
     root.mkdir()
     row = summary_row(1)
-    del row["score_histogram"], row["chosen_len_mean"], row["rejected_len_mean"]
+    del row["score_histogram"], row["chosen_len_mean"], row["rejected_len_mean"], row["dpo_steps"]
     (root / "summary.json").write_text(json.dumps({"iterations": [row]}))
     html_path, md_path = write_report(root)
     page = html_path.read_text()
-    assert "<svg" not in page and page.count('class="no-data"') == 5  # 4 plots + examples
+    assert "<svg" not in page and page.count('class="no-data"') == 6  # 5 plots + examples
     assert "No data: no win rates recorded" in md_path.read_text()
 
 

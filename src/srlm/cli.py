@@ -24,7 +24,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--recipe", help="a shipped recipe (see `srlm recipes`)")
     group.add_argument("--config", help="a YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. respond.num_samples=4 model.name_or_path=DIR")
+                        help="config overrides, e.g. respond.num_samples=4 model.name_or_path=DIR (anywhere on the "
+                        "command line)")
 
 
 def config_from_args(args, extra: list[str] = ()):
@@ -186,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="SFT with the loss on response tokens only. IFT: {prompt, response}; "
                        "EFT: {prompt, response, judgement ending in 'Score: N'}. --no-eft trains the IFT-only baseline.")
     p.add_argument("--ift", help="IFT JSONL (default: data.ift of the config, the shipped demo set)")
-    p.add_argument("--eft", help="EFT JSONL (default: data.eft of the config)")
-    p.add_argument("--no-eft", action="store_true", help="IFT only: the paper's SFT baseline")
+    eft_choice = p.add_mutually_exclusive_group()
+    eft_choice.add_argument("--eft", help="EFT JSONL (default: data.eft of the config)")
+    eft_choice.add_argument("--no-eft", action="store_true", help="IFT only: the paper's SFT baseline")
     p.add_argument("--model", help="base model: hub id, local directory or 'embedded' (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--stats-out", help="also write the training stats (JSON) to this file")
@@ -255,13 +257,110 @@ def _add_optional_commands(sub) -> None:
     add_eval_commands(sub)
 
 
+# Options that name files or folders a command reads, and those it writes (attribute names of the parsed args).
+INPUT_ARGS = ("prompts", "responses", "judgements", "pairs", "ift", "eft", "seed_prompts", "pool", "data", "answers",
+              "reference", "outputs_a", "outputs_b", "source", "input", "eval", "model", "model_a", "model_b",
+              "judge_model", "set", "config", "template")
+OUTPUT_ARGS = ("out", "stats_out", "report")
+# How each command writes --out: "dir" a folder replaced whole (a checkpoint), "workdir" a folder written into;
+# every other --out is a file.
+OUT_KINDS = {"cmd_sft": "dir", "cmd_dpo": "dir", "run_oasst": "workdir"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _side_outputs(args, out: Path) -> list[Path]:
+    """Files a command writes beside --out, under names derived from it."""
+    if args.command == "prompts":
+        return [out.with_name(out.stem + ".attempts.jsonl")]
+    if args.command == "eval" and getattr(args, "eval_command", None) in ("judge", "winrate", "grade", "ifeval"):
+        from srlm.evaluation.judge_eval import items_path_for
+
+        return [items_path_for(out)]
+    if args.command == "data" and getattr(args, "data_command", None) == "eft":
+        from srlm.data.eft import counts_path_for, log_path_for
+
+        return [log_path_for(out), counts_path_for(out)]
+    if args.command == "data" and getattr(args, "data_command", None) == "decontaminate" and not args.report:
+        from srlm.data.cli import default_report_path
+
+        return [default_report_path(out)]
+    return []
+
+
+def _same_or_inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_paths(args) -> None:
+    """Before a command does anything: each output can be written, and none of them is one of its inputs.
+
+    An output equal to an input would overwrite the data being read (`--prompts p.jsonl --out p.jsonl`); a folder
+    output that is replaced whole (`srlm sft`/`srlm dpo --out`) must not hold an input either (`--model m2 --out m2`).
+    """
+    from srlm.io import check_output_path
+
+    inputs: list[tuple[str, Path]] = []
+    for name in INPUT_ARGS:
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, str) and value and os.path.exists(value):
+                inputs.append((_flag(name), Path(value).resolve()))
+    outputs: list[tuple[str, Path, str]] = []
+    for name in OUTPUT_ARGS:
+        value = getattr(args, name, None)
+        if value is None or not isinstance(value, str):
+            continue
+        kind = OUT_KINDS.get(getattr(args.func, "__name__", ""), "file") if name == "out" else "file"
+        path = check_output_path(value, what=_flag(name), kind=kind)
+        outputs.append((_flag(name), path, kind))
+        if name == "out":
+            outputs.extend((f"the file {_flag(name)} {path} writes beside it", side, "file")
+                           for side in _side_outputs(args, path))
+    for flag, path, kind in outputs:
+        resolved = path.resolve()
+        for in_flag, in_path in inputs:
+            clash = _same_or_inside(in_path, resolved) if kind == "dir" else in_path == resolved
+            if clash:
+                how = "is" if in_path == resolved else "would replace the folder holding"
+                raise SrlmError(f"{path}: {flag} {how} the input {in_flag} {in_path}; srlm never overwrites what "
+                                "it reads: choose another output path")
+    seen: dict[Path, str] = {}
+    for flag, path, _kind in outputs:
+        resolved = path.resolve()
+        if resolved in seen:
+            raise SrlmError(f"{path}: {flag} and {seen[resolved]} name the same file; give them different paths")
+        seen[resolved] = flag
+
+
+def _split_overrides(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """Parse the command line, taking key=value overrides wherever they stand, also between options."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        settings = [e for e in extras if "=" in e and not e.startswith("-")]
+        rest = [e for e in extras if e not in settings]
+        if rest or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(rest or extras)}")
+        args.overrides = [*(args.overrides or []), *settings]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    args = _split_overrides(build_parser(), argv)
     try:
+        check_paths(args)
         return args.func(args)
     except SrlmError as exc:
         print(f"srlm: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # The last resort for a file problem that no check above foresaw (a disk that filled up, a folder that went
+        # read-only mid-run): the path and the reason, not a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"srlm: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("srlm: interrupted; run the same command again to resume", file=sys.stderr)

@@ -183,6 +183,10 @@ class DpoConfig(_Section):
         "changes the order of examples, nothing else.",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    nll_weight: float = Field(
+        0.0, ge=0, description="Weight of an extra negative log-likelihood loss on the chosen answer (RPO, Pang et "
+        "al. 2024; TRL loss_type ['sigmoid', 'sft']); 0 = plain DPO, the paper's.",
+    )
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="Also save a full (LoRA-merged) model every this many optimizer steps, under "
         "<out>/../.<out name>.checkpoints/step-N, as candidates for eval.select_checkpoint (paper: every 200 "
@@ -204,9 +208,17 @@ class EvalConfig(_Section):
     judge_limit: int | None = Field(50, ge=1, description="Use at most this many ranked groups.")
     max_new_tokens: int = Field(256, ge=1, description="Most tokens per held-out answer and per pairwise verdict.")
     winrate_judge: str = Field(
-        "next", description="Who judges M_t+1 vs M_t: 'next' = M_t+1 itself (a self-judged number: treat with care), "
-        "or a hub id / path of a fixed judge model.",
+        "m1", description="Who judges the head-to-head win rates (M_t+1 vs M_t, and M_t+1 vs M1): 'm1' = M1, one "
+        "judge fixed for the whole run that is never a contestant after iteration 1; 'next' = M_t+1 itself (a "
+        "self-judged number: it flatters the newer model); or a hub id / path of a fixed judge model.",
     )
+    ifeval_prompts: str | None = Field(
+        None, description="IFEval prompts (JSONL: key, prompt, instruction_id_list, kwargs) scored by the "
+        "lm-evaluation-harness IFEval checkers for M1, every M_t+1 and the SFT baseline: a judge-free measure of "
+        "instruction following; null = skip. Needs `pip install 'srlm[eval]'`.",
+    )
+    ifeval_limit: int | None = Field(None, ge=1, description="Use at most this many IFEval prompts; null = all.")
+    ifeval_max_new_tokens: int = Field(384, ge=1, description="Most tokens per IFEval answer (greedy).")
     winrate_method: Literal["pairwise", "additive"] = Field(
         "pairwise", description="How M_t+1 vs M_t is judged: 'pairwise' (the paper: both answers shown together, "
         "judged in both orders) or 'additive' (each answer graded alone with the additive 5-point judge, the higher "
@@ -230,6 +242,10 @@ class EvalConfig(_Section):
 
 class LoopConfig(_Section):
     iterations: int = Field(2, ge=0, description="Self-rewarding iterations after SFT (2 gives M3, as in the paper).")
+    require_judge_signal: bool = Field(
+        False, description="Stop before DPO when the judge that built the pairs (M_t) shows no signal: its pairwise "
+        "accuracy on eval.judge_data has a 95% interval that includes 0.5. Needs eval.judge_data.",
+    )
     sft_baseline: bool = Field(
         False, description="Also train the paper's SFT baseline (IFT only) into models/sft_baseline, judged like M1 "
         "when eval.judge_data is set.",
@@ -288,9 +304,10 @@ ADDED_KEYS: dict[str, dict[str, object]] = {
                 "enforce_eager": False},
     "judge": {"method": "sample_mean"},
     "sft": {"group_by_length": True},
-    "dpo": {"group_by_length": True, "checkpoint_every_steps": None},
+    "dpo": {"group_by_length": True, "checkpoint_every_steps": None, "nll_weight": 0.0},
     "eval": {"winrate_method": "pairwise", "select_checkpoint": False, "selection_prompts": None, "selection_limit": 32,
-             "selection_judge": "previous"},
+             "selection_judge": "previous", "ifeval_prompts": None, "ifeval_limit": None, "ifeval_max_new_tokens": 384},
+    "loop": {"require_judge_signal": False},
 }
 
 

@@ -24,7 +24,8 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import secrets
+import stat
 import zlib
 from pathlib import Path, PurePath
 from typing import Any, Iterable, Iterator
@@ -91,11 +92,23 @@ def stable_seed(*parts: object) -> int:
     return int(stable_id(*parts, length=8), 16) & 0x7FFFFFFF
 
 
+class MaybeEmpty:
+    """Schema marker: a string field that may be empty or only whitespace (a model's answer can be).
+
+    `{"response": MaybeEmpty}` checks that the field is present and a string, but not that it has text; a plain
+    `str` in a schema refuses an empty string."""
+
+
 def _check_field(path: Path, line_no: int, record: dict, field: str, expected: type | tuple[type, ...]) -> None:
     where = f"{path}:{line_no}"
     if field not in record:
         raise DataError(f"{where}: missing field '{field}'")
     value = record[field]
+    if expected is MaybeEmpty:
+        if not isinstance(value, str):
+            raise DataError(f"{where}: field '{field}' must be a string, got {type(value).__name__} "
+                            f"{json.dumps(value)[:60]}")
+        return
     types = expected if isinstance(expected, tuple) else (expected,)
     # bool is an int in Python; a JSON true where a number is expected is still wrong.
     if isinstance(value, bool) and bool not in types:
@@ -164,11 +177,18 @@ def iter_json_lines(path: str | Path, *, allow_strings: bool = False) -> Iterato
 
 def iter_jsonl(path: str | Path, schema: dict[str, type | tuple[type, ...]] | None = None) -> Iterator[dict]:
     """Yield the records of a JSONL file, checking each against `schema` (field -> type). Blank lines are skipped."""
+    for _line_no, record in iter_jsonl_numbered(path, schema):
+        yield record
+
+
+def iter_jsonl_numbered(path: str | Path, schema: dict[str, type | tuple[type, ...]] | None = None
+                        ) -> Iterator[tuple[int, dict]]:
+    """Like `iter_jsonl`, with each record's line number, for checks that name the line."""
     path = Path(path)
     for line_no, record in iter_json_lines(path):
         for field, expected in (schema or {}).items():
             _check_field(path, line_no, record, field, expected)
-        yield record
+        yield line_no, record
 
 
 def read_jsonl(path: str | Path, schema: dict[str, type | tuple[type, ...]] | None = None) -> list[dict]:
@@ -184,17 +204,102 @@ def _dumps(record: Any) -> str:
     return json.dumps(record, ensure_ascii=False, allow_nan=False, sort_keys=False)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def os_error_message(path: str | Path, exc: OSError, doing: str = "cannot write") -> str:
+    """`PATH: cannot write (Permission denied: PARENT)`: an OSError told as a user-facing message about `path`."""
+    reason = exc.strerror or str(exc)
+    other = exc.filename if exc.filename not in (None, os.fspath(path)) else None
+    return f"{path}: {doing} ({reason}{f': {other}' if other else ''})"
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            return candidate
+    return Path(".")
+
+
+def check_output_path(path: str | Path, *, what: str = "the output", kind: str = "file") -> Path:
+    """Refuse, before any work is done, an output that cannot be written; returns it as a Path.
+
+    kind "file": a file written whole (or `<file>.partial` appended to); it must not be an existing directory.
+    kind "dir": a folder that is replaced whole when complete (a model checkpoint); it must not be an existing file.
+    kind "workdir": a folder that files are written into (a run directory); it must be writable itself.
+    In each case the folder the output goes into must exist or be creatable (no regular file where a folder must
+    be) and be writable. The message names the path and `what` (the option, e.g. "--out"). Root passes the
+    permission checks wherever the filesystem itself is writable, as it would pass the writes.
+    """
+    text = os.fspath(path)
+    noun = "file" if kind == "file" else "folder"
+    if not text.strip():
+        raise SrlmError(f"{what} is empty: give a {noun} name")
+    path = Path(text)
+    if kind == "file" and path.is_dir():
+        raise SrlmError(f"{path}: is a directory; {what} must name a file to write, not a folder")
+    if kind != "file" and path.exists() and not path.is_dir():
+        raise SrlmError(f"{path}: exists and is not a directory; {what} must name a folder")
+    if text.endswith(os.sep) and kind == "file":
+        raise SrlmError(f"{path}{os.sep}: ends in '{os.sep}'; {what} must name a file to write, not a folder")
+    writes_into = path if kind == "workdir" else path.parent
+    existing = _nearest_existing(writes_into)
+    if not existing.is_dir():
+        raise SrlmError(f"{path}: cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SrlmError(f"{path}: cannot write: folder {existing} is not writable (permission denied or read-only)")
+    return path
+
+
+def make_parent_dirs(path: Path) -> None:
+    """`path.parent`, created if missing; a failure is a `SrlmError` naming the path and why."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        existing = _nearest_existing(path.parent)
+        if not existing.is_dir():
+            raise SrlmError(f"{path}: cannot be created: {existing} is a file, not a folder") from None
+        raise SrlmError(os_error_message(path, exc, "cannot create its folder")) from None
+
+
+def _new_file_mode(path: Path) -> int | None:
+    """The mode a plain `open(path, "w")` would leave: the replaced file's own, else None (0666 less the umask)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
+
+
+def _atomic_write_text(path: Path, text: str, newline: str | None = None) -> None:
+    """Write `text` to `path` whole or not at all: into a temporary file beside it, renamed into place.
+
+    The file gets the permissions a plain `open(path, "w")` would give it: those of the file it replaces, or 0666
+    less the process umask for a new one (a run directory is often shared by a team). A path that cannot be written
+    (a read-only folder, a file where a folder should be, an existing directory, a full disk) is a `SrlmError`
+    naming it, and no temporary file is left behind.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise SrlmError(f"{path}: is a directory; cannot write a file there")
+    make_parent_dirs(path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        # os.open applies the umask to 0o666 itself, as open() does; O_EXCL: never through someone else's file.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise SrlmError(os_error_message(path, exc)) from None
+    try:
+        mode = _new_file_mode(path)
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SrlmError(os_error_message(path, exc)) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -203,6 +308,11 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     lines = [_dumps(r) for r in records]
     _atomic_write_text(Path(path), "".join(line + "\n" for line in lines))
     return len(lines)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically, UTF-8, with its newlines as given (no translation to the platform's)."""
+    _atomic_write_text(Path(path), text, newline="")
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -231,7 +341,9 @@ class ResumableJsonlWriter:
         self.partial_path = self.path.with_name(self.path.name + ".partial")
         self.id_field = id_field
         self.records: list[dict] = []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():  # refused before `<dir>.partial` is created beside it
+            raise SrlmError(f"{self.path}: is a directory; cannot write a file there")
+        make_parent_dirs(self.path)
         if self.partial_path.is_symlink():
             # Appending (and cutting a torn line) would go through the link, wherever it points.
             raise UnsafePathError(f"{self.partial_path}: is a symbolic link; srlm appends only to a file of its own")
@@ -263,10 +375,13 @@ class ResumableJsonlWriter:
             self.done_ids.add(record[self.id_field])
             self.records.append(record)
             lines.append(_dumps(record) + "\n")
-        with self.partial_path.open("a", encoding="utf-8") as handle:
-            handle.write("".join(lines))
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with self.partial_path.open("a", encoding="utf-8") as handle:
+                handle.write("".join(lines))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise SrlmError(os_error_message(self.partial_path, exc)) from None
 
     def finish(self, order_key=None) -> list[dict]:
         """Write the final file (optionally sorted, so output order never depends on where a run was resumed)."""

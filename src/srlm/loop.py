@@ -25,7 +25,8 @@ from srlm.io import iter_jsonl, write_json
 from srlm.report import write_report
 from srlm.rundir import RunDir
 from srlm.stages.dpo import run_dpo
-from srlm.stages.evaluate import judge_accuracy, run_iteration_eval
+from srlm.evaluation.judge_eval import format_accuracy
+from srlm.stages.evaluate import ifeval_accuracy, judge_accuracy, run_iteration_eval
 from srlm.stages.judge import run_judge
 from srlm.stages.pairs import run_pairs
 from srlm.stages.prompts import run_prompts
@@ -96,8 +97,15 @@ def _train_dpo(cfg: Config, rd: RunDir, model_t: Path, pairs: Path, out_dir: Pat
 def run_loop(cfg: Config, run_dir: str | Path) -> dict:
     check_selection_config(cfg)  # before any training: a missing key must not surface after SFT and DPO
     check_judge_method(cfg)
-    for path in (cfg.eval.heldout_prompts, cfg.eval.judge_data):
+    for path in (cfg.eval.heldout_prompts, cfg.eval.judge_data, cfg.eval.ifeval_prompts):
         resolve_data_path(path)  # likewise, a missing evaluation file fails now
+    if cfg.loop.require_judge_signal and not cfg.eval.judge_data:
+        raise SrlmError("loop.require_judge_signal=true needs eval.judge_data (human preference pairs to measure the "
+                        "judge on), e.g. eval.judge_data=builtin:hh_test")
+    if cfg.eval.ifeval_prompts:
+        from srlm.evaluation.ifeval import load_checkers
+
+        load_checkers()  # the optional lm-eval dependency, checked before hours of training
     rd = RunDir(run_dir)
     save_config(cfg, rd.root / "config.yaml")
     started = time.perf_counter()
@@ -114,7 +122,13 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
             "eval_m1", cfg.fingerprint("eval", "judge"), [rd.root / "eval_m1" / "judge_accuracy.json"],
             lambda: judge_accuracy(cfg, str(m1), rd.root / "eval_m1"), side=True,
         )
+    if cfg.eval.ifeval_prompts:
+        summary["m1_ifeval"] = rd.stage(
+            "eval_m1_ifeval", cfg.fingerprint("seed", "eval"), [rd.root / "eval_m1" / "ifeval.json"],
+            lambda: ifeval_accuracy(cfg, str(m1), rd.root / "eval_m1"), side=True,
+        )
     seeds = seed_prompt_texts(cfg)
+    judge_of = {1: summary.get("m1_judge_accuracy")}  # t -> M_t's judge accuracy, the judge of iteration t
 
     for t in range(1, cfg.loop.iterations + 1):
         model_t, model_next, d = rd.model_dir(t), rd.model_dir(t + 1), rd.iter_dir(t)
@@ -127,6 +141,8 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
             prompt_generator = _Generator(cfg, cfg.prompts.generator)
 
         stats = {"iteration": t, "model": f"m{t}"}
+        if judge_of.get(t):
+            stats["judge_accuracy"] = judge_of[t]
         stats["prompts_stage"] = rd.stage(
             f"iter_{t}/prompts", cfg.fingerprint("seed", "prompts", "backend"), [d / "prompts.jsonl"],
             lambda: run_prompts(seeds, earlier, d / "prompts.jsonl", prompt_generator.get(), cfg.prompts,
@@ -155,6 +171,7 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
                 f"nothing. Look at {d / 'judgements.jsonl'}: a judge that never parses or always gives the same "
                 "score needs more EFT training (sft.epochs, more EFT data) or more candidates (respond.num_samples)."
             )
+        check_judge_signal(cfg, t, judge_of.get(t))
         recover_model_dir(model_next)  # a selected checkpoint whose move into models/m{t+1} a kill interrupted
         # With selection on, models/m{t+1} may hold a selected checkpoint, not the final model: turning selection
         # off again must train again, so the setting is part of the DPO stage's fingerprint (only when on, so runs
@@ -171,11 +188,13 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
                 f"iter_{t}/select", selection_fingerprint(cfg), [d / "selection.json", model_next / "config.json"],
                 lambda: run_selection(cfg, model_t, model_next, d),
             )
-        if cfg.eval.heldout_prompts or cfg.eval.judge_data:
+        if cfg.eval.heldout_prompts or cfg.eval.judge_data or cfg.eval.ifeval_prompts:
             stats["eval"] = rd.stage(
-                f"iter_{t}/eval", cfg.fingerprint("eval", "judge"), [d / "eval"],
-                lambda: run_iteration_eval(cfg, str(model_next), str(model_t), d / "eval"), side=True,
+                f"iter_{t}/eval", cfg.fingerprint("seed", "eval", "judge"), [d / "eval"],
+                lambda: run_iteration_eval(cfg, str(model_next), str(model_t), d / "eval", m1=str(m1),
+                                           answers_dir=rd.root / "eval_answers"), side=True,
             )
+            judge_of[t + 1] = stats["eval"].get("judge_accuracy")
         row = iteration_row(stats, rd.seconds(f"iter_{t}/"))
         summary["iterations"].append(row)
         print_iteration_table(row)
@@ -194,6 +213,12 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
                 "eval_sft_baseline", cfg.fingerprint("eval", "judge"), [rd.root / "eval_sft_baseline" / "judge_accuracy.json"],
                 lambda: judge_accuracy(cfg, str(baseline), rd.root / "eval_sft_baseline"), side=True,
             )
+        if cfg.eval.ifeval_prompts:
+            summary["sft_baseline_ifeval"] = rd.stage(
+                "eval_sft_baseline_ifeval", cfg.fingerprint("seed", "eval"),
+                [rd.root / "eval_sft_baseline" / "ifeval.json"],
+                lambda: ifeval_accuracy(cfg, str(baseline), rd.root / "eval_sft_baseline"), side=True,
+            )
     summary["seconds"] = round(rd.seconds(""), 1)
     summary["final_model"] = str(rd.model_dir(cfg.loop.iterations + 1))
     write_json(rd.root / "summary.json", summary)
@@ -202,6 +227,23 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
     print(f"srlm: run finished in {time.perf_counter() - started:.0f} s this session; final model "
           f"{summary['final_model']}; summary {rd.root / 'summary.json'}", flush=True)
     return summary
+
+
+def check_judge_signal(cfg: Config, t: int, accuracy: dict | None) -> None:
+    """Say plainly when the judge that built iteration t's pairs (M_t) is no better than chance; with
+    loop.require_judge_signal, stop before DPO trains on those pairs."""
+    if accuracy is None or accuracy.get("judge_signal", "none") == "above chance":
+        return
+    measured = f"m{t}'s judge pairwise accuracy {format_accuracy(accuracy)} on {cfg.eval.judge_data}"
+    if cfg.loop.require_judge_signal:
+        raise SrlmError(
+            f"{measured}: the 95% interval does not lie above 0.5, so iteration {t}'s preference pairs are no better "
+            "than chance; stopping before DPO (loop.require_judge_signal=true). The pairs are kept in "
+            f"iter_{t}/pairs.jsonl. A better judge needs better EFT data or a stronger model; "
+            "loop.require_judge_signal=false trains on them anyway."
+        )
+    print(f"srlm: warning: {measured}: the interval does not lie above 0.5, so iteration {t}'s preference pairs are "
+          "no better than chance (loop.require_judge_signal=true stops here instead)", flush=True)
 
 
 def iteration_row(stats: dict, seconds: float) -> dict:
@@ -227,10 +269,18 @@ def iteration_row(stats: dict, seconds: float) -> dict:
         "dpo_reward_margin": dpo.get("reward_margin_last"),
         "dpo_loss_first": dpo.get("loss_first"),
         "dpo_loss_last": dpo.get("loss_last"),
+        "dpo_steps": dpo.get("per_step", []),
+        **({"judge_accuracy": _accuracy_row(stats["judge_accuracy"])} if stats.get("judge_accuracy") else {}),
         "seconds": seconds,
         **({"eval": stats["eval"]} if stats.get("eval") else {}),
         **({"selection": _selection_row(stats["selection"])} if stats.get("selection") else {}),
     }
+
+
+def _accuracy_row(metrics: dict) -> dict:
+    """The judge's accuracy for summary.json's iteration row (the full metrics are in the eval folders)."""
+    keep = ("pairwise_accuracy", "pairwise_accuracy_ci", "n_pairs", "judge_signal", "length_baseline", "data")
+    return {k: metrics.get(k) for k in keep}
 
 
 def _selection_row(table: dict) -> dict:
@@ -252,15 +302,19 @@ def print_iteration_table(row: dict) -> None:
         ("pairs (dropped)", f"{row['pairs']} ({', '.join(f'{k} {v}' for k, v in row['pairs_dropped'].items()) or 'none'})"),
         ("chosen / rejected length", f"{row['chosen_len_mean']} / {row['rejected_len_mean']} chars"),
         ("chosen / rejected score", f"{row['chosen_score_mean']} / {row['rejected_score_mean']}"),
+        (f"judge (m{row['iteration']}) pairwise acc.", _accuracy_cell(row.get("judge_accuracy"))),
+        ("DPO loss first -> last", f"{row['dpo_loss_first']} -> {row['dpo_loss_last']}"),
         ("DPO reward accuracy (last step)", row["dpo_reward_accuracy"]),
         ("DPO reward margin (last step)", row["dpo_reward_margin"]),
         ("seconds", row["seconds"]),
     ]
     evaluation = row.get("eval", {})
-    if "winrate_vs_previous" in evaluation:
-        w = evaluation["winrate_vs_previous"]
-        lines.append((f"m{row['iteration'] + 1} vs m{row['iteration']} (win/tie/loss)",
-                      f"{w['win']:.0%} / {w['tie']:.0%} / {w['loss']:.0%}  judge: {w['judge']}"))
+    for key, other in (("winrate_vs_previous", row["iteration"]), ("winrate_vs_m1", 1)):
+        if key in evaluation:
+            w = evaluation[key]
+            lines.append((f"m{row['iteration'] + 1} vs m{other} (win/tie/loss)",
+                          f"{w['win']:.0%} / {w['tie']:.0%} / {w['loss']:.0%}, win rate {_rate_cell(w)}  "
+                          f"judge: {w['judge']}"))
     if "selection" in row:
         s = row["selection"]
         won = next(c for c in s["candidates"] if c["selected"])
@@ -268,11 +322,42 @@ def print_iteration_table(row: dict) -> None:
                       f"{s['selected']} of {len(s['candidates'])}, win rate {won['win_rate']:.0%}"
                       + (" (final)" if won["final"] else f" (final step {s['final_step']})")))
     if "judge_accuracy" in evaluation:
-        j = evaluation["judge_accuracy"]
-        lines.append((f"m{row['iteration'] + 1} judge pairwise acc.", j.get("pairwise_accuracy")))
+        lines.append((f"m{row['iteration'] + 1} judge pairwise acc.", _accuracy_cell(evaluation["judge_accuracy"])))
+    if "ifeval" in evaluation:
+        lines.append((f"m{row['iteration'] + 1} IFEval prompt strict", _ifeval_cell(evaluation["ifeval"])))
     width = max(len(k) for k, _ in lines)
+    accuracy = row.get("judge_accuracy")
+    if accuracy and accuracy.get("judge_signal") != "above chance":
+        lines.append(("warning", f"m{row['iteration']}'s judge is no better than chance on this evidence: so are "
+                                 "this iteration's pairs"))
     title = f" iteration {row['iteration']}: {row['model']} -> m{row['iteration'] + 1} "
     print("\n" + title.center(width + 40, "="), flush=True)
     for key, value in lines:
         print(f"  {key.ljust(width)}  {value}")
     print("=" * (width + 40) + "\n", flush=True)
+
+
+def _accuracy_cell(metrics: dict | None) -> str:
+    if not metrics:
+        return "not measured (eval.judge_data)"
+    cell = format_accuracy(metrics)
+    length = metrics.get("length_baseline") or {}
+    if length.get("pairwise_accuracy") is not None:
+        cell += f"; length baseline {length['pairwise_accuracy']:.3f}"
+    return cell
+
+
+def _rate_cell(metrics: dict) -> str:
+    rate, interval = metrics.get("win_rate"), metrics.get("win_rate_ci")
+    if rate is None:
+        return "n/a"
+    ci = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval and interval[0] is not None else ""
+    return f"{rate:.2f}{ci} (n={metrics.get('n')})"
+
+
+def _ifeval_cell(metrics: dict) -> str:
+    value, interval = metrics.get("prompt_level_strict_acc"), metrics.get("prompt_level_strict_acc_ci")
+    if value is None:
+        return "n/a"
+    ci = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval and interval[0] is not None else ""
+    return f"{value:.3f}{ci}, {metrics.get('n_prompts')} prompts"

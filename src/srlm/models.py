@@ -100,7 +100,9 @@ def resolve_model_path(name_or_path: str) -> str:
             hint = f" (found pickle weights {pickles}: srlm loads safetensors only)" if pickles else ""
             raise SrlmError(f"{path}: no safetensors weights (model.safetensors){hint}")
         return str(path)
-    return name_or_path
+    from srlm.hub import resolve_hub_model
+
+    return resolve_hub_model(name_or_path)  # fails in seconds, with a clear message, when the Hub cannot be used
 
 
 def _read_template(chat_template: str) -> str:

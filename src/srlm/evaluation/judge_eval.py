@@ -192,6 +192,15 @@ def evaluate_judge(
         start += len(group.replies)
         score_groups.append([{"rank": it["rank"], "score": it["score"]} for it in replies])
     metrics = judge_agreement(score_groups, bootstrap_samples=bootstrap_samples, seed=seed)
+    metrics["judge_signal"] = judge_signal(metrics)
+    # The same pairs scored by reply length alone: what a judge that only counts characters would get. In HH-RLHF
+    # the human-preferred reply is the longer one in about 60% of pairs, so a judge's accuracy means little until
+    # it is set beside this.
+    length_groups = [[{"rank": r["rank"], "score": float(len(r["text"]))} for r in g.replies] for g in groups]
+    length = judge_agreement(length_groups, bootstrap_samples=bootstrap_samples, seed=seed)
+    metrics["length_baseline"] = {"pairwise_accuracy": length["pairwise_accuracy"],
+                                  "pairwise_accuracy_ci": length["pairwise_accuracy_ci"],
+                                  "policy": "each reply scored by its length in characters; longer = better"}
 
     sent = sum(len(it["scores"]) for it in items)
     parsed = sum(1 for it in items for s in it["scores"] if s is not None)
@@ -210,6 +219,30 @@ def evaluate_judge(
         },
     )
     return metrics, items
+
+
+def judge_signal(metrics: dict) -> str:
+    """'above chance', 'below chance' or 'none' from the pairwise accuracy's 95% interval against 0.5.
+
+    'none' means the interval includes 0.5: on this evidence the judge orders replies no better than a coin, and so
+    are the preference pairs it builds."""
+    interval = metrics.get("pairwise_accuracy_ci")
+    if interval is None or interval[0] is None:
+        return "none"
+    if interval[0] > 0.5:
+        return "above chance"
+    if interval[1] < 0.5:
+        return "below chance"
+    return "none"
+
+
+def format_accuracy(metrics: dict) -> str:
+    """'0.553 [0.504, 0.601], 400 pairs' for a judge-accuracy metrics dict (one line for tables and logs)."""
+    value, interval = metrics.get("pairwise_accuracy"), metrics.get("pairwise_accuracy_ci")
+    if value is None:
+        return "n/a"
+    ci = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval and interval[0] is not None else ""
+    return f"{value:.3f}{ci}, {metrics.get('n_pairs')} pairs"
 
 
 def items_path_for(out_path: str | Path) -> Path:
@@ -245,6 +278,14 @@ def format_judge_table(metrics: dict) -> str:
         shown = "n/a" if value is None else f"{value:.3f}"
         ci = "" if interval is None else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
         lines.append(f"  {label:<20} {shown:>8}  {ci:<17} {metrics.get(count_key, '')}")
+    length = metrics.get("length_baseline")
+    if length and length.get("pairwise_accuracy") is not None:
+        low, high = length["pairwise_accuracy_ci"]
+        lines.append(f"  {'length baseline':<20} {length['pairwise_accuracy']:>8.3f}  [{low:.3f}, {high:.3f}]   "
+                     "(longer reply = better)")
+    if metrics.get("judge_signal"):
+        lines.append(f"  judge signal: {metrics['judge_signal']}"
+                     + (" (the interval includes 0.5: no better than chance)" if metrics["judge_signal"] == "none" else ""))
     judge = metrics.get("judge") or {}
     if judge.get("method") == "expected":
         lines.append(f"  scores: expected value of the score-token probabilities, {judge.get('num_samples')} "

@@ -1,4 +1,5 @@
-"""Evaluation metrics: judge agreement with human rankings, and head-to-head win rates (paper-spec sections 6.1, 6.5).
+"""Evaluation metrics: judge agreement with human rankings, head-to-head win rates (paper-spec sections 6.1, 6.5),
+and IFEval accuracies.
 
 Pure functions on plain Python data (numpy and scipy only, no model code), so that they can be tested by hand and
 reused by any stage that has scores or verdicts in hand.
@@ -8,6 +9,7 @@ reused by any stage that has scores or verdicts in hand.
 - `winrate_from_verdicts`: win / tie / loss of model A against model B when a judge saw each pair in both orders
   (a win counts only when both orders agree), with a simplified length-controlled win rate.
 - `score_histogram`: how the judge's scores are distributed.
+- `instruction_following`: IFEval's prompt- and instruction-level accuracies from the checkers' verdicts.
 
 The paper leaves several choices open (tie handling, pooled vs per-prompt correlations); each choice made here is
 written into the returned dict, so that a results file says how its numbers were computed.
@@ -430,3 +432,141 @@ def score_histogram(scores: Iterable[float | None], bins: Sequence[int] = (0, 1,
         else:
             out_of_range += 1
     return {"counts": counts, "missing": missing, "out_of_range": out_of_range, "n": n}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Instruction following (IFEval)
+# ----------------------------------------------------------------------------------------------------------------
+
+IFEVAL_INTERVALS = (
+    "95% percentile bootstrap over prompts for all four accuracies. The instruction-level ones resample prompts "
+    "too, not instructions: the instructions of one prompt are checked on one response and succeed or fail "
+    "together, so treating them as independent would make the intervals too narrow."
+)
+IFEVAL_AVERAGING = (
+    "prompt_level_*: the share of prompts whose response follows every one of its instructions; inst_level_*: "
+    "followed instructions over all instructions, pooled over prompts (lm-evaluation-harness's agg_inst_level_acc)."
+)
+
+
+def _follow_list(prompt: Mapping, field: str, n: int, where: str) -> list[bool]:
+    if field not in prompt:
+        raise ValueError(f"{where}: missing '{field}'")
+    values = prompt[field]
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != n:
+        raise ValueError(f"{where}: '{field}' must be a list of {n} booleans, one per instruction")
+    if not all(isinstance(v, bool) for v in values):
+        raise ValueError(f"{where}: '{field}' must hold booleans, got {list(values)!r}")
+    return list(values)
+
+
+def instruction_following(
+    prompts: Iterable[Mapping], *, bootstrap_samples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """IFEval's four accuracies from the checkers' verdicts, each with a 95% bootstrap interval over prompts.
+
+    Each prompt is a mapping with "instruction_id_list" (its instruction ids) and "follow_instruction_list_strict"
+    and "follow_instruction_list_loose" (one boolean per instruction: did the response follow it, checked on the
+    response as written and on the loose variants, see `srlm.evaluation.ifeval`).
+
+    Returns prompt_level_strict_acc, prompt_level_loose_acc, inst_level_strict_acc, inst_level_loose_acc (each
+    with `<metric>_ci`), n_prompts, n_instructions, per_instruction ({instruction id: {n, strict_acc, loose_acc}},
+    sorted by id), and how the numbers were computed (averaging, intervals). With no prompts every accuracy and
+    interval is None.
+    """
+    if bootstrap_samples < 0:
+        raise ValueError(f"bootstrap_samples must be >= 0, got {bootstrap_samples}")
+    strict_all, loose_all, strict_count, loose_count, sizes = [], [], [], [], []
+    by_type: dict[str, list[tuple[bool, bool]]] = {}
+    for index, prompt in enumerate(prompts):
+        where = f"prompt {index}"
+        if not isinstance(prompt, Mapping):
+            raise ValueError(f"{where}: expected a mapping, got {type(prompt).__name__}")
+        ids = prompt.get("instruction_id_list")
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence) or not ids:
+            raise ValueError(f"{where}: 'instruction_id_list' must be a non-empty list of instruction ids")
+        strict = _follow_list(prompt, "follow_instruction_list_strict", len(ids), where)
+        loose = _follow_list(prompt, "follow_instruction_list_loose", len(ids), where)
+        strict_all.append(float(all(strict)))
+        loose_all.append(float(all(loose)))
+        strict_count.append(float(sum(strict)))
+        loose_count.append(float(sum(loose)))
+        sizes.append(float(len(ids)))
+        for instruction_id, s, lo in zip(ids, strict, loose):
+            by_type.setdefault(str(instruction_id), []).append((s, lo))
+
+    n = len(sizes)
+    ones, size = np.ones(n), np.array(sizes)
+    ratios = {
+        "prompt_level_strict_acc": (np.array(strict_all), ones),
+        "prompt_level_loose_acc": (np.array(loose_all), ones),
+        "inst_level_strict_acc": (np.array(strict_count), size),
+        "inst_level_loose_acc": (np.array(loose_count), size),
+    }
+    intervals = _bootstrap_ratio_intervals(ratios, n, bootstrap_samples, seed)
+    result: dict[str, Any] = {"n_prompts": n, "n_instructions": int(size.sum())}
+    for name, (numerator, denominator) in ratios.items():
+        result[name] = _ratio(numerator, denominator)
+        result[f"{name}_ci"] = intervals[name]
+    result["per_instruction"] = {
+        instruction_id: {"n": len(verdicts), "strict_acc": sum(s for s, _ in verdicts) / len(verdicts),
+                         "loose_acc": sum(lo for _, lo in verdicts) / len(verdicts)}
+        for instruction_id, verdicts in sorted(by_type.items())
+    }
+    result.update(averaging=IFEVAL_AVERAGING, intervals=IFEVAL_INTERVALS, bootstrap_samples=bootstrap_samples,
+                  seed=seed)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Paired differences (two models measured on the same items)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], *, bootstrap_samples: int = 2000,
+                      seed: int = 0) -> dict[str, Any]:
+    """mean(a) - mean(b) over items measured for both models, with a 95% paired bootstrap interval.
+
+    `a[i]` and `b[i]` are the two models' outcomes on the same item i (e.g. 1/0.5/0 credit on a human pair, or
+    1/0 for an IFEval prompt followed); resampling items keeps each pair together, so the interval is that of the
+    difference, narrower than two separate intervals would suggest.
+    """
+    a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a_arr.shape != b_arr.shape:
+        raise ValueError(f"paired outcomes must have the same length, got {len(a_arr)} and {len(b_arr)}")
+    n = len(a_arr)
+    if n == 0:
+        return {"difference": None, "difference_ci": None, "n": 0}
+    diff = a_arr - b_arr
+    rng = np.random.default_rng(seed)
+    means = np.array([diff[rng.integers(0, n, n)].mean() for _ in range(bootstrap_samples)])
+    low, high = np.quantile(means, [(1 - _CONFIDENCE) / 2, 1 - (1 - _CONFIDENCE) / 2])
+    return {"difference": float(diff.mean()), "difference_ci": [float(low), float(high)], "n": n,
+            "method": f"paired percentile bootstrap over items, {bootstrap_samples} resamples"}
+
+
+def pair_credits(items: Iterable[Mapping]) -> dict[str, float]:
+    """group_id -> the judge's credit on that group's human-ordered pairs (1 agree, 0.5 tie or missing score, 0
+    disagree, averaged over the group's pairs), from `srlm eval judge` / judge_accuracy items files.
+
+    A missing score counts as a tie here (0.5), unlike in `judge_agreement`, which leaves such pairs out: a
+    paired comparison needs both models' outcome on every item."""
+    by_group: dict[str, list[tuple[int, float | None]]] = {}
+    for item in items:
+        by_group.setdefault(item["group_id"], []).append((item["rank"], item.get("score")))
+    credits = {}
+    for group_id, replies in by_group.items():
+        total = count = 0.0
+        for i in range(len(replies)):
+            for j in range(i + 1, len(replies)):
+                (rank_i, score_i), (rank_j, score_j) = replies[i], replies[j]
+                if rank_i == rank_j:
+                    continue
+                count += 1
+                if score_i is None or score_j is None or score_i == score_j:
+                    total += 0.5
+                elif (score_i > score_j) == (rank_i < rank_j):
+                    total += 1.0
+        if count:
+            credits[group_id] = total / count
+    return credits

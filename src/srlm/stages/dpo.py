@@ -14,9 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from srlm.config import DpoConfig
-from srlm.errors import SrlmError
-from srlm.io import iter_jsonl
 from srlm.stages import select, training
+from srlm.stages.pairs import read_pair_file
 
 PAIR_SCHEMA = {"prompt": list, "chosen": list, "rejected": list}
 
@@ -39,14 +38,12 @@ def run_dpo(
     trust_remote_code: bool = False,
     chat_template: str | None = None,
 ) -> dict:
+    # The whole pair file is checked (messages, roles, content, chosen != rejected) before anything is loaded.
+    pairs = read_pair_file(pairs_path)
     from datasets import Dataset, load_from_disk
     from trl import DPOConfig, DPOTrainer
 
     from srlm.models import load_model, resolve_device, resolve_dtype
-
-    pairs = [{k: r[k] for k in PAIR_SCHEMA} for r in iter_jsonl(pairs_path, PAIR_SCHEMA)]
-    if not pairs:
-        raise SrlmError(f"{pairs_path}: zero preference pairs; refusing to train on nothing (M_t+1 would equal M_t)")
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
@@ -55,6 +52,8 @@ def run_dpo(
         args = DPOConfig(
             **training.trainer_kwargs(cfg=cfg, device=device, dtype=torch_dtype, seed=seed, output_dir=scratch),
             beta=cfg.beta,
+            # RPO: DPO plus an NLL loss on the chosen answer, weighted by dpo.nll_weight (TRL's combined losses).
+            **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.nll_weight]} if cfg.nll_weight > 0 else {}),
             precompute_ref_log_probs=True,
             disable_dropout=cfg.dropout == 0,
         )

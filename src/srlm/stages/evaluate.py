@@ -1,15 +1,23 @@
-"""Stage `eval` inside `srlm run`: how each new model compares with the one before, and how good its judge is.
+"""Stage `eval` inside `srlm run`: how each new model compares with earlier ones, how good its judge is, and how
+well it follows verifiable instructions.
 
-After iteration t has produced M_t+1:
-- head to head, M_t+1 vs M_t on held-out prompts (`eval.heldout_prompts`): both answer greedily, a pairwise judge
-  compares every pair in both orders, a disagreement is a tie (paper section 6.1); or, with
-  `eval.winrate_method=additive`, the additive judge grades each answer alone and the higher score wins. The judge is M_t+1 itself unless
-  `eval.winrate_judge` names a fixed model: a self-judged win rate flatters the newer model, and the summary says
-  which judge was used;
-- the judge's agreement with human rankings (`eval.judge_data`: pairwise accuracy, 5-best, exact match, Spearman,
-  Kendall tau; paper section 6.5), for M_t+1, and for M1 once after SFT, so a run reports M1, M2, M3 as Table 4 does.
+After SFT (for M1, and for the SFT baseline when trained) and after iteration t has produced M_t+1:
+- the judge's agreement with human preferences (`eval.judge_data`: pairwise accuracy, 5-best, exact match,
+  Spearman, Kendall tau with 95% intervals, plus the length baseline; paper section 6.5), so a run reports M1, M2,
+  M3 as Table 4 does. `judge_signal` says whether the interval excludes 0.5; the loop prints a plain warning when
+  it does not, and `loop.require_judge_signal` stops before DPO;
+- IFEval (`eval.ifeval_prompts`): greedy answers scored by the lm-evaluation-harness checkers, a figure no judge
+  decides;
+- head to head on held-out prompts (`eval.heldout_prompts`): M_t+1 vs M_t, and from iteration 2 on also M_t+1 vs
+  M1. Both answer greedily; a pairwise judge compares every pair in both orders, a disagreement is a tie (paper
+  section 6.1), or, with `eval.winrate_method=additive`, the additive judge grades each answer alone and the higher
+  score wins. The judge is M1, fixed for the whole run (`eval.winrate_judge=m1`): after iteration 1 it is never a
+  contestant, and it does not change as the models it judges do. `next` makes M_t+1 its own judge, a number that
+  flatters the newer model; the summary says which judge was used.
 
-Results go to `iter_t/eval/*.json` (with per-item JSONL beside them) and into `summary.json`.
+Results go to `eval_m1/`, `iter_t/eval/` and `eval_sft_baseline/` (`*.json` with per-item JSONL beside them) and
+into `summary.json`. Each model's greedy answers to the held-out prompts are kept in `eval_answers/<model>.jsonl` and
+reused: M1's answers are generated once, not once per comparison.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from pathlib import Path
 
 from srlm.backends import Sampling, backend_for
 from srlm.config import Config
-from srlm.io import iter_jsonl, write_json, write_jsonl
+from srlm.io import iter_jsonl, read_json, write_json, write_jsonl
 from srlm.seed import resolve_data_path
 
 
@@ -33,14 +41,52 @@ def judge_accuracy(cfg: Config, model_path: str, out_dir: Path) -> dict:
         metrics, items = evaluate_judge(groups, backend, cfg.judge, seed=cfg.seed)
     finally:
         backend.close()
+    metrics["data"] = cfg.eval.judge_data
     write_judge_eval(out_dir / "judge_accuracy.json", metrics, items)
     return metrics
 
 
-def _answers(cfg: Config, model_path: str, prompts: list[str]) -> list[str]:
-    """Greedy answers of `model_path` to the held-out prompts, through the same path as `srlm eval generate`."""
+def ifeval_accuracy(cfg: Config, model_path: str, out_dir: Path) -> dict:
+    """IFEval metrics of `model_path` on `eval.ifeval_prompts`; writes ifeval.json and its per-prompt items."""
+    from srlm.evaluation.ifeval import evaluate_ifeval, load_ifeval, write_ifeval
+
+    items = load_ifeval(resolve_data_path(cfg.eval.ifeval_prompts), limit=cfg.eval.ifeval_limit)
+    backend = backend_for(cfg, model_path)
+    try:
+        metrics, records = evaluate_ifeval(items, backend, max_new_tokens=cfg.eval.ifeval_max_new_tokens, seed=cfg.seed)
+    finally:
+        backend.close()
+    metrics["data"] = cfg.eval.ifeval_prompts
+    write_ifeval(out_dir / "ifeval.json", metrics, records)
+    return metrics
+
+
+def model_evals(cfg: Config, model_path: str, out_dir: Path) -> dict:
+    """The evaluations of one model alone (judge accuracy, IFEval), as configured: the `eval_m1` side stage."""
+    results = {}
+    if cfg.eval.judge_data:
+        results["judge_accuracy"] = judge_accuracy(cfg, model_path, out_dir)
+    if cfg.eval.ifeval_prompts:
+        results["ifeval"] = ifeval_accuracy(cfg, model_path, out_dir)
+    return results
+
+
+def heldout_prompts(cfg: Config) -> list[str]:
+    path = resolve_data_path(cfg.eval.heldout_prompts)
+    return [r["prompt"] for r in iter_jsonl(path, {"prompt": str})][: cfg.eval.heldout_limit]
+
+
+def _answers(cfg: Config, model_path: str, prompts: list[str], cache: Path) -> list[str]:
+    """Greedy answers of `model_path` to the held-out prompts, through the same path as `srlm eval generate`.
+
+    Kept in `cache` and reused while the prompts and generation settings are the same."""
     from srlm.evaluation.prompt_sets import PromptItem, generate_answers
 
+    key = {"prompts": prompts, "max_new_tokens": cfg.eval.max_new_tokens, "seed": cfg.seed, "model": model_path}
+    if cache.exists():
+        saved = read_json(cache)
+        if saved.get("key") == key:
+            return saved["answers"]
     items = [PromptItem(id=f"heldout-{i}", turns=[p]) for i, p in enumerate(prompts)]
     greedy = Sampling(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.eval.max_new_tokens)
     backend = backend_for(cfg, model_path)
@@ -48,36 +94,54 @@ def _answers(cfg: Config, model_path: str, prompts: list[str]) -> list[str]:
         records = generate_answers(items, backend, seed=cfg.seed, sampling_for=lambda item: greedy)
     finally:
         backend.close()
-    return [r["answers"][0] for r in records]
+    answers = [r["answers"][0] for r in records]
+    write_json(cache, {"key": key, "answers": answers})
+    return answers
 
 
-def winrate_vs_previous(cfg: Config, new_model: str, old_model: str, out_dir: Path) -> dict:
-    """M_t+1 (side A) vs M_t (side B) on the held-out prompts; writes winrate_vs_previous.json and its items."""
+def winrate(cfg: Config, model_a: str, model_b: str, judge_path: str, out_path: Path, answers_dir: Path) -> dict:
+    """`model_a` (side A) vs `model_b` (side B) on the held-out prompts, judged by `judge_path`; writes `out_path`
+    (metrics) and its items beside it."""
     from srlm.evaluation.winrate import additive_winrate, pairwise_winrate
 
-    path = resolve_data_path(cfg.eval.heldout_prompts)
-    prompts = [r["prompt"] for r in iter_jsonl(path, {"prompt": str})][: cfg.eval.heldout_limit]
-    answers_new, answers_old = _answers(cfg, new_model, prompts), _answers(cfg, old_model, prompts)
-    judge_path = new_model if cfg.eval.winrate_judge == "next" else cfg.eval.winrate_judge
+    prompts = heldout_prompts(cfg)
+    answers_a = _answers(cfg, model_a, prompts, answers_dir / f"{Path(model_a).name}.json")
+    answers_b = _answers(cfg, model_b, prompts, answers_dir / f"{Path(model_b).name}.json")
     judge = backend_for(cfg, judge_path)
     try:
         if cfg.eval.winrate_method == "additive":
-            result = additive_winrate(prompts, answers_new, answers_old, judge, cfg.judge, seed=cfg.seed)
+            result = additive_winrate(prompts, answers_a, answers_b, judge, cfg.judge, seed=cfg.seed)
         else:
-            result = pairwise_winrate(prompts, answers_new, answers_old, judge, seed=cfg.seed,
+            result = pairwise_winrate(prompts, answers_a, answers_b, judge, seed=cfg.seed,
                                       max_new_tokens=cfg.eval.max_new_tokens)
     finally:
         judge.close()
-    metrics = {**result["metrics"], "judge": "self (M_t+1)" if cfg.eval.winrate_judge == "next" else judge_path}
-    write_json(out_dir / "winrate_vs_previous.json", metrics)
-    write_jsonl(out_dir / "winrate_vs_previous.items.jsonl", result["items"])
+    judge_name = {"next": "self (M_t+1)", "m1": "M1 (fixed)"}.get(cfg.eval.winrate_judge, judge_path)
+    metrics = {**result["metrics"], "judge": judge_name, "method": cfg.eval.winrate_method,
+               "model_a": Path(model_a).name, "model_b": Path(model_b).name, "data": cfg.eval.heldout_prompts}
+    write_json(out_path, metrics)
+    write_jsonl(out_path.with_name(f"{out_path.stem}.items.jsonl"), result["items"])
     return metrics
 
 
-def run_iteration_eval(cfg: Config, new_model: str, old_model: str, out_dir: Path) -> dict:
+def winrate_judge_path(cfg: Config, new_model: str, m1: str) -> str:
+    if cfg.eval.winrate_judge == "next":
+        return new_model
+    if cfg.eval.winrate_judge == "m1":
+        return m1
+    return cfg.eval.winrate_judge
+
+
+def run_iteration_eval(cfg: Config, new_model: str, old_model: str, out_dir: Path, *, m1: str,
+                       answers_dir: Path) -> dict:
+    """Everything measured on M_t+1 after iteration t (see the module docstring)."""
     results = {}
     if cfg.eval.heldout_prompts:
-        results["winrate_vs_previous"] = winrate_vs_previous(cfg, new_model, old_model, out_dir)
-    if cfg.eval.judge_data:
-        results["judge_accuracy"] = judge_accuracy(cfg, new_model, out_dir)
+        judge_path = winrate_judge_path(cfg, new_model, m1)
+        results["winrate_vs_previous"] = winrate(cfg, new_model, old_model, judge_path,
+                                                 out_dir / "winrate_vs_previous.json", answers_dir)
+        if Path(old_model) != Path(m1):
+            results["winrate_vs_m1"] = winrate(cfg, new_model, m1, judge_path, out_dir / "winrate_vs_m1.json",
+                                               answers_dir)
+    results.update(model_evals(cfg, new_model, out_dir))
     return results

@@ -10,30 +10,62 @@ high, and a falling parse rate is the first sign of a judge that has lost its fo
 With `judge.method=expected`, each judgement also gets `score_probs` (the judge's probabilities of 0..5 right
 after its last "Score:", renormalised), `score_token_mass` and `expected_score` (sum_k k * p(k)); the response's
 `scores` are then the expected scores and `score` their mean (see `srlm.judge`).
+
+Every file `srlm respond` writes is accepted, whatever the model answered:
+- an empty or whitespace-only answer is not judged: its record has no judgements, `score` None and
+  `"skipped": "empty_response"`, and it is counted (`skipped_empty_response`). `srlm pairs` sees it as unscored,
+  so it is never chosen or rejected; a prompt left with fewer than 2 scored answers is dropped there and counted;
+- an answer whose judge prompt exceeds `judge.max_prompt_tokens` (a very long answer) is skipped the same way
+  (`"skipped": "judge_prompt_too_long"`, counted in `skipped_judge_prompt_too_long`) and a warning is printed;
+- answers cut at max_new_tokens and non-ASCII answers are judged like any other.
+Two responses sharing a `response_id` are refused before anything is judged, naming the responses file.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 
 from srlm.backends import GenerationRequest, Sampling
 from srlm.config import JudgeConfig
-from srlm.io import ResumableJsonlWriter, read_jsonl, stable_seed
+from srlm.errors import DataError
+from srlm.io import MaybeEmpty, ResumableJsonlWriter, iter_jsonl_numbered, stable_seed
 from srlm.judge import Judged, average_score, check_method, judge_requests, load_template, render
 from srlm.stages.common import chunks, progress
 
-RESPONSE_SCHEMA = {"prompt_id": str, "response_id": str, "prompt": str, "response": str}
+# `response` may be empty: a model can answer with nothing, and respond writes what it answered.
+RESPONSE_SCHEMA = {"prompt_id": str, "response_id": str, "prompt": str, "response": MaybeEmpty}
+EMPTY_RESPONSE = "empty_response"
+JUDGE_PROMPT_TOO_LONG = "judge_prompt_too_long"
+
+
+def read_responses(path: Path) -> list[dict]:
+    """The records of a responses file, checked, with no `response_id` used twice (named with both lines)."""
+    responses, first_line = [], {}
+    for line_no, record in iter_jsonl_numbered(path, RESPONSE_SCHEMA):
+        rid = record["response_id"]
+        if rid in first_line:
+            raise DataError(f"{path}:{line_no}: field 'response_id' {rid!r} is also used at line {first_line[rid]}; "
+                            "each response needs its own id")
+        first_line[rid] = line_no
+        responses.append(record)
+    if not responses:
+        raise DataError(f"{path}: no records")
+    return responses
 
 
 def run_judge(responses_path: Path, out_path: Path, backend, cfg: JudgeConfig, *, seed: int, chunk_prompts: int = 16) -> dict:
     check_method(cfg.method, backend)
-    responses = read_jsonl(responses_path, RESPONSE_SCHEMA)
+    responses = read_responses(responses_path)
     template = load_template(cfg.template_file)
     sampling = Sampling(n=cfg.num_samples, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     by_id = {r["response_id"]: r for r in responses}
     requests, too_long = [], []
+    empty = [r for r in responses if not r["response"].strip()]
     for r in responses:
+        if not r["response"].strip():
+            continue  # nothing to judge: recorded below as skipped, unscored
         request = GenerationRequest(
             r["response_id"], sampling, stable_seed(seed, "judge", r["response_id"]),
             messages=[{"role": "user", "content": render(template, r["prompt"], r["response"])}],
@@ -49,12 +81,23 @@ def run_judge(responses_path: Path, out_path: Path, backend, cfg: JudgeConfig, *
             judged = judge_requests(backend, list(chunk), cfg.method, on_done=bar.update)
             writer.append(_record(by_id[req.request_id], j) for req, j in zip(chunk, judged))
     writer.append(
-        {**_record(by_id[req.request_id], Judged([], [], None, [])), "skipped": "judge_prompt_too_long"}
+        {**_record(by_id[req.request_id], Judged([], [], None, [])), "skipped": JUDGE_PROMPT_TOO_LONG}
         for req in too_long if req.request_id not in writer.done_ids
+    )
+    writer.append(
+        {**_record(r, Judged([], [], None, [])), "skipped": EMPTY_RESPONSE}
+        for r in empty if r["response_id"] not in writer.done_ids
     )
     order = {r["response_id"]: i for i, r in enumerate(responses)}
     records = writer.finish(order_key=lambda r: order[r["response_id"]])
-    return summarize_judgements(records)
+    stats = summarize_judgements(records)
+    if too_long:
+        print(f"srlm: warning: {len(too_long)} of {len(responses)} responses skipped, unjudged: their judge prompt is "
+              f"longer than judge.max_prompt_tokens={cfg.max_prompt_tokens} tokens", file=sys.stderr, flush=True)
+    if empty:
+        print(f"srlm: warning: {len(empty)} of {len(responses)} responses are empty; left unjudged (unscored)",
+              file=sys.stderr, flush=True)
+    return stats
 
 
 def _record(response: dict, judged: Judged) -> dict:
@@ -96,7 +139,8 @@ def summarize_judgements(records: list[dict]) -> dict:
         "judge_parse_rate": round(parsed / total, 4) if total else None,
         "responses_scored": len(scored),
         "responses_unscored": len(records) - len(scored),
-        "skipped_judge_prompt_too_long": sum(1 for r in records if r.get("skipped") == "judge_prompt_too_long"),
+        "skipped_judge_prompt_too_long": sum(1 for r in records if r.get("skipped") == JUDGE_PROMPT_TOO_LONG),
+        "skipped_empty_response": sum(1 for r in records if r.get("skipped") == EMPTY_RESPONSE),
         "score_mean": round(sum(scored) / len(scored), 3) if scored else None,
         "score_histogram": {str(k): histogram.get(str(k), 0) for k in range(6)},
         **method_stats,

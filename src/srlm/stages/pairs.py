@@ -3,10 +3,13 @@
     srlm pairs --responses responses.jsonl --judgements judgements.jsonl --out pairs.jsonl [key=value ...]
 
 Rules, each drop counted by reason:
-- responses without a score (every judgement failed to parse) take no part;
+- responses without a score (every judgement failed to parse, or the judge skipped them: an empty answer, a judge
+  prompt over its token limit) take no part, nor does an empty or whitespace-only answer whatever its score;
 - a prompt with fewer than 2 scored responses is dropped (`fewer_than_2_scored`);
 - a prompt whose best and worst scores are equal is dropped (`tie`), as in the paper;
-- optionally, a prompt whose best-worst gap is below `pairs.min_score_gap` is dropped (`gap_below_min`).
+- optionally, a prompt whose best-worst gap is below `pairs.min_score_gap` is dropped (`gap_below_min`);
+- a pair whose chosen and rejected answers are the same text (two samples can be, judged differently) is dropped
+  (`identical_texts`): it teaches nothing, and `srlm dpo` refuses it.
 Equal maxima (or minima) are broken at random with a seed derived from the prompt id (the paper leaves this open).
 
 Length control (Meta-Rewarding, Wu et al. 2024), with rho in [0, 1]: chosen is the *shortest* response whose score is
@@ -15,6 +18,10 @@ plain rule above (ties still broken at random).
 
 Output: TRL's conversational preference format (`prompt`, `chosen`, `rejected` as message lists), so DPO reads it as
 it is, plus ids, scores and lengths (characters) for the report.
+
+Inputs are checked before anything is written: every judgement needs a `score` (a number in [0, 5] or null), so a
+responses file given as `--judgements` is named as such instead of giving 0 pairs. `read_pair_file` checks a pair
+file whole (message lists, roles, `content`, chosen != rejected) for `srlm dpo`, before any model is loaded.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from pathlib import Path
 
 from srlm.config import PairsConfig
 from srlm.errors import DataError
-from srlm.io import read_jsonl, stable_id, stable_seed, write_jsonl
-from srlm.stages.judge import RESPONSE_SCHEMA
+from srlm.io import iter_jsonl_numbered, stable_id, stable_seed, write_jsonl
+from srlm.judge import MAX_SCORE
+from srlm.stages.judge import read_responses
 
 
 def select_pair(candidates: list[dict], cfg: PairsConfig, rng: random.Random) -> tuple[dict, dict] | str:
@@ -59,23 +67,47 @@ def select_pair(candidates: list[dict], cfg: PairsConfig, rng: random.Random) ->
     return chosen, rejected
 
 
-def run_pairs(responses_path: Path, judgements_path: Path, out_path: Path, cfg: PairsConfig, *, seed: int) -> dict:
-    responses = read_jsonl(responses_path, RESPONSE_SCHEMA)
-    judgements = read_jsonl(judgements_path, {"response_id": str})
-    score_of = {}
-    for line, j in enumerate(judgements, start=1):
-        score = j.get("score")
+def read_scores(judgements_path: Path) -> dict[str, float | None]:
+    """response_id -> score from a judgements file: each record needs `response_id` and `score` (a number in
+    [0, 5], or null when the judge gave none); a response judged twice is an error."""
+    score_of: dict[str, float | None] = {}
+    line_of: dict[str, int] = {}
+    for line, j in iter_jsonl_numbered(judgements_path, {"response_id": str}):
+        where = f"{judgements_path}:{line}"
+        if "score" not in j:
+            hint = (" (this looks like a responses file: pass the output of `srlm judge` as --judgements)"
+                    if "response" in j else " (expected the output of `srlm judge`)")
+            raise DataError(f"{where}: missing field 'score'{hint}")
+        score = j["score"]
         if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
-            raise DataError(f"{judgements_path}:{line}: field 'score' must be a number or null")
-        score_of[j["response_id"]] = score
+            raise DataError(f"{where}: field 'score' must be a number or null, got {type(score).__name__}")
+        if score is not None and not 0 <= score <= MAX_SCORE:
+            raise DataError(f"{where}: field 'score' is {score}, outside the judge's range 0 to {MAX_SCORE:g}")
+        rid = j["response_id"]
+        if rid in score_of:
+            raise DataError(f"{where}: response '{rid}' is judged twice (also at line {line_of[rid]})")
+        score_of[rid], line_of[rid] = score, line
+    if not score_of:
+        raise DataError(f"{judgements_path}: no records")
+    return score_of
+
+
+def run_pairs(responses_path: Path, judgements_path: Path, out_path: Path, cfg: PairsConfig, *, seed: int) -> dict:
+    responses = read_responses(responses_path)
+    score_of = read_scores(judgements_path)
     missing = [r["response_id"] for r in responses if r["response_id"] not in score_of]
     if missing:
         raise DataError(
             f"{judgements_path}: no judgement for {len(missing)} response(s) of {responses_path}, e.g. {missing[0]}"
         )
     by_prompt: dict[str, list[dict]] = defaultdict(list)
+    empty = 0
     for r in responses:
-        by_prompt[r["prompt_id"]].append({**r, "score": score_of[r["response_id"]]})
+        score = score_of[r["response_id"]]
+        if not r["response"].strip():
+            empty += 1
+            score = None  # an empty answer is never a pair's chosen or rejected text
+        by_prompt[r["prompt_id"]].append({**r, "score": score})
 
     pairs, drops = [], Counter()
     for prompt_id, candidates in by_prompt.items():
@@ -84,6 +116,9 @@ def run_pairs(responses_path: Path, judgements_path: Path, out_path: Path, cfg: 
             drops[picked] += 1
             continue
         chosen, rejected = picked
+        if chosen["response"] == rejected["response"]:
+            drops["identical_texts"] += 1
+            continue
         pairs.append(
             {
                 "pair_id": stable_id("pair", chosen["response_id"], rejected["response_id"]),
@@ -105,6 +140,7 @@ def run_pairs(responses_path: Path, judgements_path: Path, out_path: Path, cfg: 
 
     return {
         "prompts": len(by_prompt),
+        "empty_responses": empty,
         "pairs": len(pairs),
         "dropped": dict(sorted(drops.items())),
         "chosen_len_mean": mean([p["chosen_len"] for p in pairs], 1),
@@ -112,3 +148,59 @@ def run_pairs(responses_path: Path, judgements_path: Path, out_path: Path, cfg: 
         "chosen_score_mean": mean([p["chosen_score"] for p in pairs], 3),
         "rejected_score_mean": mean([p["rejected_score"] for p in pairs], 3),
     }
+
+
+# -- pair files for DPO ------------------------------------------------------------------------------------------
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+_PROMPT_ROLES = ("system", "user", "assistant")
+
+
+def _check_messages(where: str, field: str, messages, roles: tuple[str, ...]) -> None:
+    if not isinstance(messages, list):
+        raise DataError(f"{where}: field '{field}' must be a list of messages, got {type(messages).__name__}")
+    if not messages:
+        raise DataError(f"{where}: field '{field}' is an empty list; it needs at least one message")
+    for i, message in enumerate(messages):
+        at = f"{where}: field '{field}' message {i + 1}"
+        if not isinstance(message, dict):
+            raise DataError(f"{at} must be an object with 'role' and 'content', got {type(message).__name__}")
+        for key in ("role", "content"):
+            if key not in message:
+                raise DataError(f"{at} has no '{key}'")
+            if not isinstance(message[key], str):
+                raise DataError(f"{at}: '{key}' must be a string, got {type(message[key]).__name__}")
+        if message["role"] not in roles:
+            if field == "prompt":
+                expected = "one of " + ", ".join(roles)
+            else:
+                expected = "'assistant' (chosen and rejected hold the answer only; the question belongs in 'prompt')"
+            raise DataError(f"{at} has role '{message['role']}', expected {expected}")
+
+
+def read_pair_file(path: Path) -> list[dict]:
+    """The `{prompt, chosen, rejected}` of every pair of a DPO pair file, checked whole before any model is loaded.
+
+    TRL's conversational format: each field a non-empty list of `{role, content}` messages with string content;
+    chosen and rejected hold assistant messages only, and must differ (a pair of one answer against itself has a
+    zero DPO gradient and says the data is wrong). An empty file is refused: a DPO step on nothing would silently
+    copy M_t forward as M_t+1. Every problem names the file, line and field.
+    """
+    pairs = []
+    for line, record in iter_jsonl_numbered(path):
+        where = f"{path}:{line}"
+        for field in PAIR_FIELDS:
+            if field not in record:
+                raise DataError(f"{where}: missing field '{field}'")
+            if not isinstance(record[field], list):
+                raise DataError(f"{where}: field '{field}' must be a list of messages, got "
+                                f"{type(record[field]).__name__}")
+        for field in PAIR_FIELDS:
+            _check_messages(where, field, record[field], _PROMPT_ROLES if field == "prompt" else ("assistant",))
+        if record["chosen"] == record["rejected"]:
+            raise DataError(f"{where}: fields 'chosen' and 'rejected' are the same answer; a pair needs two "
+                            "different answers")
+        pairs.append({field: record[field] for field in PAIR_FIELDS})
+    if not pairs:
+        raise DataError(f"{path}: zero preference pairs; refusing to train on nothing (M_t+1 would equal M_t)")
+    return pairs

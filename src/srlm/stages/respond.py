@@ -4,15 +4,19 @@
 
 Defaults follow the paper: N = 4, temperature 0.7, top-p 0.9. Prompts are processed in chunks; each finished chunk
 is appended to `responses.jsonl.partial`, so a killed run resumes after the last finished chunk and produces no
-response twice. Prompts whose chat-formatted length exceeds `respond.max_prompt_tokens` are skipped and counted.
+response twice. Prompts whose chat-formatted length exceeds `respond.max_prompt_tokens` are skipped, counted
+(`skipped_prompt_too_long`) and named in a warning on stderr. Empty answers are written as the model gave them and
+counted (`empty_responses`); `srlm judge` leaves them unjudged and `srlm pairs` never pairs them.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from srlm.backends import GenerationRequest, Sampling
 from srlm.config import RespondConfig
+from srlm.errors import DataError
 from srlm.io import ResumableJsonlWriter, stable_id, stable_seed
 from srlm.stages.common import chunks, load_prompts, progress
 
@@ -29,6 +33,12 @@ def run_respond(
     ]
     fits = [r for r in requests if backend.count_prompt_tokens(r) <= cfg.max_prompt_tokens]
     counts["skipped_prompt_too_long"] = len(requests) - len(fits)
+    if not fits:  # refused before anything is written: an empty responses file would stop the judge for good
+        raise DataError(f"{prompts_path}: all {len(requests)} prompts are longer than respond.max_prompt_tokens="
+                        f"{cfg.max_prompt_tokens} tokens; nothing to answer (raise respond.max_prompt_tokens)")
+    if len(fits) < len(requests):
+        print(f"srlm: warning: {len(requests) - len(fits)} of {len(requests)} prompts of {prompts_path} skipped: "
+              f"longer than respond.max_prompt_tokens={cfg.max_prompt_tokens} tokens", file=sys.stderr, flush=True)
     text_of = {p["prompt_id"]: p["prompt"] for p in prompts}
     order = {p["prompt_id"]: i for i, p in enumerate(prompts)}
 
@@ -53,6 +63,8 @@ def run_respond(
             )
     records = writer.finish(order_key=lambda r: (order[r["prompt_id"]], r["sample_index"]))
     empty = sum(1 for r in records if not r["response"].strip())
+    if empty:
+        print(f"srlm: warning: {empty} of {len(records)} responses are empty", file=sys.stderr, flush=True)
     return {
         **counts,
         "prompts": len(fits),

@@ -213,6 +213,12 @@ def log_history_stats(history: list[dict], keys: dict[str, str]) -> dict:
         if values:
             out[name] = round(sum(values) / len(values), 4)
             out[f"{name}_last"] = round(values[-1], 4)
+    # Every logged step, for the report's training curves (logging_steps=1: one entry per optimizer step).
+    out["per_step"] = [
+        {"step": h.get("step"), "loss": round(h["loss"], 4),
+         **{name: round(h[key], 4) for key, name in keys.items() if isinstance(h.get(key), (int, float))}}
+        for h in history if isinstance(h.get("loss"), (int, float))
+    ]
     losses = [h["loss"] for h in history if "loss" in h]
     if losses:
         out["loss_first"], out["loss_last"] = round(losses[0], 4), round(losses[-1], 4)

@@ -1,0 +1,184 @@
+"""Does the loop work? Runs the `evidence` recipe (SFT baseline, M1, M2, M3 on the embedded model) and prints one
+table of what each model measured on data no model was trained on, every figure with its 95% interval.
+
+    .venv/bin/python benchmarks/evidence.py [--run-dir runs/evidence] [--shared ../shared/data] [--table-only]
+
+- judge accuracy: pairwise agreement with human preferences on 300 HH-RLHF pairs (builtin:hh_test), beside the
+  length baseline on the same pairs; M1 vs the SFT baseline as a paired bootstrap difference;
+- IFEval prompt-level strict accuracy on 150 of the 300 IFEval prompts in ../shared/data (the other 150, by the
+  sha256 of their key, are set apart for choosing settings and are never reported); M3 vs M1 paired;
+- win rate vs M1 on 100 OpenAssistant prompts (builtin:oasst_prompts), every answer graded alone by M1's judge
+  (fixed for the run), ties half; the SFT baseline's answers are graded here too, after the run;
+- mean length (characters) of the greedy answers to those prompts;
+- DPO loss at the first and last step of the iteration that made the model.
+
+The run directory resumes like any `srlm run`: run the script again after an interruption. The table goes to
+stdout, `<run-dir>/evidence.json` and `benchmarks/results/evidence.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IFEVAL_REPORTED = 150
+
+
+def split_ifeval(shared: Path, out_dir: Path) -> tuple[Path, Path]:
+    """(reported, set apart): the 300 dev prompts in two halves by the sha256 of their key."""
+    lines = [line for line in (shared / "ifeval" / "input_data_dev300.jsonl").read_text().splitlines() if line.strip()]
+    ordered = sorted(lines, key=lambda line: hashlib.sha256(str(json.loads(line)["key"]).encode()).hexdigest())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reported, apart = out_dir / "ifeval_reported.jsonl", out_dir / "ifeval_set_apart.jsonl"
+    reported.write_text("\n".join(ordered[:IFEVAL_REPORTED]) + "\n")
+    apart.write_text("\n".join(ordered[IFEVAL_REPORTED:]) + "\n")
+    return reported, apart
+
+
+def run_loop(run_dir: Path, ifeval: Path, overrides: list[str]) -> None:
+    command = [sys.executable, "-m", "srlm", "run", "--recipe", "evidence", "--run-dir", str(run_dir),
+               f"eval.ifeval_prompts={ifeval}", *overrides]
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def baseline_winrate(run_dir: Path) -> dict:
+    """The SFT baseline vs M1 on the same held-out prompts and by the same judge (M1) as the loop's win rates."""
+    from srlm.config import load_config
+    from srlm.stages.evaluate import winrate
+
+    out = run_dir / "eval_sft_baseline" / "winrate_vs_m1.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    cfg = load_config(config_file=run_dir / "config.yaml")
+    models = run_dir / "models"
+    return winrate(cfg, str(models / "sft_baseline"), str(models / "m1"), str(models / "m1"), out,
+                   run_dir / "eval_answers")
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _items(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _ci(metrics: dict | None, key: str, digits: int = 3) -> str:
+    if not metrics or metrics.get(key) is None:
+        return "n/a"
+    interval = metrics.get(f"{key}_ci")
+    shown = f"{metrics[key]:.{digits}f}"
+    return shown + (f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else "")
+
+
+def _length(answers_file: Path) -> dict | None:
+    import numpy as np
+
+    saved = _read(answers_file)
+    if not saved:
+        return None
+    lengths = np.array([len(a) for a in saved["answers"]], dtype=float)
+    rng = np.random.default_rng(0)
+    means = [lengths[rng.integers(0, len(lengths), len(lengths))].mean() for _ in range(2000)]
+    return {"mean_len": float(lengths.mean()), "mean_len_ci": [float(np.quantile(means, 0.025)),
+                                                               float(np.quantile(means, 0.975))]}
+
+
+def collect(run_dir: Path) -> dict:
+    from srlm.evaluation.metrics import pair_credits, paired_difference
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    folders = {"sft_baseline": run_dir / "eval_sft_baseline", "m1": run_dir / "eval_m1"}
+    dpo = {}
+    for row in summary["iterations"]:
+        folders[f"m{row['iteration'] + 1}"] = run_dir / f"iter_{row['iteration']}" / "eval"
+        dpo[f"m{row['iteration'] + 1}"] = (row.get("dpo_loss_first"), row.get("dpo_loss_last"))
+    table = {}
+    for model, folder in folders.items():
+        vs_m1 = {"sft_baseline": folder / "winrate_vs_m1.json", "m2": folder / "winrate_vs_previous.json"}.get(
+            model, folder / "winrate_vs_m1.json")
+        table[model] = {
+            "judge_accuracy": _read(folder / "judge_accuracy.json"),
+            "ifeval": _read(folder / "ifeval.json"),
+            "winrate_vs_m1": None if model == "m1" else _read(vs_m1),
+            "length": _length(run_dir / "eval_answers" / f"{model}.json"),
+            "dpo_loss": dpo.get(model),
+        }
+    # Paired differences: M1's judge vs the baseline's on the same human pairs; M3's IFEval vs M1's on the same prompts.
+    comparisons = {}
+    base_items = _items(folders["sft_baseline"] / "judge_accuracy.items.jsonl")
+    m1_items = _items(folders["m1"] / "judge_accuracy.items.jsonl")
+    if base_items and m1_items:
+        a, b = pair_credits(m1_items), pair_credits(base_items)
+        common = sorted(set(a) & set(b))
+        comparisons["judge_accuracy m1 - sft_baseline"] = paired_difference([a[g] for g in common],
+                                                                            [b[g] for g in common])
+    last = f"m{len(summary['iterations']) + 1}"
+    for model in (last,):
+        first_items = _items(folders["m1"] / "ifeval.items.jsonl")
+        last_items = _items(folders.get(model, Path("/nonexistent")) / "ifeval.items.jsonl")
+        if first_items and last_items:
+            a = {r["key"]: float(r["follow_all_instructions_strict"]) for r in last_items}
+            b = {r["key"]: float(r["follow_all_instructions_strict"]) for r in first_items}
+            common = sorted(set(a) & set(b))
+            comparisons[f"ifeval prompt strict {model} - m1"] = paired_difference([a[k] for k in common],
+                                                                                [b[k] for k in common])
+    return {"run_dir": str(run_dir), "seconds": summary.get("seconds"), "models": table, "comparisons": comparisons}
+
+
+def render(result: dict) -> str:
+    rows = [("model", "judge acc. (hh_test)", "length baseline", "IFEval prompt strict", "win rate vs M1",
+             "mean length (chars)", "DPO loss first -> last")]
+    for model, m in result["models"].items():
+        judge = m["judge_accuracy"]
+        length_base = (judge or {}).get("length_baseline")
+        rows.append((
+            model,
+            _ci(judge, "pairwise_accuracy") + (f" n={judge['n_pairs']}" if judge else ""),
+            _ci(length_base, "pairwise_accuracy") if length_base else "n/a",
+            _ci(m["ifeval"], "prompt_level_strict_acc") + (f" n={m['ifeval']['n_prompts']}" if m["ifeval"] else ""),
+            "(the reference)" if model == "m1" else (
+                _ci(m["winrate_vs_m1"], "win_rate", 2) + f" n={m['winrate_vs_m1']['n']}" if m["winrate_vs_m1"] else "n/a"),
+            _ci(m["length"], "mean_len", 0),
+            "n/a" if not m["dpo_loss"] else f"{m['dpo_loss'][0]} -> {m['dpo_loss'][1]}",
+        ))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for name, c in result["comparisons"].items():
+        if c.get("difference") is not None:
+            low, high = c["difference_ci"]
+            lines.append(f"\n{name}: {c['difference']:+.3f} [{low:+.3f}, {high:+.3f}] (paired bootstrap, n={c['n']})")
+    lines.append(f"\nrun: {result['run_dir']}, {result['seconds']} s of stage time")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", default=str(ROOT / "runs" / "evidence"))
+    parser.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--table-only", action="store_true", help="only read an existing run directory")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for the recipe")
+    args = parser.parse_args()
+    run_dir = Path(args.run_dir)
+    if not args.table_only:
+        reported, _apart = split_ifeval(Path(args.shared), run_dir.parent / f"{run_dir.name}_data")
+        run_loop(run_dir, reported, args.overrides)
+        baseline_winrate(run_dir)
+    result = collect(run_dir)
+    (run_dir / "evidence.json").write_text(json.dumps(result, indent=1))
+    table = render(result)
+    out = ROOT / "benchmarks" / "results" / "evidence.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
