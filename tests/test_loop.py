@@ -197,3 +197,53 @@ def test_expected_judging_on_a_backend_without_score_probabilities_fails_before_
                                         "'vllm' backend cannot give"):
         run_loop(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "models").exists()  # refused before SFT
+
+
+def _judge_that_knows(monkeypatch):
+    """A fake judge with real signal on the eval pairs of `write_eval_files` (good answers 5, bad ones 0) and the
+    default scripted scores elsewhere."""
+    import srlm.backends.fake as fake
+
+    original = fake.default_script
+
+    def script(request, index):
+        last = request.messages[-1]["content"] if request.messages else ""
+        if "Score: <total points>" in last and "A good answer" in last:
+            return "Complete and correct.\nScore: 5"
+        if "Score: <total points>" in last and "<response>Bad" in last:
+            return "Wrong.\nScore: 0"
+        return original(request, index)
+
+    monkeypatch.setattr(fake, "default_script", script)
+
+
+def test_require_judge_signal_stops_before_dpo_when_the_judge_is_at_chance(tiny_model_dir, tmp_path, capsys):
+    # The scripted judge scores the 4 human pairs at random: an interval that includes 0.5.
+    run_dir = tmp_path / "run"
+    cfg = small_config(tiny_model_dir, "loop.iterations=1", "loop.require_judge_signal=true", *write_eval_files(tmp_path))
+    with pytest.raises(SrlmError, match="no better than chance; stopping before DPO"):
+        run_loop(cfg, run_dir)
+    assert (run_dir / "iter_1" / "pairs.jsonl").exists() and not (run_dir / "models" / "m2").exists()
+
+
+def test_a_judge_with_signal_trains_and_ifeval_runs_for_every_model(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    _judge_that_knows(monkeypatch)
+    ifeval = tmp_path / "ifeval.jsonl"
+    ifeval.write_text(
+        json.dumps({"key": 1, "prompt": "Answer in lowercase letters only.",
+                    "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}) + "\n"
+        + json.dumps({"key": 2, "prompt": "Answer without any commas.",
+                      "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}) + "\n")
+    run_dir = tmp_path / "run"
+    cfg = small_config(tiny_model_dir, "loop.iterations=1", "loop.require_judge_signal=true",
+                       f"eval.ifeval_prompts={ifeval}", *write_eval_files(tmp_path))
+    summary = run_loop(cfg, run_dir)
+    assert summary["m1_judge_accuracy"]["pairwise_accuracy"] == 1.0
+    assert summary["m1_judge_accuracy"]["judge_signal"] == "above chance"
+    # The scripted answers ("Answer <id>: word word ...") start with a capital and have no comma.
+    for ifeval_metrics in (summary["m1_ifeval"], summary["iterations"][0]["eval"]["ifeval"]):
+        assert ifeval_metrics["n_prompts"] == 2 and ifeval_metrics["prompt_level_strict_acc"] == 0.5
+    assert (run_dir / "eval_m1" / "ifeval.items.jsonl").exists()
+    out = capsys.readouterr().out
+    assert "m2 IFEval prompt strict" in out and "no better than chance" not in out
+    assert (run_dir / "models" / "m2" / "model.safetensors").exists()
