@@ -169,3 +169,36 @@ def test_gzip_files_are_read_and_corrupt_ones_named(tmp_path):
     path.write_bytes(path.read_bytes()[:-8])  # cut the gzip trailer
     with pytest.raises(DataError, match="corrupt or truncated gzip data"):
         list(iter_json_lines(path, allow_strings=True))
+
+
+def test_maybe_empty_fields_take_empty_strings_but_not_other_types(tmp_path):
+    from srlm.io import MaybeEmpty
+
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"response": ""}\n{"response": " \\n"}\n')
+    assert [r["response"] for r in read_jsonl(path, {"response": MaybeEmpty})] == ["", " \n"]
+    path.write_text('{"response": ""}\n{"response": null}\n')
+    with pytest.raises(DataError, match=r"r.jsonl:2: field 'response' must be a string, got NoneType"):
+        read_jsonl(path, {"response": MaybeEmpty})
+    path.write_text('{"other": ""}\n')
+    with pytest.raises(DataError, match=r"r.jsonl:1: missing field 'response'"):
+        read_jsonl(path, {"response": MaybeEmpty})
+
+
+def test_writes_that_cannot_happen_are_errors_naming_the_path(tmp_path):
+    from srlm.io import check_output_path, write_json
+
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SrlmError, match=r"folder: is a directory"):
+        write_jsonl(tmp_path / "folder", [{"a": 1}])
+    with pytest.raises(SrlmError, match=r"file/out.json: cannot be created: .*file is a file, not a folder"):
+        write_json(tmp_path / "file" / "out.json", {})
+    with pytest.raises(SrlmError, match=r"folder: is a directory"):
+        ResumableJsonlWriter(tmp_path / "folder", id_field="id")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]  # no .partial, no temporary file
+    assert check_output_path(tmp_path / "new" / "deeper" / "out.jsonl") == tmp_path / "new" / "deeper" / "out.jsonl"
+    with pytest.raises(SrlmError, match=r"--out is empty"):
+        check_output_path("", what="--out")
+    with pytest.raises(SrlmError, match=r"file: exists and is not a directory"):
+        check_output_path(tmp_path / "file", kind="dir")

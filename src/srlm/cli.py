@@ -267,8 +267,11 @@ OUTPUT_ARGS = ("out", "stats_out", "report")
 OUT_KINDS = {"cmd_sft": "dir", "cmd_dpo": "dir", "run_oasst": "workdir"}
 
 
+POSITIONAL_ARGS = {"input": "INPUT"}  # inputs given without a flag
+
+
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return POSITIONAL_ARGS.get(name) or "--" + name.replace("_", "-")
 
 
 def _side_outputs(args, out: Path) -> list[Path]:

@@ -3,7 +3,9 @@
 Three promises, relied on everywhere:
 - a bad file fails with a message naming the file, the line and the field (never a bare KeyError); a file that
   ends inside a line (no final newline, and the line does not parse) is named as truncated;
-- an output file either exists complete or not at all (written to a temporary name, then renamed);
+- an output file either exists complete or not at all (written to a temporary name, then renamed), with the
+  permissions a plain `open()` would give it (the process umask, or the mode of the file it replaces); a path
+  that cannot be written is a `SrlmError` naming it (`check_output_path` says so before any work is done);
 - long stages append finished records to `<name>.partial` and, when restarted, skip the ids already there,
   so that a killed run neither loses nor repeats a record.
 

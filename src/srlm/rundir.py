@@ -35,20 +35,28 @@ from srlm.stages.training import release_memory
 MANIFEST_VERSION = 1
 
 
+_JSON_NAMES = {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def _json_name(value) -> str:
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
 def load_manifest(path: Path) -> dict:
     """The manifest at `path`, checked: a hand-edited or foreign file is named with what is wrong in it, never a
     TypeError or KeyError in the middle of a run. Deleting it makes every stage run again."""
     manifest = read_json(path)
     hint = "; fix it, or delete it to run every stage again"
     if not isinstance(manifest, dict):
-        raise DataError(f"{path}: expected a JSON object with a 'stages' object, got a JSON {type(manifest).__name__}{hint}")
+        raise DataError(f"{path}: expected a JSON object with a 'stages' object, got a JSON {_json_name(manifest)}{hint}")
     stages = manifest.setdefault("stages", {})
     if not isinstance(stages, dict):
         raise DataError(f"{path}: field 'stages' must be an object (stage name -> entry), got a JSON "
-                        f"{type(stages).__name__}{hint}")
+                        f"{_json_name(stages)}{hint}")
     for key, entry in stages.items():
         if not isinstance(entry, dict):
-            raise DataError(f"{path}: stage '{key}' must be an object, got a JSON {type(entry).__name__}{hint}")
+            raise DataError(f"{path}: stage '{key}' must be an object, got a JSON {_json_name(entry)}{hint}")
         for field in ("status", "fingerprint"):
             if not isinstance(entry.get(field), str):
                 problem = "lacks" if field not in entry else "has a non-string"
