@@ -7,19 +7,34 @@ Unknown keys and wrong types are errors that name the key: a typo must never sil
 from __future__ import annotations
 
 import hashlib
+import typing
 import json
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from srlm.errors import ConfigError
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data):
+        """`max_new_tokens=true` must be an error, not 1: pydantic reads a YAML boolean as a number otherwise."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if field is None or not isinstance(value, bool):
+                    continue
+                allowed = set(typing.get_args(field.annotation)) or {field.annotation}
+                if bool not in allowed and allowed & {int, float}:
+                    raise ValueError(f"{name}: expected a number, got the boolean {str(value).lower()}")
+        return data
 
 
 class ModelConfig(_Section):

@@ -107,6 +107,9 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
 
         load_checkers()  # the optional lm-eval dependency, checked before hours of training
     rd = RunDir(run_dir)
+    if cfg.loop.iterations == 0:
+        print("srlm: loop.iterations=0: this run trains M1 (SFT) and evaluates it, with no self-rewarding "
+              "iteration", flush=True)
     save_config(cfg, rd.root / "config.yaml")
     started = time.perf_counter()
     ift_path, eft_path = resolve_data_path(cfg.data.ift), resolve_data_path(cfg.data.eft)
@@ -221,6 +224,14 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
             )
     summary["seconds"] = round(rd.seconds(""), 1)
     summary["final_model"] = str(rd.model_dir(cfg.loop.iterations + 1))
+    beyond = sorted(t for t in range(cfg.loop.iterations + 1, cfg.loop.iterations + 100) if rd.iter_dir(t).exists())
+    if beyond:
+        # A finished run whose loop.iterations was lowered: the later iterations stay on disk, untouched, but are
+        # not part of this run's summary. Say so in both places rather than let the summary look complete.
+        summary["iterations_on_disk_not_in_summary"] = [f"iter_{t}" for t in beyond]
+        print(f"srlm: note: {', '.join(f'iter_{t}' for t in beyond)} (and their models) are on disk from an earlier "
+              f"run with more iterations; this summary covers loop.iterations={cfg.loop.iterations}, so its final "
+              f"model is {summary['final_model']}", flush=True)
     write_json(rd.root / "summary.json", summary)
     html_path, _ = write_report(rd.root)
     print(f"srlm: report {html_path}", flush=True)
