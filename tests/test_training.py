@@ -192,3 +192,95 @@ def test_length_grouped_batches_hold_similar_lengths():
     # Sorted within groups of 16 optimizer batches (the sampler's group size for 256 examples): a fraction of the
     # padding of the dataset's own order (measured 0.06 with this seed).
     assert padding(order) < 0.25 * padding(list(range(n)))
+
+
+def _crash_after_save(monkeypatch, at_step):
+    """Make training die right after the trainer checkpoint of step `at_step` is written, like a kill would."""
+    from transformers import TrainerCallback
+
+    from srlm.stages import training
+
+    guard = training.nan_guard
+
+    class Crash(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == at_step:
+                raise KeyboardInterrupt
+
+    def with_crash():
+        return [guard(), Crash()]
+
+    monkeypatch.setattr(training, "nan_guard", lambda: _Both(with_crash()))
+
+
+class _Both:
+    """Two callbacks where the trainers take one (the stages pass callbacks=[training.nan_guard()])."""
+
+    def __new__(cls, callbacks):
+        from transformers import TrainerCallback
+
+        class Combined(TrainerCallback):
+            pass
+
+        combined = Combined()
+        for name in ("on_log", "on_save"):
+            handlers = [getattr(c, name) for c in callbacks if type(c).__dict__.get(name)]
+
+            def call(*args, _handlers=handlers, **kwargs):
+                for handler in _handlers:
+                    handler(*args, **kwargs)
+
+            setattr(combined, name, call)
+        return combined
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_a_killed_training_stage_resumes_from_its_last_checkpoint_to_the_same_weights(
+        tiny_model_dir, tmp_path, data, monkeypatch, capsys, stage):
+    ift, eft, pairs = data
+    if stage == "sft":
+        cfg = SftConfig(epochs=2, batch_size=1, micro_batch_size=1, learning_rate=1e-3, dropout=0.0, save_every_steps=2)
+
+        def train(out):
+            return run_sft(str(tiny_model_dir), ift, eft, out, cfg, seed=0)
+    else:
+        cfg = DpoConfig(epochs=2, batch_size=1, micro_batch_size=1, learning_rate=1e-3, dropout=0.0, save_every_steps=2)
+
+        def train(out):
+            return run_dpo(str(tiny_model_dir), pairs, out, cfg, seed=0)
+
+    clean = train(tmp_path / "clean" / "m")
+    with monkeypatch.context() as patch:
+        _crash_after_save(patch, at_step=4)
+        with pytest.raises(KeyboardInterrupt):
+            train(tmp_path / "killed" / "m")
+    scratch = tmp_path / "killed" / ".m.trainer"
+    assert (scratch / "checkpoint-4").is_dir() and not (tmp_path / "killed" / "m").exists()
+    capsys.readouterr()
+    from transformers import Trainer
+
+    steps_run = []
+    original_step = Trainer.training_step
+    monkeypatch.setattr(Trainer, "training_step",
+                        lambda self, *a, **k: steps_run.append(1) or original_step(self, *a, **k))
+    resumed = train(tmp_path / "killed" / "m")
+    assert "resuming training from checkpoint-4" in capsys.readouterr().out
+    assert len(steps_run) == clean["steps"] - 4  # only the steps after the checkpoint were trained again
+    assert resumed["steps"] == clean["steps"]
+    a, b = _weights(tmp_path / "clean" / "m"), _weights(tmp_path / "killed" / "m")
+    assert all((a[k] == b[k]).all() for k in a), "resumed weights differ from the uninterrupted run's"
+    assert not scratch.exists()  # removed once the model is saved
+
+
+def test_an_interrupt_before_any_checkpoint_leaves_no_trainer_folder(tiny_model_dir, tmp_path, data, monkeypatch):
+    ift, eft, _ = data
+    cfg = SftConfig(epochs=1, batch_size=1, micro_batch_size=1, learning_rate=1e-3, dropout=0.0, save_every_steps=100)
+    from transformers import Trainer
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(str(tiny_model_dir), ift, eft, tmp_path / "m1", cfg, seed=0)
+    assert not list(tmp_path.glob(".m1*"))

@@ -121,6 +121,11 @@ class SftConfig(_Section):
         "random groups of up to 50 batches, sorted within): less padding. Used only when micro_batch_size > 1; "
         "changes the order of examples, nothing else.",
     )
+    save_every_steps: int | None = Field(
+        None, ge=1, description="Save a trainer checkpoint (weights, optimizer, scheduler, RNG) every this many "
+        "optimizer steps beside the output, so that a killed or interrupted run of this stage resumes from the last "
+        "one instead of starting over; null = no checkpoints (a short stage is cheaper to redo).",
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
@@ -196,6 +201,11 @@ class DpoConfig(_Section):
         True, description="Put examples of similar length in the same batch (transformers' LengthGroupedSampler: "
         "random groups of up to 50 batches, sorted within): less padding. Used only when micro_batch_size > 1; "
         "changes the order of examples, nothing else.",
+    )
+    save_every_steps: int | None = Field(
+        None, ge=1, description="Save a trainer checkpoint (weights, optimizer, scheduler, RNG) every this many "
+        "optimizer steps beside the output, so that a killed or interrupted run of this stage resumes from the last "
+        "one instead of starting over; null = no checkpoints (a short stage is cheaper to redo).",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     nll_weight: float = Field(
@@ -318,8 +328,8 @@ ADDED_KEYS: dict[str, dict[str, object]] = {
     "backend": {"tensor_parallel_size": 1, "gpu_memory_utilization": 0.85, "max_model_len": None,
                 "enforce_eager": False},
     "judge": {"method": "sample_mean"},
-    "sft": {"group_by_length": True},
-    "dpo": {"group_by_length": True, "checkpoint_every_steps": None, "nll_weight": 0.0},
+    "sft": {"group_by_length": True, "save_every_steps": None},
+    "dpo": {"group_by_length": True, "checkpoint_every_steps": None, "nll_weight": 0.0, "save_every_steps": None},
     "eval": {"winrate_method": "pairwise", "select_checkpoint": False, "selection_prompts": None, "selection_limit": 32,
              "selection_judge": "previous", "ifeval_prompts": None, "ifeval_limit": None, "ifeval_max_new_tokens": 384},
     "loop": {"require_judge_signal": False},

@@ -48,7 +48,8 @@ def run_dpo(
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     out_dir = Path(out_dir)
-    with training.scratch_dir(out_dir) as scratch:
+    key = training.resume_key("dpo", model_path, pairs, cfg.model_dump(mode="json"), seed) if cfg.save_every_steps else None
+    with training.scratch_dir(out_dir, key) as scratch:
         args = DPOConfig(
             **training.trainer_kwargs(cfg=cfg, device=device, dtype=torch_dtype, seed=seed, output_dir=scratch),
             beta=cfg.beta,
@@ -83,7 +84,7 @@ def run_dpo(
             callbacks=[training.nan_guard()],
         )
         select.add_checkpoint_saver(trainer, cfg.checkpoint_every_steps, out_dir, loaded.tokenizer)
-        trainer.train()
+        training.train(trainer, scratch, cfg.save_every_steps)
         training.finish_and_save(trainer, loaded.tokenizer, out_dir, base_model=loaded.path, dtype=torch_dtype)
     stats = training.log_history_stats(
         trainer.state.log_history,

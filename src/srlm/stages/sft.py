@@ -78,7 +78,8 @@ def run_sft(
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     out_dir = Path(out_dir)
-    with training.scratch_dir(out_dir) as scratch:
+    key = training.resume_key("sft", model_path, examples, cfg.model_dump(mode="json"), seed) if cfg.save_every_steps else None
+    with training.scratch_dir(out_dir, key) as scratch:
         args = SFTConfig(
             **training.trainer_kwargs(cfg=cfg, device=device, dtype=torch_dtype, seed=seed, output_dir=scratch),
             completion_only_loss=True,
@@ -99,7 +100,7 @@ def run_sft(
             peft_config=training.peft_config(cfg.lora),
             callbacks=[training.nan_guard()],
         )
-        trainer.train()
+        training.train(trainer, scratch, cfg.save_every_steps)
         training.finish_and_save(trainer, loaded.tokenizer, out_dir, base_model=loaded.path, dtype=torch_dtype)
     stats = training.log_history_stats(trainer.state.log_history, {"mean_token_accuracy": "token_accuracy_mean"})
     return {"ift_examples": len(ift), "eft_examples": len(eft), "processes": trainer.args.world_size, **stats}

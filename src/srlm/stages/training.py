@@ -7,6 +7,8 @@ a floor learning rate, dropout from `sft/dpo.dropout` (paper 0.1), no checkpoint
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -47,7 +49,9 @@ def trainer_kwargs(*, cfg, device: str, dtype, seed: int, output_dir: str) -> di
         logging_steps=1,
         gradient_checkpointing=cfg.gradient_checkpointing,
         logging_nan_inf_filter=False,  # the default hides a NaN loss from the logs, and so from the guard below
-        save_strategy="no",
+        # Trainer checkpoints only when asked for (sft/dpo.save_every_steps): they let a killed stage resume.
+        **({"save_strategy": "steps", "save_steps": cfg.save_every_steps, "save_total_limit": 1}
+           if getattr(cfg, "save_every_steps", None) else {"save_strategy": "no"}),
         report_to=[],
         dataloader_num_workers=0,
         disable_tqdm=False,
@@ -187,20 +191,73 @@ def merge_adapters(base_model: str, adapter_dir: Path, dtype):
     return merged
 
 
+RESUME_KEY_FILE = "resume_key.txt"
+
+
+def resume_key(*parts) -> str:
+    """A hash of everything a training run's result depends on (model, data files' bytes, settings, seed): a
+    trainer checkpoint is resumed only by a run with the same key."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, (str, Path)) and str(part) and Path(part).is_dir():
+            # A model folder: its files' names, sizes and modification times (hashing 140 GB of weights is not
+            # worth it; a retrained model is rewritten, so its times change).
+            digest.update(json.dumps(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                                            for f in Path(part).iterdir() if f.is_file())).encode())
+        elif isinstance(part, Path) or (isinstance(part, str) and part and Path(part).is_file()):
+            digest.update(Path(part).read_bytes())
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
 @contextmanager
-def scratch_dir(out_dir: Path):
-    """The trainer's working folder beside the output, at a fixed name so a killed run's leftovers are cleared."""
+def scratch_dir(out_dir: Path, key: str | None = None):
+    """The trainer's working folder beside the output, at a fixed name.
+
+    Without `key` a killed run's leftovers are cleared. With `key` (training with save_every_steps) the folder is
+    kept when it was made by a run with the same key, so that its last checkpoint can be resumed (see
+    `last_checkpoint`); a folder from other settings or data is cleared. It is removed once the model is saved,
+    and on an interrupt or error when it holds no checkpoint, so nothing empty is left behind.
+    """
     path = out_dir.parent / f".{out_dir.name}.trainer"
     # All ranks share the folder; only rank 0 clears and removes it. The process group does not exist yet, so the
     # launcher's RANK says who that is.
     main = int(os.environ.get("RANK", "0")) == 0
     if main:
-        fresh_dir(path)
+        stamp = path / RESUME_KEY_FILE
+        if key is None or not stamp.is_file() or stamp.read_text().strip() != key:
+            fresh_dir(path)
+            if key is not None:
+                stamp.write_text(key + "\n")
+    finished = False
     try:
         yield str(path)
+        finished = True
     finally:
-        if main:
+        if main and (finished or last_checkpoint(path) is None):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def last_checkpoint(scratch) -> str | None:
+    """The newest complete trainer checkpoint in the scratch folder, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    scratch = Path(scratch)
+    if not scratch.is_dir():
+        return None
+    found = get_last_checkpoint(str(scratch))
+    # A checkpoint is complete once the trainer wrote its state, the last file it saves.
+    return found if found and (Path(found) / "trainer_state.json").is_file() else None
+
+
+def train(trainer, scratch: str, save_every_steps: int | None) -> None:
+    """trainer.train(), resumed from the last checkpoint in `scratch` when there is one."""
+    resume = last_checkpoint(scratch) if save_every_steps else None
+    if resume:
+        print(f"srlm: resuming training from {Path(resume).name} (saved every {save_every_steps} steps)", flush=True)
+    trainer.train(resume_from_checkpoint=resume)
 
 
 def log_history_stats(history: list[dict], keys: dict[str, str]) -> dict:
