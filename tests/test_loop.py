@@ -247,3 +247,29 @@ def test_a_judge_with_signal_trains_and_ifeval_runs_for_every_model(tiny_model_d
     out = capsys.readouterr().out
     assert "m2 IFEval prompt strict" in out and "no better than chance" not in out
     assert (run_dir / "models" / "m2" / "model.safetensors").exists()
+
+
+def test_a_collapsing_judge_is_warned_about(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """A judge that gives nearly every answer full marks (the collapse later self-rewarding work reports)."""
+    import srlm.backends.fake as fake
+
+    original = fake.default_script
+
+    def generous(request, index):
+        text = original(request, index)
+        if text.startswith("The response is on topic"):
+            return "Excellent.\nScore: " + ("4" if len(request.request_id) % 4 == 0 and index == 0 else "5")
+        return text
+
+    monkeypatch.setattr(fake, "default_script", generous)
+    run_dir = tmp_path / "run"
+    try:
+        summary = run_loop(small_config(tiny_model_dir, "loop.iterations=1"), run_dir)
+    except SrlmError as exc:  # every prompt tied: no pairs; the warning must come first
+        assert "zero preference pairs" in str(exc)
+        summary = None
+    out = capsys.readouterr().out
+    assert "srlm: warning: iteration 1:" in out and "got the top score" in out
+    if summary is not None:
+        monitors = summary["iterations"][0]["monitors"]
+        assert monitors["top_score_share"] > 0.5 and summary["iterations"][0]["warnings"]

@@ -164,6 +164,9 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
                               seed=cfg.seed, chunk_prompts=gen_cfg.chunk_prompts),
         )
         actor.close()  # free the generation model before training
+        early = collapse_monitors({"score_histogram": stats["judge_stage"].get("score_histogram")})
+        for warning in collapse_warnings(early, None):  # said now: with every answer at 5 there may be no pairs
+            print(f"srlm: warning: iteration {t}: {warning}", flush=True)
         stats["pairs_stage"] = rd.stage(
             f"iter_{t}/pairs", cfg.fingerprint("seed", "pairs"), [d / "pairs.jsonl"],
             lambda: run_pairs(d / "responses.jsonl", d / "judgements.jsonl", d / "pairs.jsonl", cfg.pairs, seed=cfg.seed),
@@ -199,6 +202,9 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
             )
             judge_of[t + 1] = stats["eval"].get("judge_accuracy")
         row = iteration_row(stats, rd.seconds(f"iter_{t}/"))
+        row["monitors"] = collapse_monitors(row)
+        row["warnings"] = collapse_warnings(row["monitors"], (summary["iterations"][0] if summary["iterations"]
+                                                              else row)["monitors"])
         summary["iterations"].append(row)
         print_iteration_table(row)
         summary["seconds"] = round(rd.seconds(""), 1)
@@ -255,6 +261,52 @@ def check_judge_signal(cfg: Config, t: int, accuracy: dict | None) -> None:
         )
     print(f"srlm: warning: {measured}: the interval does not lie above 0.5, so iteration {t}'s preference pairs are "
           "no better than chance (loop.require_judge_signal=true stops here instead)", flush=True)
+
+
+# Collapse monitors (failure modes measured by later self-rewarding work): a warning is printed when one crosses its
+# threshold. A judge that gives (nearly) every answer the top score cannot rank them; a chosen-minus-rejected score gap
+# far below iteration 1's means the pairs carry less and less preference; DPO reward accuracy at 1.0 within the first
+# tenth of the steps means the pairs are fitted at once, typically by something trivial such as length.
+TOP_SCORE_SHARE_WARN = 0.5
+SCORE_GAP_FRACTION_WARN = 1 / 3
+EARLY_REWARD_ACCURACY_FRACTION = 0.1
+
+
+def collapse_monitors(row: dict) -> dict:
+    """top_score_share, tie_rate, pair_yield, score_gap_mean and the first step where DPO reward accuracy hit 1.0."""
+    hist = row.get("score_histogram") or {}
+    scored = sum(hist.values())
+    prompts = row.get("prompts") or 0
+    steps = row.get("dpo_steps") or []
+    first_perfect = next((s["step"] for s in steps if s.get("reward_accuracy") == 1.0), None)
+    gap = (row["chosen_score_mean"] - row["rejected_score_mean"]
+           if isinstance(row.get("chosen_score_mean"), (int, float)) and isinstance(row.get("rejected_score_mean"), (int, float))
+           else None)
+    return {
+        "top_score_share": round(hist.get("5", 0) / scored, 4) if scored else None,
+        "tie_rate": round((row.get("pairs_dropped") or {}).get("tie", 0) / prompts, 4) if prompts else None,
+        "pair_yield": round(row["pairs"] / prompts, 4) if prompts else None,
+        "score_gap_mean": round(gap, 4) if gap is not None else None,
+        "dpo_first_step_reward_accuracy_1": first_perfect,
+        "dpo_steps_total": len(steps),
+    }
+
+
+def collapse_warnings(monitors: dict, first: dict | None) -> list[str]:
+    """Plain-language warnings for the monitors of one iteration; `first` = iteration 1's monitors."""
+    warnings = []
+    if (monitors.get("top_score_share") or 0) > TOP_SCORE_SHARE_WARN:
+        warnings.append(f"{monitors['top_score_share']:.0%} of candidates got the top score (threshold "
+                        f"{TOP_SCORE_SHARE_WARN:.0%}): the judge is close to giving every answer full marks")
+    gap, first_gap = monitors.get("score_gap_mean"), (first or {}).get("score_gap_mean")
+    if gap is not None and first_gap and first is not monitors and gap < first_gap * SCORE_GAP_FRACTION_WARN:
+        warnings.append(f"the chosen-rejected score gap {gap:.3f} is below a third of iteration 1's ({first_gap:.3f}): "
+                        "the pairs carry less and less preference")
+    first_perfect, total = monitors.get("dpo_first_step_reward_accuracy_1"), monitors.get("dpo_steps_total") or 0
+    if first_perfect is not None and total >= 10 and first_perfect <= max(1, EARLY_REWARD_ACCURACY_FRACTION * total):
+        warnings.append(f"DPO reward accuracy reached 1.0 at step {first_perfect} of {total}: the pairs were "
+                        "separated at once, often by something trivial such as length")
+    return warnings
 
 
 def iteration_row(stats: dict, seconds: float) -> dict:
@@ -337,6 +389,13 @@ def print_iteration_table(row: dict) -> None:
     if "ifeval" in evaluation:
         lines.append((f"m{row['iteration'] + 1} IFEval prompt strict", _ifeval_cell(evaluation["ifeval"])))
     width = max(len(k) for k, _ in lines)
+    monitors = row.get("monitors") or {}
+    if monitors:
+        lines.append(("top-score share / tie rate / pair yield",
+                      f"{_pct(monitors.get('top_score_share'))} / {_pct(monitors.get('tie_rate'))} / "
+                      f"{monitors.get('pair_yield')} pairs per prompt"))
+    for warning in row.get("warnings") or []:
+        lines.append(("warning", warning))
     accuracy = row.get("judge_accuracy")
     if accuracy and accuracy.get("judge_signal") != "above chance":
         lines.append(("warning", f"m{row['iteration']}'s judge is no better than chance on this evidence: so are "
@@ -372,3 +431,7 @@ def _ifeval_cell(metrics: dict) -> str:
         return "n/a"
     ci = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval and interval[0] is not None else ""
     return f"{value:.3f}{ci}, {metrics.get('n_prompts')} prompts"
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:.0%}"

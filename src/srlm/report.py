@@ -253,7 +253,8 @@ def _fmt(value: Any, kind: str = "num") -> str:
 
 def _iteration_table(data: dict) -> tuple[list[str], list[list[str]]]:
     header = ["iteration", "model", "prompts", "candidates", "judge parse rate", "mean score", "pairs",
-              "chosen / rejected score", "chosen / rejected length (chars)", "DPO reward acc.", "seconds"]
+              "chosen / rejected score", "chosen / rejected length (chars)", "DPO reward acc.", "seconds",
+              "top-score share", "tie rate", "warnings"]
     rows = []
     for it in data["iterations"]:
         r = it["row"]
@@ -264,6 +265,9 @@ def _iteration_table(data: dict) -> tuple[list[str], list[list[str]]]:
             f"{_fmt(r.get('chosen_score_mean'))} / {_fmt(r.get('rejected_score_mean'))}",
             f"{_fmt(it['chosen_len_mean'], 'int')} / {_fmt(it['rejected_len_mean'], 'int')}",
             _fmt(r.get("dpo_reward_accuracy"), "pct"), _fmt(r.get("seconds")),
+            _fmt((r.get("monitors") or {}).get("top_score_share"), "pct"),
+            _fmt((r.get("monitors") or {}).get("tie_rate"), "pct"),
+            "; ".join(str(w) for w in r.get("warnings") or []) or "none",
         ])
     return header, rows
 
