@@ -96,6 +96,12 @@ def test_a_changed_setting_reruns_that_stage_and_everything_after(tiny_model_dir
     out = capsys.readouterr().out
     assert "iter_1/judge: already done" in out
     assert "iter_1/pairs: running" in out and "iter_1/dpo: running" in out
+    # said before anything ran: the changed key, the stages that rerun, and where the old config went
+    preview = out[: out.index("srlm: sft:")]
+    assert "pairs.min_score_gap: 0.0 -> 0.5" in preview
+    assert "finished stages that will rerun: iter_1/pairs, iter_1/dpo\n" in preview
+    assert "min_score_gap: 0.0" in (run_dir / "config.previous.yaml").read_text()
+    assert "min_score_gap: 0.5" in (run_dir / "config.yaml").read_text()
 
 
 def test_zero_pairs_stops_with_a_clear_message(tiny_model_dir, tmp_path, monkeypatch):

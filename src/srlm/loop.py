@@ -36,6 +36,79 @@ from srlm.stages.sft import run_sft
 from srlm.seed import resolve_data_path  # also imported from here by callers: `srlm.loop.resolve_data_path`
 
 
+# The config sections each stage reads: a stage reruns when one of them changed (or a main-line stage before it
+# reran). Groups are hashed separately and joined, as they always have been, so fingerprints stay what they were.
+STAGE_SECTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "sft": (("seed", "model", "data", "sft"), ("judge",)),
+    "eval_m1": (("eval", "judge"),),
+    "eval_m1_ifeval": (("seed", "eval"),),
+    "prompts": (("seed", "prompts", "backend"),),
+    "respond": (("seed", "respond", "backend"),),
+    "judge": (("seed", "judge", "backend"),),
+    "pairs": (("seed", "pairs"),),
+    "dpo": (("seed", "dpo"),),
+    "eval": (("seed", "eval", "judge"),),
+    "sft_baseline": (("seed", "model", "data", "sft"),),
+}
+MAIN_LINE = ("sft", "prompts", "respond", "judge", "pairs", "dpo")
+
+
+def stage_fingerprint(cfg: Config, stage: str) -> str:
+    return "".join(cfg.fingerprint(*group) for group in STAGE_SECTIONS[stage])
+
+
+def changed_settings(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, old value, new value) for every setting that differs between two dumped configs."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += changed_settings(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append((f"{prefix}{key}", a, b))
+    return changes
+
+
+def preview_changes(cfg: Config, rd: RunDir) -> None:
+    """On a run directory that has run before with other settings: say which keys changed and which finished
+    stages will rerun, before anything is touched, and keep the old config as config.previous.yaml."""
+    import yaml
+
+    from srlm.config import ADDED_KEYS
+
+    old_path = rd.root / "config.yaml"
+    if not old_path.is_file():
+        return
+    try:
+        old = yaml.safe_load(old_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        old = {}
+    new = cfg.model_dump(mode="json")
+    for section, added in ADDED_KEYS.items():  # keys added since that config was written, still at their defaults
+        for key, default in added.items():
+            if isinstance(old.get(section), dict) and key not in old[section] and new.get(section, {}).get(key) == default:
+                old[section][key] = default
+    changes = changed_settings(old, new)
+    if not changes:
+        return
+    print("srlm: settings changed since this run directory last ran:", flush=True)
+    for key, a, b in changes:
+        print(f"  {key}: {a!r} -> {b!r}")
+    changed_sections = {key.split(".")[0] for key, _, _ in changes}
+    done = {k for k, v in rd.manifest["stages"].items() if v.get("status") == "done"}
+    rerun, main_changed = [], False
+    for stage in MAIN_LINE:
+        main_changed = main_changed or any(changed_sections & set(g) for g in STAGE_SECTIONS[stage])
+        if main_changed:
+            rerun += [k for k in sorted(done) if k == stage or k.endswith(f"/{stage}")]
+    side = [k for k in sorted(done) if k not in rerun and k.split("/")[-1] not in MAIN_LINE
+            and (main_changed or any(changed_sections & set(g)
+                                     for g in STAGE_SECTIONS.get(k.split("/")[-1].replace("eval_sft_baseline", "eval_m1"), ())))]
+    print(f"  finished stages that will rerun: {', '.join(rerun + side) or 'none'}", flush=True)
+    (rd.root / "config.previous.yaml").write_text(old_path.read_text(encoding="utf-8"), encoding="utf-8")
+    print(f"  the previous config is kept in {rd.root / 'config.previous.yaml'}", flush=True)
+
+
 def seed_prompt_texts(cfg: Config) -> list[str]:
     path = resolve_data_path(cfg.data.seed_prompts or cfg.data.ift)
     return [r["prompt"].strip() for r in iter_jsonl(path, {"prompt": str})]
@@ -110,24 +183,25 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
     if cfg.loop.iterations == 0:
         print("srlm: loop.iterations=0: this run trains M1 (SFT) and evaluates it, with no self-rewarding "
               "iteration", flush=True)
+    preview_changes(cfg, rd)
     save_config(cfg, rd.root / "config.yaml")
     started = time.perf_counter()
     ift_path, eft_path = resolve_data_path(cfg.data.ift), resolve_data_path(cfg.data.eft)
 
     m1 = rd.model_dir(1)
     sft_stats = rd.stage(
-        "sft", cfg.fingerprint("seed", "model", "data", "sft") + cfg.fingerprint("judge"), [m1 / "config.json"],
+        "sft", stage_fingerprint(cfg, "sft"), [m1 / "config.json"],
         lambda: _train_sft(cfg, rd, ift_path, eft_path, m1),
     )
     summary = {"run_dir": str(rd.root), "sft": sft_stats, "iterations": []}
     if cfg.eval.judge_data:
         summary["m1_judge_accuracy"] = rd.stage(
-            "eval_m1", cfg.fingerprint("eval", "judge"), [rd.root / "eval_m1" / "judge_accuracy.json"],
+            "eval_m1", stage_fingerprint(cfg, "eval_m1"), [rd.root / "eval_m1" / "judge_accuracy.json"],
             lambda: judge_accuracy(cfg, str(m1), rd.root / "eval_m1"), side=True,
         )
     if cfg.eval.ifeval_prompts:
         summary["m1_ifeval"] = rd.stage(
-            "eval_m1_ifeval", cfg.fingerprint("seed", "eval"), [rd.root / "eval_m1" / "ifeval.json"],
+            "eval_m1_ifeval", stage_fingerprint(cfg, "eval_m1_ifeval"), [rd.root / "eval_m1" / "ifeval.json"],
             lambda: ifeval_accuracy(cfg, str(m1), rd.root / "eval_m1"), side=True,
         )
     seeds = seed_prompt_texts(cfg)
@@ -147,19 +221,19 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         if judge_of.get(t):
             stats["judge_accuracy"] = judge_of[t]
         stats["prompts_stage"] = rd.stage(
-            f"iter_{t}/prompts", cfg.fingerprint("seed", "prompts", "backend"), [d / "prompts.jsonl"],
+            f"iter_{t}/prompts", stage_fingerprint(cfg, "prompts"), [d / "prompts.jsonl"],
             lambda: run_prompts(seeds, earlier, d / "prompts.jsonl", prompt_generator.get(), cfg.prompts,
                                 seed=cfg.seed, iteration=t),
         )
         if prompt_generator is not actor:
             prompt_generator.close()
         stats["respond_stage"] = rd.stage(
-            f"iter_{t}/respond", cfg.fingerprint("seed", "respond", "backend"), [d / "responses.jsonl"],
+            f"iter_{t}/respond", stage_fingerprint(cfg, "respond"), [d / "responses.jsonl"],
             lambda: run_respond(d / "prompts.jsonl", d / "responses.jsonl", actor.get(), cfg.respond,
                                 seed=cfg.seed, chunk_prompts=gen_cfg.chunk_prompts),
         )
         stats["judge_stage"] = rd.stage(
-            f"iter_{t}/judge", cfg.fingerprint("seed", "judge", "backend"), [d / "judgements.jsonl"],
+            f"iter_{t}/judge", stage_fingerprint(cfg, "judge"), [d / "judgements.jsonl"],
             lambda: run_judge(d / "responses.jsonl", d / "judgements.jsonl", actor.get(), cfg.judge,
                               seed=cfg.seed, chunk_prompts=gen_cfg.chunk_prompts),
         )
@@ -168,7 +242,7 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         for warning in collapse_warnings(early, None):  # said now: with every answer at 5 there may be no pairs
             print(f"srlm: warning: iteration {t}: {warning}", flush=True)
         stats["pairs_stage"] = rd.stage(
-            f"iter_{t}/pairs", cfg.fingerprint("seed", "pairs"), [d / "pairs.jsonl"],
+            f"iter_{t}/pairs", stage_fingerprint(cfg, "pairs"), [d / "pairs.jsonl"],
             lambda: run_pairs(d / "responses.jsonl", d / "judgements.jsonl", d / "pairs.jsonl", cfg.pairs, seed=cfg.seed),
         )
         if stats["pairs_stage"]["pairs"] == 0:
@@ -184,7 +258,7 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         # without it keep theirs).
         selecting = cfg.eval.select_checkpoint
         stats["dpo_stage"] = rd.stage(
-            f"iter_{t}/dpo", cfg.fingerprint("seed", "dpo") + ("+select" if selecting else ""),
+            f"iter_{t}/dpo", stage_fingerprint(cfg, "dpo") + ("+select" if selecting else ""),
             [model_next / "config.json"],
             lambda: _train_dpo(cfg, rd, model_t, d / "pairs.jsonl", model_next),
         )
@@ -196,7 +270,7 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
             )
         if cfg.eval.heldout_prompts or cfg.eval.judge_data or cfg.eval.ifeval_prompts:
             stats["eval"] = rd.stage(
-                f"iter_{t}/eval", cfg.fingerprint("seed", "eval", "judge"), [d / "eval"],
+                f"iter_{t}/eval", stage_fingerprint(cfg, "eval"), [d / "eval"],
                 lambda: run_iteration_eval(cfg, str(model_next), str(model_t), d / "eval", m1=str(m1),
                                            answers_dir=rd.root / "eval_answers"), side=True,
             )
@@ -214,17 +288,17 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         # The paper's comparison model: the same SFT on IFT only, no judge demonstrations.
         baseline = rd.root / "models" / "sft_baseline"
         summary["sft_baseline"] = rd.stage(
-            "sft_baseline", cfg.fingerprint("seed", "model", "data", "sft"), [baseline / "config.json"],
+            "sft_baseline", stage_fingerprint(cfg, "sft_baseline"), [baseline / "config.json"],
             lambda: _train_sft(cfg, rd, ift_path, None, baseline), side=True,
         )
         if cfg.eval.judge_data:
             summary["sft_baseline_judge_accuracy"] = rd.stage(
-                "eval_sft_baseline", cfg.fingerprint("eval", "judge"), [rd.root / "eval_sft_baseline" / "judge_accuracy.json"],
+                "eval_sft_baseline", stage_fingerprint(cfg, "eval_m1"), [rd.root / "eval_sft_baseline" / "judge_accuracy.json"],
                 lambda: judge_accuracy(cfg, str(baseline), rd.root / "eval_sft_baseline"), side=True,
             )
         if cfg.eval.ifeval_prompts:
             summary["sft_baseline_ifeval"] = rd.stage(
-                "eval_sft_baseline_ifeval", cfg.fingerprint("seed", "eval"),
+                "eval_sft_baseline_ifeval", stage_fingerprint(cfg, "eval_m1_ifeval"),
                 [rd.root / "eval_sft_baseline" / "ifeval.json"],
                 lambda: ifeval_accuracy(cfg, str(baseline), rd.root / "eval_sft_baseline"), side=True,
             )
