@@ -279,3 +279,27 @@ def test_a_collapsing_judge_is_warned_about(tiny_model_dir, tmp_path, monkeypatc
     if summary is not None:
         monitors = summary["iterations"][0]["monitors"]
         assert monitors["top_score_share"] > 0.5 and summary["iterations"][0]["warnings"]
+
+
+def test_every_model_has_a_card_and_iteration_t_trains_from_m_t_against_m_t(tiny_model_dir, tmp_path):
+    from srlm.cards import model_sha256
+
+    run_dir = tmp_path / "run"
+    run_loop(small_config(tiny_model_dir, "loop.sft_baseline=true", *write_eval_files(tmp_path)), run_dir)
+    lineage = json.loads((run_dir / "manifest.json").read_text())["lineage"]
+    hashes = {name: model_sha256(run_dir / "models" / name) for name in ("m1", "m2", "m3")}
+    for t in (1, 2):
+        entry = lineage[f"m{t + 1}"]
+        assert entry["trained_from"] == entry["reference"] == f"models/m{t}"
+        assert entry["trained_from_sha256"] == entry["reference_sha256"] == hashes[f"m{t}"]
+        assert entry["sha256"] == hashes[f"m{t + 1}"]
+        assert entry["data"]["name"] == f"iter_{t}/pairs.jsonl" and entry["data"]["rows"] > 0
+    assert hashes["m2"] != hashes["m1"]  # so iteration 2 provably did not start from M1
+    assert lineage["m1"]["trained_from"] == str(tiny_model_dir) and lineage["m1"]["reference"] is None
+    for name in ("m1", "m2", "m3", "sft_baseline"):
+        card = (run_dir / "models" / name / "README.md").read_text()
+        assert card.startswith("---\nbase_model: ") and "library_name: transformers" in card
+    m3 = (run_dir / "models" / "m3" / "README.md").read_text()
+    assert "with `models/m2` as the reference model" in m3 and hashes["m2"] in m3
+    assert "judge pairwise accuracy on" in m3 and "m3 vs m1" in m3 and "judge: M1 (fixed)" in m3
+    assert "instruction data only" in (run_dir / "models" / "sft_baseline" / "README.md").read_text()

@@ -18,6 +18,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from srlm import cards
 from srlm.backends import backend_for, check_judge_method
 from srlm.config import Config, save_config
 from srlm.errors import SrlmError
@@ -193,6 +194,7 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         "sft", stage_fingerprint(cfg, "sft"), [m1 / "config.json"],
         lambda: _train_sft(cfg, rd, ift_path, eft_path, m1),
     )
+    cards.record_lineage(rd, "m1", cfg.model.name_or_path, None, None)
     summary = {"run_dir": str(rd.root), "sft": sft_stats, "iterations": []}
     if cfg.eval.judge_data:
         summary["m1_judge_accuracy"] = rd.stage(
@@ -268,6 +270,9 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
                 f"iter_{t}/select", selection_fingerprint(cfg), [d / "selection.json", model_next / "config.json"],
                 lambda: run_selection(cfg, model_t, model_next, d),
             )
+        # Which model this one was trained from and against: M_t for both (TRL's reference is the starting model).
+        cards.record_lineage(rd, f"m{t + 1}", model_t, model_t,
+                             cards.data_record(f"iter_{t}/pairs.jsonl", str(d / "pairs.jsonl")))
         if cfg.eval.heldout_prompts or cfg.eval.judge_data or cfg.eval.ifeval_prompts:
             stats["eval"] = rd.stage(
                 f"iter_{t}/eval", stage_fingerprint(cfg, "eval"), [d / "eval"],
@@ -283,6 +288,7 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         print_iteration_table(row)
         summary["seconds"] = round(rd.seconds(""), 1)
         write_json(rd.root / "summary.json", summary)
+        write_cards(cfg, rd, summary)
 
     if cfg.loop.sft_baseline:
         # The paper's comparison model: the same SFT on IFT only, no judge demonstrations.
@@ -302,6 +308,8 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
                 [rd.root / "eval_sft_baseline" / "ifeval.json"],
                 lambda: ifeval_accuracy(cfg, str(baseline), rd.root / "eval_sft_baseline"), side=True,
             )
+    if cfg.loop.sft_baseline:
+        cards.record_lineage(rd, "sft_baseline", cfg.model.name_or_path, None, None)
     summary["seconds"] = round(rd.seconds(""), 1)
     summary["final_model"] = str(rd.model_dir(cfg.loop.iterations + 1))
     beyond = sorted(t for t in range(cfg.loop.iterations + 1, cfg.loop.iterations + 100) if rd.iter_dir(t).exists())
@@ -313,11 +321,19 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
               f"run with more iterations; this summary covers loop.iterations={cfg.loop.iterations}, so its final "
               f"model is {summary['final_model']}", flush=True)
     write_json(rd.root / "summary.json", summary)
+    write_cards(cfg, rd, summary)
     html_path, _ = write_report(rd.root)
     print(f"srlm: report {html_path}", flush=True)
     print(f"srlm: run finished in {time.perf_counter() - started:.0f} s this session; final model "
           f"{summary['final_model']}; summary {rd.root / 'summary.json'}", flush=True)
     return summary
+
+
+def write_cards(cfg: Config, rd: RunDir, summary: dict) -> None:
+    """A model card (models/<name>/README.md) for every model of the run so far, with its figures."""
+    for name in rd.manifest.get("lineage", {}):
+        if (rd.root / "models" / name / "config.json").exists():
+            cards.write_model_card(cfg, rd, name, summary)
 
 
 def check_judge_signal(cfg: Config, t: int, accuracy: dict | None) -> None:

@@ -200,10 +200,12 @@ def resume_key(*parts) -> str:
     digest = hashlib.sha256()
     for part in parts:
         if isinstance(part, (str, Path)) and str(part) and Path(part).is_dir():
-            # A model folder: its files' names, sizes and modification times (hashing 140 GB of weights is not
-            # worth it; a retrained model is rewritten, so its times change).
+            # A model folder: its weight and config files' names, sizes and modification times (hashing 140 GB of
+            # weights is not worth it; a retrained model is rewritten, so its times change; a model card is not
+            # part of the model).
             digest.update(json.dumps(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
-                                            for f in Path(part).iterdir() if f.is_file())).encode())
+                                            for f in Path(part).iterdir()
+                                            if f.suffix == ".safetensors" or f.name == "config.json")).encode())
         elif isinstance(part, Path) or (isinstance(part, str) and part and Path(part).is_file()):
             digest.update(Path(part).read_bytes())
         else:
