@@ -25,7 +25,16 @@ def test_quickstart_reaches_m3_with_pairs_every_iteration(tmp_path):
         assert 0.0 <= row["eval"]["winrate_vs_previous"]["win_rate"] <= 1.0, row
         assert row["eval"]["winrate_vs_previous"]["n"] == 8
         assert 0.0 <= row["eval"]["judge_accuracy"]["pairwise_accuracy"] <= 1.0, row
-    assert summary["m1_judge_accuracy"]["n"] == 12
+    assert summary["m1_judge_accuracy"]["n"] == 16 and summary["m1_judge_accuracy"]["data"] == "builtin:hh_test"
+    for row in summary["iterations"]:
+        # DPO moves the model on its pairs (the evidence issue's quickstart target), and every step is logged
+        assert row["dpo_loss_first"] - row["dpo_loss_last"] >= 0.05, row["dpo_steps"]
+        assert len(row["dpo_steps"]) >= 2  # two passes over the pairs, batch 4
+        assert row["judge_accuracy"]["pairwise_accuracy_ci"] is not None and "monitors" in row
+    assert summary["iterations"][1]["eval"]["winrate_vs_m1"]["judge"] == "M1 (fixed)"
+    assert "judge (m1) pairwise acc." in proc.stdout and "m3 vs m1 (win/tie/loss)" in proc.stdout
+    for name in ("m1", "m2", "m3"):
+        assert (run_dir / "models" / name / "README.md").read_text().startswith("---\nbase_model: ")
     assert (run_dir / "models" / "m3" / "model.safetensors").exists()
     assert "<svg" in (run_dir / "report.html").read_text()
     assert "iteration 2: m2 -> m3" in proc.stdout
