@@ -8,7 +8,7 @@ table of what each model measured on data no model was trained on, every figure 
 - IFEval prompt-level strict accuracy on 150 of the 300 IFEval prompts in ../shared/data (the other 150, by the
   sha256 of their key, are set apart for choosing settings and are never reported); M3 vs M1 paired;
 - win rate vs M1 on 100 OpenAssistant prompts (builtin:oasst_prompts), every answer graded alone by M1's judge
-  (fixed for the run), ties half; the SFT baseline's answers are graded here too, after the run;
+  (fixed for the run), ties half; with --baseline-winrate the SFT baseline's answers are graded too, after the run;
 - mean length (characters) of the greedy answers to those prompts;
 - DPO loss at the first and last step of the iteration that made the model.
 
@@ -164,13 +164,16 @@ def main() -> None:
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "evidence"))
     parser.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--table-only", action="store_true", help="only read an existing run directory")
+    parser.add_argument("--baseline-winrate", action="store_true",
+                        help="also grade the SFT baseline's answers against M1's (about 5 more minutes)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for the recipe")
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
     if not args.table_only:
         reported, _apart = split_ifeval(Path(args.shared), run_dir.parent / f"{run_dir.name}_data")
         run_loop(run_dir, reported, args.overrides)
-        baseline_winrate(run_dir)
+        if args.baseline_winrate:
+            baseline_winrate(run_dir)
     result = collect(run_dir)
     (run_dir / "evidence.json").write_text(json.dumps(result, indent=1))
     table = render(result)
