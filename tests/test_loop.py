@@ -303,3 +303,27 @@ def test_every_model_has_a_card_and_iteration_t_trains_from_m_t_against_m_t(tiny
     assert "with `models/m2` as the reference model" in m3 and hashes["m2"] in m3
     assert "judge pairwise accuracy on" in m3 and "m3 vs m1" in m3 and "judge: M1 (fixed)" in m3
     assert "instruction data only" in (run_dir / "models" / "sft_baseline" / "README.md").read_text()
+
+
+def test_a_run_whose_model_writes_some_empty_answers_finishes(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Empty and whitespace-only answers are skipped and counted by the judge stage, never fatal (issue: a run
+    used to wedge, every rerun failing on srlm's own responses file)."""
+    import srlm.backends.fake as fake
+
+    original = fake.default_script
+
+    def sometimes_empty(request, index):
+        text = original(request, index)
+        if text.startswith("Answer ") and index % 4 == 1:
+            return "" if len(request.request_id) % 2 else "   \n"
+        return text
+
+    monkeypatch.setattr(fake, "default_script", sometimes_empty)
+    run_dir = tmp_path / "run"
+    summary = run_loop(small_config(tiny_model_dir, "loop.iterations=1"), run_dir)
+    judged = read_jsonl(run_dir / "iter_1" / "judgements.jsonl")
+    skipped = [r for r in judged if r.get("skipped") == "empty_response"]
+    assert skipped and all(r["score"] is None for r in skipped)
+    assert summary["iterations"][0]["pairs"] > 0 and (run_dir / "models" / "m2" / "model.safetensors").exists()
+    run_loop(small_config(tiny_model_dir, "loop.iterations=1"), run_dir)  # and a rerun is a no-op, not an error
+    assert "iter_1/judge: already done" in capsys.readouterr().out
