@@ -280,9 +280,9 @@ def format_judge_table(metrics: dict) -> str:
         lines.append(f"  {label:<20} {shown:>8}  {ci:<17} {metrics.get(count_key, '')}")
     length = metrics.get("length_baseline")
     if length and length.get("pairwise_accuracy") is not None:
-        low, high = length["pairwise_accuracy_ci"]
-        lines.append(f"  {'length baseline':<20} {length['pairwise_accuracy']:>8.3f}  [{low:.3f}, {high:.3f}]   "
-                     "(longer reply = better)")
+        interval = length.get("pairwise_accuracy_ci")
+        ci = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval and None not in interval else ""
+        lines.append(f"  {'length baseline':<20} {length['pairwise_accuracy']:>8.3f}  {ci:<17} (longer reply = better)")
     if metrics.get("judge_signal"):
         lines.append(f"  judge signal: {metrics['judge_signal']}"
                      + (" (the interval includes 0.5: no better than chance)" if metrics["judge_signal"] == "none" else ""))

@@ -76,14 +76,14 @@ def heldout_prompts(cfg: Config) -> list[str]:
     return [r["prompt"] for r in iter_jsonl(path, {"prompt": str})][: cfg.eval.heldout_limit]
 
 
-def _answers(cfg: Config, model_path: str, prompts: list[str], cache: Path) -> list[str]:
+def _answers(cfg: Config, model_path: str, prompts: list[str], cache: Path | None = None) -> list[str]:
     """Greedy answers of `model_path` to the held-out prompts, through the same path as `srlm eval generate`.
 
-    Kept in `cache` and reused while the prompts and generation settings are the same."""
+    Kept in `cache` (when given) and reused while the prompts and generation settings are the same."""
     from srlm.evaluation.prompt_sets import PromptItem, generate_answers
 
     key = {"prompts": prompts, "max_new_tokens": cfg.eval.max_new_tokens, "seed": cfg.seed, "model": model_path}
-    if cache.exists():
+    if cache is not None and cache.exists():
         saved = read_json(cache)
         if saved.get("key") == key:
             return saved["answers"]
@@ -95,7 +95,8 @@ def _answers(cfg: Config, model_path: str, prompts: list[str], cache: Path) -> l
     finally:
         backend.close()
     answers = [r["answers"][0] for r in records]
-    write_json(cache, {"key": key, "answers": answers})
+    if cache is not None:
+        write_json(cache, {"key": key, "answers": answers})
     return answers
 
 
