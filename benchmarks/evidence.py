@@ -10,7 +10,8 @@ table of what each model measured on data no model was trained on, every figure 
 - win rate vs M1 on 100 OpenAssistant prompts (builtin:oasst_prompts), every answer graded alone by M1's judge
   (fixed for the run), ties half; with --baseline-winrate the SFT baseline's answers are graded too, after the run;
 - mean length (characters) of the greedy answers to those prompts;
-- DPO loss at the first and last step of the iteration that made the model.
+- DPO loss at the first and last step of the iteration that made the model, and its mean over each of the two
+  passes (the first pass is a held-out check: every pair is new when it is trained on).
 
 The run directory resumes like any `srlm run`: run the script again after an interruption. The table goes to
 stdout, `<run-dir>/evidence.json` and `benchmarks/results/evidence.md`.
@@ -93,12 +94,20 @@ def _length(answers_file: Path) -> dict | None:
 def collect(run_dir: Path) -> dict:
     from srlm.evaluation.metrics import pair_credits, paired_difference
 
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"iterations": []}
+    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
     folders = {"sft_baseline": run_dir / "eval_sft_baseline", "m1": run_dir / "eval_m1"}
     dpo = {}
-    for row in summary["iterations"]:
-        folders[f"m{row['iteration'] + 1}"] = run_dir / f"iter_{row['iteration']}" / "eval"
-        dpo[f"m{row['iteration'] + 1}"] = (row.get("dpo_loss_first"), row.get("dpo_loss_last"))
+    t = 1
+    while (stages.get(f"iter_{t}/dpo") or {}).get("status") == "done":  # every trained M_t+1, summarised or not
+        stats = stages[f"iter_{t}/dpo"]["stats"]
+        losses = [step["loss"] for step in stats.get("per_step") or []]
+        half = len(losses) // 2  # two passes over the pairs: the first half of the steps is the first pass
+        passes = (round(sum(losses[:half]) / half, 3), round(sum(losses[half:]) / (len(losses) - half), 3)) if half else None
+        dpo[f"m{t + 1}"] = (stats.get("loss_first"), stats.get("loss_last"), passes)
+        folders[f"m{t + 1}"] = run_dir / f"iter_{t}" / "eval"
+        t += 1
     table = {}
     for model, folder in folders.items():
         vs_m1 = {"sft_baseline": folder / "winrate_vs_m1.json", "m2": folder / "winrate_vs_previous.json"}.get(
@@ -119,7 +128,7 @@ def collect(run_dir: Path) -> dict:
         common = sorted(set(a) & set(b))
         comparisons["judge_accuracy m1 - sft_baseline"] = paired_difference([a[g] for g in common],
                                                                             [b[g] for g in common])
-    last = f"m{len(summary['iterations']) + 1}"
+    last = f"m{t}"
     for model in (last,):
         first_items = _items(folders["m1"] / "ifeval.items.jsonl")
         last_items = _items(folders.get(model, Path("/nonexistent")) / "ifeval.items.jsonl")
@@ -129,12 +138,41 @@ def collect(run_dir: Path) -> dict:
             common = sorted(set(a) & set(b))
             comparisons[f"ifeval prompt strict {model} - m1"] = paired_difference([a[k] for k in common],
                                                                                 [b[k] for k in common])
-    return {"run_dir": str(run_dir), "seconds": summary.get("seconds"), "models": table, "comparisons": comparisons}
+    outside = {name: _read(folder / "finished_outside_the_loop.json") for name, folder in folders.items()
+               if (folder / "finished_outside_the_loop.json").exists()}
+    return {"run_dir": str(run_dir), "seconds": summary.get("seconds"), "models": table, "comparisons": comparisons,
+            "stage_seconds": {k: v.get("seconds") for k, v in stages.items()}, "finished_outside_the_loop": outside}
+
+
+def finish_outside_the_loop(run_dir: Path, judge_limit: int) -> None:
+    """The last model's evaluation when the loop's own was cut short (a session's time ran out): the same library
+    calls as the loop's eval stage (M_t+1 vs M1 judged by M1, IFEval, judge accuracy), the judge measured on the
+    first `judge_limit` pairs of the same data. Recorded in finished_outside_the_loop.json beside the results."""
+    from srlm.config import load_config
+    from srlm.io import write_json
+    from srlm.stages.evaluate import ifeval_accuracy, judge_accuracy, winrate
+
+    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    t = max(int(k.split("/")[0][5:]) for k, v in stages.items() if k.endswith("/dpo") and v["status"] == "done")
+    cfg = load_config(config_file=run_dir / "config.yaml", overrides=[f"eval.judge_limit={judge_limit}"])
+    models, out = run_dir / "models", run_dir / f"iter_{t}" / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    new, m1 = str(models / f"m{t + 1}"), str(models / "m1")
+    if not (out / "winrate_vs_m1.json").exists():
+        winrate(cfg, new, m1, m1, out / "winrate_vs_m1.json", run_dir / "eval_answers")
+    if not (out / "ifeval.json").exists():
+        ifeval_accuracy(cfg, new, out)
+    if not (out / "judge_accuracy.json").exists():
+        judge_accuracy(cfg, new, out)
+    write_json(out / "finished_outside_the_loop.json", {
+        "why": "the loop's eval stage for this model was stopped before it finished (session time); these files "
+               "come from the same functions, called by benchmarks/evidence.py --finish-outside-the-loop",
+        "judge_limit": judge_limit, "model": f"m{t + 1}"})
 
 
 def render(result: dict) -> str:
     rows = [("model", "judge acc. (hh_test)", "length baseline", "IFEval prompt strict", "win rate vs M1",
-             "mean length (chars)", "DPO loss first -> last")]
+             "mean length (chars)", "DPO loss first -> last", "DPO loss, pass 1 -> pass 2 (mean)")]
     for model, m in result["models"].items():
         judge = m["judge_accuracy"]
         length_base = (judge or {}).get("length_baseline")
@@ -147,6 +185,7 @@ def render(result: dict) -> str:
                 _ci(m["winrate_vs_m1"], "win_rate", 2) + f" n={m['winrate_vs_m1']['n']}" if m["winrate_vs_m1"] else "n/a"),
             _ci(m["length"], "mean_len", 0),
             "n/a" if not m["dpo_loss"] else f"{m['dpo_loss'][0]} -> {m['dpo_loss'][1]}",
+            "n/a" if not m["dpo_loss"] or not m["dpo_loss"][2] else f"{m['dpo_loss'][2][0]} -> {m['dpo_loss'][2][1]}",
         ))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
@@ -155,7 +194,9 @@ def render(result: dict) -> str:
         if c.get("difference") is not None:
             low, high = c["difference_ci"]
             lines.append(f"\n{name}: {c['difference']:+.3f} [{low:+.3f}, {high:+.3f}] (paired bootstrap, n={c['n']})")
-    lines.append(f"\nrun: {result['run_dir']}, {result['seconds']} s of stage time")
+    for name, note in result.get("finished_outside_the_loop", {}).items():
+        lines.append(f"\n{name}: evaluated outside the loop, judge on the first {note['judge_limit']} pairs: {note['why']}")
+    lines.append(f"\nrun: {result['run_dir']}; stage seconds: {json.dumps(result['stage_seconds'])}")
     return "\n".join(lines)
 
 
@@ -164,12 +205,16 @@ def main() -> None:
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "evidence"))
     parser.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--table-only", action="store_true", help="only read an existing run directory")
+    parser.add_argument("--finish-outside-the-loop", type=int, metavar="JUDGE_PAIRS",
+                        help="evaluate the last trained model outside the loop (see finish_outside_the_loop)")
     parser.add_argument("--baseline-winrate", action="store_true",
                         help="also grade the SFT baseline's answers against M1's (about 5 more minutes)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for the recipe")
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
-    if not args.table_only:
+    if args.finish_outside_the_loop:
+        finish_outside_the_loop(run_dir, args.finish_outside_the_loop)
+    elif not args.table_only:
         reported, _apart = split_ifeval(Path(args.shared), run_dir.parent / f"{run_dir.name}_data")
         run_loop(run_dir, reported, args.overrides)
         if args.baseline_winrate:
