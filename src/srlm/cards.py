@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from srlm.config import Config
+from srlm.evaluation.metrics import format_with_interval
 from srlm.io import write_text
 
 EMBEDDED_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -64,14 +65,6 @@ def data_record(name: str | None, path: str | None) -> dict | None:
     return {"name": name, "sha256": file_sha256(Path(path)), "rows": rows, "licence": licence}
 
 
-def _fmt_interval(metrics: dict | None, key: str) -> str | None:
-    if not isinstance(metrics, dict) or not isinstance(metrics.get(key), (int, float)):
-        return None
-    interval = metrics.get(f"{key}_ci")
-    ci = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if isinstance(interval, list) and None not in interval else ""
-    return f"{metrics[key]:.3f}{ci}"
-
-
 def model_figures(summary: dict, model: str) -> list[str]:
     """Lines of the run's figures for `model` ('m1', 'm2', ..., 'sft_baseline'), each naming its data."""
     if model == "m1":
@@ -86,15 +79,15 @@ def model_figures(summary: dict, model: str) -> list[str]:
         winrates = {k: v for k, v in evaluation.items() if k.startswith("winrate")}
     lines = []
     if judge:
-        lines.append(f"- judge pairwise accuracy on {judge.get('data')}: {_fmt_interval(judge, 'pairwise_accuracy')} "
+        lines.append(f"- judge pairwise accuracy on {judge.get('data')}: {format_with_interval(judge, 'pairwise_accuracy')} "
                      f"({judge.get('n_pairs')} pairs; signal: {judge.get('judge_signal')}; length baseline "
-                     f"{_fmt_interval(judge.get('length_baseline'), 'pairwise_accuracy')})")
+                     f"{format_with_interval(judge.get('length_baseline'), 'pairwise_accuracy')})")
     if ifeval:
         lines.append(f"- IFEval prompt-level strict accuracy on {ifeval.get('data')}: "
-                     f"{_fmt_interval(ifeval, 'prompt_level_strict_acc')} ({ifeval.get('n_prompts')} prompts)")
+                     f"{format_with_interval(ifeval, 'prompt_level_strict_acc')} ({ifeval.get('n_prompts')} prompts)")
     for name, w in sorted(winrates.items()):
         lines.append(f"- {w.get('model_a', model)} vs {w.get('model_b', '?')} on {w.get('data')}: win rate "
-                     f"{_fmt_interval(w, 'win_rate')} (win {w.get('win'):.0%} / tie {w.get('tie'):.0%} / loss "
+                     f"{format_with_interval(w, 'win_rate')} (win {w.get('win'):.0%} / tie {w.get('tie'):.0%} / loss "
                      f"{w.get('loss'):.0%}, n={w.get('n')}, judge: {w.get('judge')}, {w.get('method')})")
     return lines or ["- none measured in this run (see eval.* keys)"]
 

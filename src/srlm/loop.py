@@ -27,6 +27,7 @@ from srlm.report import write_report
 from srlm.rundir import RunDir
 from srlm.stages.dpo import run_dpo
 from srlm.evaluation.judge_eval import format_accuracy
+from srlm.evaluation.metrics import format_with_interval
 from srlm.stages.evaluate import ifeval_accuracy, judge_accuracy, run_iteration_eval
 from srlm.stages.judge import run_judge
 from srlm.stages.pairs import run_pairs
@@ -508,19 +509,13 @@ def _accuracy_cell(metrics: dict | None) -> str:
 
 
 def _rate_cell(metrics: dict) -> str:
-    rate, interval = metrics.get("win_rate"), metrics.get("win_rate_ci")
-    if rate is None:
-        return "n/a"
-    ci = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval and interval[0] is not None else ""
-    return f"{rate:.2f}{ci} (n={metrics.get('n')})"
+    shown = format_with_interval(metrics, "win_rate", digits=2)
+    return "n/a" if shown is None else f"{shown} (n={metrics.get('n')})"
 
 
 def _ifeval_cell(metrics: dict) -> str:
-    value, interval = metrics.get("prompt_level_strict_acc"), metrics.get("prompt_level_strict_acc_ci")
-    if value is None:
-        return "n/a"
-    ci = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval and interval[0] is not None else ""
-    return f"{value:.3f}{ci}, {metrics.get('n_prompts')} prompts"
+    shown = format_with_interval(metrics, "prompt_level_strict_acc")
+    return "n/a" if shown is None else f"{shown}, {metrics.get('n_prompts')} prompts"
 
 
 def _pct(value) -> str:

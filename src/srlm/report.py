@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from srlm.errors import DataError
-from srlm.evaluation.metrics import score_histogram
+from srlm.evaluation.metrics import format_with_interval, score_histogram
 from srlm.io import _atomic_write_text, iter_jsonl, read_json
 
 SCORE_BINS = (0, 1, 2, 3, 4, 5)
@@ -309,12 +309,7 @@ def _winrate_table(data: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def _with_ci(metrics: dict | None, key: str) -> str:
-    if not metrics or not isinstance(metrics.get(key), (int, float)):
-        return "n/a"
-    interval = metrics.get(f"{key}_ci")
-    if isinstance(interval, list) and len(interval) == 2 and all(isinstance(v, (int, float)) for v in interval):
-        return f"{metrics[key]:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
-    return f"{metrics[key]:.3f}"
+    return format_with_interval(metrics, key) or "n/a"
 
 
 def _judge_table(data: dict) -> tuple[list[str], list[list[str]]]:

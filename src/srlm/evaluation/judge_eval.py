@@ -34,7 +34,7 @@ from typing import Any, Iterable
 from srlm.backends import GenerationRequest, Sampling
 from srlm.errors import DataError
 from srlm.evaluation.human_data import RankedGroup, read_oasst_trees, read_preference_pairs
-from srlm.evaluation.metrics import judge_agreement
+from srlm.evaluation.metrics import format_with_interval, judge_agreement
 from srlm.io import stable_seed, write_json, write_jsonl
 from srlm.judge import average_score, check_method, judge_requests, load_template, render
 from srlm.stages.common import chunks, progress
@@ -238,11 +238,8 @@ def judge_signal(metrics: dict) -> str:
 
 def format_accuracy(metrics: dict) -> str:
     """'0.553 [0.504, 0.601], 400 pairs' for a judge-accuracy metrics dict (one line for tables and logs)."""
-    value, interval = metrics.get("pairwise_accuracy"), metrics.get("pairwise_accuracy_ci")
-    if value is None:
-        return "n/a"
-    ci = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval and interval[0] is not None else ""
-    return f"{value:.3f}{ci}, {metrics.get('n_pairs')} pairs"
+    shown = format_with_interval(metrics, "pairwise_accuracy")
+    return "n/a" if shown is None else f"{shown}, {metrics.get('n_pairs')} pairs"
 
 
 def items_path_for(out_path: str | Path) -> Path:

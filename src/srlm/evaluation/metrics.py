@@ -570,3 +570,16 @@ def pair_credits(items: Iterable[Mapping]) -> dict[str, float]:
         if count:
             credits[group_id] = total / count
     return credits
+
+
+def format_with_interval(metrics: Mapping | None, key: str, digits: int = 3) -> str | None:
+    """'0.553 [0.504, 0.601]': `metrics[key]` with its `<key>_ci` where there is one; None when there is no value.
+
+    The one way srlm prints a statistic with its 95% interval (iteration table, report, model cards, logs)."""
+    if not isinstance(metrics, Mapping) or isinstance(metrics.get(key), bool) or not isinstance(metrics.get(key), Real):
+        return None
+    interval = metrics.get(f"{key}_ci")
+    shown = f"{metrics[key]:.{digits}f}"
+    if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(isinstance(v, Real) for v in interval):
+        shown += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+    return shown
