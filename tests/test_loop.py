@@ -327,3 +327,47 @@ def test_a_run_whose_model_writes_some_empty_answers_finishes(tiny_model_dir, tm
     assert summary["iterations"][0]["pairs"] > 0 and (run_dir / "models" / "m2" / "model.safetensors").exists()
     run_loop(small_config(tiny_model_dir, "loop.iterations=1"), run_dir)  # and a rerun is a no-op, not an error
     assert "iter_1/judge: already done" in capsys.readouterr().out
+
+
+def test_judge_training_makes_m1_from_the_eft_model_and_the_loop_judges_directly(tiny_model_dir, tmp_path, capsys):
+    from srlm.cards import model_sha256
+
+    run_dir = tmp_path / "run"
+    pairs = tmp_path / "human_pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"A full answer {i}.", "rejected": "No."})
+                             + "\n" for i in range(4)))
+    judge_training = [f"judge_training.pairs={pairs}", "judge_training.batch_size=2", "judge.method=direct",
+                      "judge.num_samples=1", "loop.iterations=1"]
+    with pytest.raises(SrlmError, match="set judge.method=direct"):
+        run_loop(small_config(tiny_model_dir, f"judge_training.pairs={pairs}"), run_dir)
+    summary = run_loop(small_config(tiny_model_dir, *judge_training), run_dir)
+    assert summary["train_judge"]["pairs_trained"] == 4 and summary["train_judge"]["steps"] == 2
+    lineage = json.loads((run_dir / "manifest.json").read_text())["lineage"]
+    assert lineage["m1"]["trained_from"] == "models/m1_eft"
+    assert lineage["m1"]["trained_from_sha256"] == model_sha256(run_dir / "models" / "m1_eft")
+    assert lineage["m2"]["trained_from"] == lineage["m2"]["reference"] == "models/m1"
+    assert model_sha256(run_dir / "models" / "m1") != model_sha256(run_dir / "models" / "m1_eft")
+    judged = read_jsonl(run_dir / "iter_1" / "judgements.jsonl")
+    assert judged and all(len(r["judgements"]) == 1 and r["judgements"][0]["score_probs"] for r in judged)
+    assert "srlm train-judge" in (run_dir / "models" / "m1" / "README.md").read_text()
+    capsys.readouterr()
+    run_loop(small_config(tiny_model_dir, *judge_training), run_dir)  # resumed: nothing reruns
+    assert "train_judge: already done" in capsys.readouterr().out
+
+
+def test_a_run_can_start_from_an_m1_made_elsewhere(tiny_model_dir, tmp_path, capsys):
+    from srlm.cards import model_sha256
+
+    run_dir = tmp_path / "run"
+    given = ["loop.iterations=1", f"loop.m1={tiny_model_dir}"]
+    summary = run_loop(small_config(tiny_model_dir, *given), run_dir)
+    assert "sft" not in summary and summary["m1_copy"]["copied_from"] == str(tiny_model_dir)
+    assert model_sha256(run_dir / "models" / "m1") == model_sha256(tiny_model_dir)
+    lineage = json.loads((run_dir / "manifest.json").read_text())["lineage"]
+    assert lineage["m1"]["trained_from"] == str(tiny_model_dir) and lineage["m2"]["trained_from"] == "models/m1"
+    assert "given to this run" in (run_dir / "models" / "m1" / "README.md").read_text()
+    with pytest.raises(SrlmError, match="not a model directory"):
+        run_loop(small_config(tiny_model_dir, "loop.iterations=1", f"loop.m1={tmp_path}"), tmp_path / "other")
+    with pytest.raises(SrlmError, match="judge_training.pairs would train nothing"):
+        run_loop(small_config(tiny_model_dir, *given, f"judge_training.pairs={tiny_model_dir}/config.json"),
+                 tmp_path / "third")

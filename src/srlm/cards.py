@@ -71,6 +71,8 @@ def model_figures(summary: dict, model: str) -> list[str]:
         judge, ifeval, winrates = summary.get("m1_judge_accuracy"), summary.get("m1_ifeval"), {}
     elif model == "sft_baseline":
         judge, ifeval, winrates = summary.get("sft_baseline_judge_accuracy"), summary.get("sft_baseline_ifeval"), {}
+    elif model == "m1_eft":  # the first of M1's two steps (judge_training): it is not evaluated on its own
+        return []
     else:
         t = int(model[1:]) - 1
         row = next((r for r in summary.get("iterations", []) if r.get("iteration") == t), {})
@@ -159,11 +161,29 @@ def write_model_card(cfg: Config, rd, name: str, summary: dict) -> Path:
                "them itself; the best and worst of each prompt became a pair.")
         data = [entry.get("data")]
         sections = {k: dump[k] for k in ("dpo", "pairs", "judge", "respond", "prompts", "seed")}
+    elif name == "m1" and cfg.loop.m1:
+        how = (f"M1 given to this run (loop.m1=`{cfg.loop.m1}`), copied in, not trained by it; its own card, where it "
+               "has one, says how it was made.")
+        data = []
+        sections = {k: dump[k] for k in ("model", "judge", "seed")}
+    elif name == "m1" and cfg.judge_training.pairs:
+        pairs = cfg.judge_training.pairs
+        how = ("M1 of the self-rewarding loop, in two steps: supervised fine-tuning (TRL SFTTrainer) of the base model "
+               "on instruction data and LLM-as-a-Judge demonstrations (EFT) into `models/m1_eft`, then its judge "
+               "trained on human preference pairs (`srlm train-judge`: a Bradley-Terry loss on the expected score of "
+               "the direct judge prompt; not in the paper). Judge with it through judge.method=direct.")
+        data = [data_record(cfg.data.ift, resolve_data_path(cfg.data.ift)),
+                data_record(cfg.data.eft, resolve_data_path(cfg.data.eft)) if cfg.data.eft else None,
+                data_record(pairs, resolve_data_path(pairs))]
+        sections = {k: dump[k] for k in ("model", "data", "sft", "judge_training", "judge", "seed")}
     else:
         eft = None if name == "sft_baseline" else cfg.data.eft
         how = ("Supervised fine-tuning (TRL SFTTrainer, loss on the responses) of the base model on instruction data"
                + (" and LLM-as-a-Judge demonstrations (EFT): M1 of the self-rewarding loop." if eft else
                   " only: the paper's SFT baseline, with no judge demonstrations."))
+        if name == "m1_eft":
+            how += (" Here it is the first of M1's two steps: `models/m1` is this model with its judge then trained "
+                    "on human preference pairs (judge_training.pairs).")
         data = [data_record(cfg.data.ift, resolve_data_path(cfg.data.ift)),
                 data_record(eft, resolve_data_path(eft)) if eft else None]
         sections = {k: dump[k] for k in ("model", "data", "sft", "seed")}

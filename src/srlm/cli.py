@@ -103,6 +103,26 @@ def cmd_sft(args) -> int:
     return 0
 
 
+def cmd_train_judge(args) -> int:
+    from srlm.loop import resolve_data_path
+    from srlm.stages.train_judge import run_train_judge
+
+    cfg = config_from_args(args, _model_override(args))
+    m = cfg.model
+    pairs = args.pairs or cfg.judge_training.pairs
+    if not pairs:
+        raise SrlmError("train-judge needs human preference data: --pairs FILE (or judge_training.pairs=...), "
+                        "e.g. builtin:hh_eft")
+    stats = run_train_judge(m.name_or_path, resolve_data_path(pairs), Path(args.out), cfg.judge_training, seed=cfg.seed,
+                            judge_template_file=cfg.judge.template_file, device=m.device, dtype=m.dtype,
+                            trust_remote_code=m.trust_remote_code, chat_template=m.chat_template)
+    _print_stats(stats, args.stats_out)
+    print(f"srlm: judge it with judge.method=direct judge.num_samples=1 (the prompt it was trained on), e.g. "
+          f"srlm eval judge --model {args.out} --data builtin:hh_test --out judge.json judge.method=direct "
+          "judge.num_samples=1")
+    return 0
+
+
 def cmd_prompts(args) -> int:
     from srlm.io import iter_jsonl
     from srlm.stages.prompts import run_prompts
@@ -195,6 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-out", help="also write the training stats (JSON) to this file")
     add_config_args(p)
     p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("train-judge", help="train a model's judge on human preference pairs (Bradley-Terry on its "
+                       "expected score; not in the paper)",
+                       description="Pairwise judge training: for each human pair the model's expected score (judge."
+                       "method=direct's prompt) of the preferred reply is pushed above the other's. Judge the result "
+                       "with judge.method=direct judge.num_samples=1.")
+    p.add_argument("--model", help="the model whose judge to train, e.g. M1 (default: model.name_or_path)")
+    p.add_argument("--pairs", help="preference pairs, HH-RLHF dialogues, OASST trees or ranked groups "
+                   "(default: judge_training.pairs), e.g. builtin:hh_eft")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--stats-out", help="also write the training stats (JSON) to this file")
+    add_config_args(p)
+    p.set_defaults(func=cmd_train_judge)
 
     p = sub.add_parser("prompts", help="generate new prompts by few-shot self-instruction, with Self-Instruct filters",
                        description="Few-shot self-instruction (6 seed + 2 generated demos, T 0.6, top-p 0.9) with "

@@ -129,6 +129,33 @@ class SftConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
+class JudgeTrainingConfig(SftConfig):
+    """M1's judge trained on human preference pairs with a pairwise objective (srlm train-judge; not in the paper)."""
+
+    pairs: str | None = Field(
+        None, description="Human preferences to train M1's judge on after SFT (preference pairs {prompt?, chosen, "
+        "rejected}, HH-RLHF dialogues, OpenAssistant trees or ranked groups; e.g. builtin:hh_eft): a Bradley-Terry "
+        "loss on the judge's expected score with judge.method=direct's prompt. null = off (the paper's M1).",
+    )
+    max_pairs: int | None = Field(None, ge=1, description="Train on only the first this many pairs; null = all.")
+    score_scale: float = Field(
+        1.0, gt=0, description="Bradley-Terry: P(chosen preferred) = sigmoid(score_scale * (E[chosen] - E[rejected])), "
+        "E being expected scores in [0, 5].",
+    )
+    epochs: float = Field(1.0, gt=0, description="Passes over the pairs; in the first, each pair is seen before it is "
+                          "learnt from, so that pass's accuracy is a held-out estimate.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    learning_rate_end: float = Field(1e-5, ge=0, description="Final learning rate of the cosine decay.")
+    batch_size: int = Field(8, ge=1, description="Effective batch size in pairs.")
+    micro_batch_size: int = Field(1, ge=1, description="Pairs per forward pass (two sequences each).")
+    max_length_tokens: int = Field(1024, ge=32, description="Pairs with a judge prompt longer than this are skipped and "
+                                   "counted (never truncated: the score position is at the end).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Attention dropout during training.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass.")
+    group_by_length: bool = Field(False, description="Unused: pairs are not length-grouped.")
+    lora: LoraConfig = Field(default_factory=lambda: LoraConfig(enabled=True))
+
+
 class PromptsConfig(_Section):
     num_prompts: int = Field(64, ge=1, description="New prompts to keep per iteration (after filters).")
     max_attempts: int | None = Field(
@@ -160,11 +187,14 @@ class RespondConfig(_Section):
 
 
 class JudgeConfig(_Section):
-    method: Literal["sample_mean", "expected"] = Field(
+    method: Literal["sample_mean", "expected", "direct"] = Field(
         "sample_mean", description="How a judgement becomes a score. 'sample_mean' (the paper): the integer after the "
         "last 'Score:'. 'expected': sum_k k * p(k) over the judge's probabilities of the tokens 0-5 right after that "
         "'Score:' (renormalised over the six): a continuous score from one judgement, fewer ties; usually with "
-        "num_samples=1. Needs the hf backend, or an openai server that returns top_logprobs (e.g. vLLM).",
+        "num_samples=1. 'direct' (not in the paper; for a judge trained by `srlm train-judge`): no justification is "
+        "generated, the score is that expectation right after the reply's opening 'Score: ', one forward pass per "
+        "response; needs num_samples=1. 'expected' and 'direct' need the hf backend, or an openai server that "
+        "returns top_logprobs (e.g. vLLM).",
     )
     num_samples: int = Field(3, ge=1, description="Judgements per response, averaged over the parsable ones (paper: 3).")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature (paper: 0.7, as for responses).")
@@ -174,6 +204,12 @@ class JudgeConfig(_Section):
     max_prompt_tokens: int = Field(
         2048, ge=8, description="Judge prompts (rubric + question + response) longer than this are skipped and counted."
     )
+
+    @model_validator(mode="after")
+    def _direct_is_deterministic(self):
+        if self.method == "direct" and self.num_samples != 1:
+            raise ValueError("judge.method=direct reads one deterministic score per response: set judge.num_samples=1")
+        return self
 
 
 class PairsConfig(_Section):
@@ -275,6 +311,10 @@ class LoopConfig(_Section):
         False, description="Also train the paper's SFT baseline (IFT only) into models/sft_baseline, judged like M1 "
         "when eval.judge_data is set.",
     )
+    m1: str | None = Field(
+        None, description="Start from an M1 made elsewhere (a model directory, e.g. from `srlm sft` then `srlm "
+        "train-judge`): it is copied into models/m1 and this run trains no M1. null = SFT trains M1 (the paper).",
+    )
 
 
 class LaunchConfig(_Section):
@@ -302,6 +342,7 @@ class Config(_Section):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     dpo: DpoConfig = Field(default_factory=DpoConfig)
+    judge_training: JudgeTrainingConfig = Field(default_factory=JudgeTrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
@@ -316,7 +357,8 @@ class Config(_Section):
     def fingerprint(self, *sections: str) -> str:
         """A hash of the named sections (all if none): a stage reruns when the part of the config it reads changed."""
         data = {name: fingerprint_view(name, values) if isinstance(values, dict) else values
-                for name, values in self.model_dump(mode="json").items()}
+                for name, values in self.model_dump(mode="json").items()
+                if not (name in ADDED_SECTIONS and values == _default_section(name))}
         picked = {name: data[name] for name in sections} if sections else data
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -332,8 +374,17 @@ ADDED_KEYS: dict[str, dict[str, object]] = {
     "dpo": {"group_by_length": True, "checkpoint_every_steps": None, "nll_weight": 0.0, "save_every_steps": None},
     "eval": {"winrate_method": "pairwise", "select_checkpoint": False, "selection_prompts": None, "selection_limit": 32,
              "selection_judge": "previous", "ifeval_prompts": None, "ifeval_limit": None, "ifeval_max_new_tokens": 384},
-    "loop": {"require_judge_signal": False},
+    "loop": {"require_judge_signal": False, "m1": None},
 }
+
+
+# Sections added after run directories already existed: left out of the whole-config fingerprint while every key
+# holds its default (a stage's fingerprint names the sections it reads, so those never see them).
+ADDED_SECTIONS = {"judge_training"}
+
+
+def _default_section(name: str) -> dict:
+    return Config.model_fields[name].default_factory().model_dump(mode="json")
 
 
 def fingerprint_view(section: str, values: dict) -> dict:

@@ -17,6 +17,12 @@ Two ways to turn judgements into a response's score (`judge.method`):
   response's score is the mean over its K judgements. One judgement then gives a continuous score (fewer ties
   between candidates) for the cost of one extra forward pass. A judgement without a parsable score has no
   expected score either (a missing value, never 0): its digit position is where the format says it is.
+- "direct" (a departure from the paper, for judges trained to score without a justification, e.g. by
+  `srlm train-judge`): no text is generated; the judge's reply is taken to begin with "Score: " and the score is
+  the expected value of its digit probabilities right there. One forward pass per response, deterministic (so
+  `judge.num_samples` must be 1). The built-in template for it is the same rubric asking for the score alone
+  (`additive_judge_direct.txt`). The judgement text recorded is "Score: <expected score>", which the parser reads
+  back as that score.
 """
 
 from __future__ import annotations
@@ -39,8 +45,9 @@ def shipped_template(name: str) -> str:
     return resources.files("srlm.templates").joinpath(name).read_text(encoding="utf-8")
 
 
-def builtin_template() -> str:
-    return shipped_template("additive_judge.txt")
+def builtin_template(method: str | None = None) -> str:
+    """The built-in additive rubric; with judge.method=direct its variant that asks for the score alone."""
+    return shipped_template("additive_judge_direct.txt" if method == "direct" else "additive_judge.txt")
 
 
 def read_template_file(template_file: str | Path, slots: tuple[str, ...], what: str = "judge template") -> str:
@@ -56,10 +63,11 @@ def read_template_file(template_file: str | Path, slots: tuple[str, ...], what: 
     return template
 
 
-def load_template(template_file: str | None = None) -> str:
-    """The judge template; a custom one must keep the `{prompt}` and `{response}` slots."""
+def load_template(template_file: str | None = None, method: str | None = None) -> str:
+    """The judge template; a custom one must keep the `{prompt}` and `{response}` slots. `method` (judge.method)
+    picks the built-in template when there is no file."""
     if template_file is None:
-        return builtin_template()
+        return builtin_template(method)
     return read_template_file(template_file, ("{prompt}", "{response}"))
 
 
@@ -79,8 +87,9 @@ def parse_score(judgement: str) -> float | None:
     return value
 
 
-JUDGE_METHODS = ("sample_mean", "expected")
+JUDGE_METHODS = ("sample_mean", "expected", "direct")
 SCORE_TOKENS = tuple(str(k) for k in range(int(MAX_SCORE) + 1))  # "0".."5": the candidates of expected scoring
+DIRECT_PREFIX = "Score: "  # judge.method=direct: the judge's reply is read as starting with this
 
 
 def score_prefix(judgement: str) -> str | None:
@@ -112,9 +121,9 @@ def check_method(method: str, backend) -> None:
     """Fail before any generation when `method` cannot run on `backend` (hours of judging must not end in an error)."""
     if method not in JUDGE_METHODS:
         raise SrlmError(f"judge.method must be one of {', '.join(JUDGE_METHODS)}, got {method!r}")
-    if method == "expected" and not supports_score_probs(backend):
+    if method in ("expected", "direct") and not supports_score_probs(backend):
         raise SrlmError(
-            f"judge.method=expected reads the judge's score-token probabilities, which the '{backend.name}' backend "
+            f"judge.method={method} reads the judge's score-token probabilities, which the '{backend.name}' backend "
             "cannot give; use backend.name=hf, or backend.name=openai with a server that returns top_logprobs "
             "(e.g. vLLM), or judge.method=sample_mean"
         )
@@ -138,6 +147,8 @@ class Judged:
 
 def judge_requests(backend, requests: list, method: str, on_done=None) -> list[Judged]:
     """Generate the judgements of `requests` (one backend call) and score each by `method`."""
+    if method == "direct":
+        return direct_judgements(backend, requests, on_done)
     outputs = backend.generate(list(requests), on_done=on_done)
     expected = None
     if method == "expected":
@@ -168,3 +179,26 @@ def expected_judgements(backend, judged: list[tuple[object, list[str]]]) -> list
             fields[i][k] = {"score_probs": list(result.probs), "score_token_mass": result.mass,
                             "expected_score": expected_score(result.probs)}
     return fields
+
+
+def direct_judgements(backend, requests: list, on_done=None) -> list[Judged]:
+    """judge.method=direct: one teacher-forced pass per request reads p(0..5) after DIRECT_PREFIX; nothing is
+    generated. Each request gets one judgement, "Score: <expected score>" (a missing value where the backend
+    could not read the digits)."""
+    from srlm.backends.base import Completion
+
+    probs = backend.score_token_probs([(r, DIRECT_PREFIX) for r in requests], list(SCORE_TOKENS)) if requests else []
+    judged = []
+    for request, result in zip(requests, probs):
+        if result is None:
+            fields = {"score_probs": None, "score_token_mass": None, "expected_score": None}
+            text = DIRECT_PREFIX.strip()  # no digit: parses as a missing score
+        else:
+            value = expected_score(result.probs)
+            fields = {"score_probs": list(result.probs), "score_token_mass": result.mass, "expected_score": value}
+            text = f"{DIRECT_PREFIX}{value:.3f}"
+        judged.append(Judged([Completion(text=text, num_tokens=0, finish_reason="stop")],
+                             [fields["expected_score"]], [fields], [fields["expected_score"]]))
+        if on_done is not None:
+            on_done(1)
+    return judged

@@ -25,6 +25,7 @@ from srlm.errors import SrlmError
 from srlm.io import iter_jsonl, write_json
 from srlm.report import write_report
 from srlm.rundir import RunDir
+from srlm.stages import training
 from srlm.stages.dpo import run_dpo
 from srlm.evaluation.judge_eval import format_accuracy
 from srlm.evaluation.metrics import format_with_interval
@@ -35,6 +36,7 @@ from srlm.stages.prompts import run_prompts
 from srlm.stages.respond import run_respond
 from srlm.stages.select import check_selection_config, recover_model_dir, run_selection, selection_fingerprint
 from srlm.stages.sft import run_sft
+from srlm.stages.train_judge import run_train_judge
 from srlm.seed import resolve_data_path  # also imported from here by callers: `srlm.loop.resolve_data_path`
 
 
@@ -51,8 +53,9 @@ STAGE_SECTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
     "dpo": (("seed", "dpo"),),
     "eval": (("seed", "eval", "judge"),),
     "sft_baseline": (("seed", "model", "data", "sft"),),
+    "train_judge": (("seed", "judge_training"), ("judge",)),
 }
-MAIN_LINE = ("sft", "prompts", "respond", "judge", "pairs", "dpo")
+MAIN_LINE = ("sft", "train_judge", "prompts", "respond", "judge", "pairs", "dpo")
 
 
 def stage_fingerprint(cfg: Config, stage: str) -> str:
@@ -162,6 +165,39 @@ def _train_sft(cfg: Config, rd: RunDir, ift_path, eft_path, out_dir: Path) -> di
                    max_eft_examples=cfg.data.max_eft_examples if eft_path else None, **_model_kwargs(cfg))
 
 
+def copy_model(source: Path, out_dir: Path) -> dict:
+    """loop.m1: the given model's files (weights, config, tokenizer; not its card) copied into models/m1."""
+    import shutil
+
+    from srlm.models import fresh_dir, move_into_place
+
+    if not (source / "config.json").is_file() or not any(source.glob("*.safetensors")):
+        raise SrlmError(f"loop.m1={source}: not a model directory (needs config.json and safetensors weights)")
+    staging = fresh_dir(out_dir.parent / f".{out_dir.name}.copying")
+    for f in source.iterdir():
+        if f.is_file() and f.name != "README.md":
+            shutil.copy2(f, staging / f.name)
+    move_into_place(staging, out_dir)
+    return {"copied_from": str(source)}
+
+
+def check_judge_training(cfg: Config) -> None:
+    """A judge trained by judge_training.pairs reads scores the way it was trained: judge.method=direct."""
+    if cfg.loop.m1:
+        resolve_data_path(cfg.loop.m1)
+        if cfg.judge_training.pairs:
+            raise SrlmError("loop.m1 gives the run its M1, so judge_training.pairs would train nothing: train that "
+                            "model's judge with `srlm train-judge` first, or drop loop.m1")
+    if cfg.judge_training.pairs:
+        resolve_data_path(cfg.judge_training.pairs)
+        if cfg.judge.method != "direct":
+            raise SrlmError(f"judge_training.pairs trains M1's judge to give its score directly (judge.method=direct), "
+                            f"but judge.method={cfg.judge.method}: set judge.method=direct judge.num_samples=1")
+        if cfg.launch.num_processes > 1:
+            raise SrlmError("judge_training runs in one process; set launch.num_processes=1 (or train M1's judge with "
+                            "`srlm train-judge` and start the loop from it)")
+
+
 def _train_dpo(cfg: Config, rd: RunDir, model_t: Path, pairs: Path, out_dir: Path) -> dict:
     if cfg.launch.num_processes > 1:
         return _launched(cfg, rd, ["dpo", "--pairs", str(pairs), "--model", str(model_t), "--out", str(out_dir)],
@@ -172,6 +208,7 @@ def _train_dpo(cfg: Config, rd: RunDir, model_t: Path, pairs: Path, out_dir: Pat
 def run_loop(cfg: Config, run_dir: str | Path) -> dict:
     check_selection_config(cfg)  # before any training: a missing key must not surface after SFT and DPO
     check_judge_method(cfg)
+    check_judge_training(cfg)
     for path in (cfg.eval.heldout_prompts, cfg.eval.judge_data, cfg.eval.ifeval_prompts):
         resolve_data_path(path)  # likewise, a missing evaluation file fails now
     if cfg.loop.require_judge_signal and not cfg.eval.judge_data:
@@ -191,12 +228,27 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
     ift_path, eft_path = resolve_data_path(cfg.data.ift), resolve_data_path(cfg.data.eft)
 
     m1 = rd.model_dir(1)
-    sft_stats = rd.stage(
-        "sft", stage_fingerprint(cfg, "sft"), [m1 / "config.json"],
-        lambda: _train_sft(cfg, rd, ift_path, eft_path, m1),
-    )
-    cards.record_lineage(rd, "m1", cfg.model.name_or_path, None, None)
-    summary = {"run_dir": str(rd.root), "sft": sft_stats, "iterations": []}
+    summary = {"run_dir": str(rd.root), "iterations": []}
+    if cfg.loop.m1:  # an M1 made elsewhere, copied in: the run directory holds every model it used
+        summary["m1_copy"] = rd.stage("m1_copy", training.resume_key(cfg.loop.m1), [m1 / "config.json"],
+                                      lambda: copy_model(Path(cfg.loop.m1), m1))
+        cards.record_lineage(rd, "m1", cfg.loop.m1, None, None)
+    elif cfg.judge_training.pairs:
+        # M1 in two steps: SFT (IFT + EFT) into models/m1_eft, then its judge trained on human pairs into models/m1.
+        m1_eft = rd.root / "models" / "m1_eft"
+        summary["sft"] = rd.stage("sft", stage_fingerprint(cfg, "sft"), [m1_eft / "config.json"],
+                                  lambda: _train_sft(cfg, rd, ift_path, eft_path, m1_eft))
+        summary["train_judge"] = rd.stage(
+            "train_judge", stage_fingerprint(cfg, "train_judge"), [m1 / "config.json"],
+            lambda: run_train_judge(str(m1_eft), resolve_data_path(cfg.judge_training.pairs), m1, cfg.judge_training,
+                                    seed=cfg.seed, judge_template_file=cfg.judge.template_file, **_model_kwargs(cfg)),
+        )
+        cards.record_lineage(rd, "m1_eft", cfg.model.name_or_path, None, None)
+        cards.record_lineage(rd, "m1", str(m1_eft), None, None)
+    else:  # the paper: SFT on IFT + EFT is M1
+        summary["sft"] = rd.stage("sft", stage_fingerprint(cfg, "sft"), [m1 / "config.json"],
+                                  lambda: _train_sft(cfg, rd, ift_path, eft_path, m1))
+        cards.record_lineage(rd, "m1", cfg.model.name_or_path, None, None)
     if cfg.eval.judge_data:
         summary["m1_judge_accuracy"] = rd.stage(
             "eval_m1", stage_fingerprint(cfg, "eval_m1"), [rd.root / "eval_m1" / "judge_accuracy.json"],

@@ -160,6 +160,43 @@ def _grouped_query_attention_in_sdpa(device: str):
             os.environ[_FORCE_GQA] = previous
 
 
+def candidate_token_ids(tokenizer, continuation: str, candidates: list[str],
+                        request_id: str = "") -> tuple[list[int], list[int]]:
+    """(continuation ids, one token id per candidate) such that continuation + candidate tokenises as the
+    continuation's ids followed by that single token: the candidate must be the very next token.
+
+    "Score: 4" is ":", " ", "4" for some tokenizers (SmolLM2) and ":", " 4" for others (GPT-2 style), so the
+    continuation is tried as given, then with its trailing whitespace moved into the candidates.
+    """
+    options = [(continuation, candidates)]
+    stripped = continuation.rstrip()
+    if stripped != continuation:
+        options.append((stripped, [continuation[len(stripped):] + c for c in candidates]))
+    problems = []
+    for text, spelled in options:
+        base = _encode(tokenizer, text)
+        ids = []
+        for candidate in spelled:
+            full = _encode(tokenizer, text + candidate)
+            if len(full) != len(base) + 1 or full[: len(base)] != base:
+                problems.append(f"{candidate!r} after {text[-12:]!r} is not one added token")
+                break
+            ids.append(full[-1])
+        else:
+            if len(set(ids)) == len(ids):
+                return base, ids
+            problems.append(f"{spelled} share a token")
+    raise SrlmError(
+        f"hf backend, request '{request_id}': the tokenizer does not write each of the candidates {candidates} "
+        f"as one token after the text before them ({'; '.join(problems)}), so their probabilities cannot be "
+        "read at one position; judge.method=expected needs a tokenizer with single-token score digits"
+    )
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
 class HFBackend:
     name = "hf"
 
@@ -377,39 +414,11 @@ class HFBackend:
         return results
 
     def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        return _encode(self.tokenizer, text)
 
     def _candidate_tokens(self, continuation: str, candidates: list[str],
                           request_id: str) -> tuple[list[int], list[int]]:
-        """(continuation ids, one token id per candidate) such that continuation + candidate tokenises as the
-        continuation's ids followed by that single token: the candidate must be the very next token.
-
-        "Score: 4" is ":", " ", "4" for some tokenizers (SmolLM2) and ":", " 4" for others (GPT-2 style), so the
-        continuation is tried as given, then with its trailing whitespace moved into the candidates.
-        """
-        options = [(continuation, candidates)]
-        stripped = continuation.rstrip()
-        if stripped != continuation:
-            options.append((stripped, [continuation[len(stripped):] + c for c in candidates]))
-        problems = []
-        for text, spelled in options:
-            base = self._encode(text)
-            ids = []
-            for candidate in spelled:
-                full = self._encode(text + candidate)
-                if len(full) != len(base) + 1 or full[: len(base)] != base:
-                    problems.append(f"{candidate!r} after {text[-12:]!r} is not one added token")
-                    break
-                ids.append(full[-1])
-            else:
-                if len(set(ids)) == len(ids):
-                    return base, ids
-                problems.append(f"{spelled} share a token")
-        raise SrlmError(
-            f"hf backend, request '{request_id}': the tokenizer does not write each of the candidates {candidates} "
-            f"as one token after the text before them ({'; '.join(problems)}), so their probabilities cannot be "
-            "read at one position; judge.method=expected needs a tokenizer with single-token score digits"
-        )
+        return candidate_token_ids(self.tokenizer, continuation, candidates, request_id)
 
     def close(self) -> None:
         import gc

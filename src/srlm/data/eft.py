@@ -136,7 +136,7 @@ def judge_groups(
     With `log_path`, records are appended to `<log>.partial` after every `chunk_groups` groups and the finished log
     is written at the end; records already there (a killed run's partial log, or a finished log) are reused.
     """
-    template = load_template(judge_cfg.template_file)
+    template = load_template(judge_cfg.template_file)  # demonstrations are justifications: never the direct rubric
     key = log_key(teacher, judge_cfg, template, seed)
     sampling = Sampling(n=judge_cfg.num_samples, temperature=judge_cfg.temperature, top_p=judge_cfg.top_p,
                         max_new_tokens=judge_cfg.max_new_tokens)

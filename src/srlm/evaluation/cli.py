@@ -26,12 +26,16 @@ per-sample scores and the mean score per reply, so anyone can recompute the metr
 
 judge.method=expected scores each judgement by the expected value of the judge's probabilities of the digits 0-5
 after its last 'Score:' (a continuous score, fewer ties; usually with judge.num_samples=1) instead of the integer
-it wrote; it needs backend.name=hf or an openai server that returns top_logprobs.
+it wrote; it needs backend.name=hf or an openai server that returns top_logprobs. judge.method=direct (for a
+judge trained by `srlm train-judge`) asks for the score alone and reads the same expectation right after the
+reply's opening 'Score: ', with no text generated (judge.num_samples=1).
 
 examples:
   srlm eval judge --data ../shared/data/oasst/en_100_tree.jsonl --model runs/x/models/m1 --out judge_m1.json
   srlm eval judge --data ../shared/data/oasst/en_100_tree.jsonl --model runs/x/models/m1 --out judge_m1_exp.json \
       judge.method=expected judge.num_samples=1
+  srlm eval judge --data builtin:hh_test --model runs/x/models/m1 --out judge_m1_direct.json \
+      judge.method=direct judge.num_samples=1
 """
 
 WINRATE_HELP = """\
@@ -131,8 +135,11 @@ def _model_name(model: str | None, cfg) -> str:
 def cmd_eval_judge(args) -> int:
     from srlm.evaluation.judge_eval import evaluate_judge, format_judge_table, read_human_groups, write_judge_eval
 
+    from srlm.seed import resolve_data_path
+
     cfg = _config(args)
-    groups, counts, data_format = read_human_groups(args.data, args.format)
+    # builtin:hh_test etc. name the shipped held-out sets (a path works as well)
+    groups, counts, data_format = read_human_groups(resolve_data_path(args.data), args.format)
     if args.limit:
         groups = groups[: args.limit]
     backend = _backend(cfg, args.model)
@@ -392,7 +399,7 @@ def add_eval_commands(subparsers) -> None:
 
     p = sub.add_parser("judge", help="judge accuracy against human rankings (OASST trees or preference pairs)",
                        description=JUDGE_HELP, formatter_class=_FORMATTER)
-    p.add_argument("--data", required=True, help="OpenAssistant trees JSONL or preference pairs JSONL (.gz ok)")
+    p.add_argument("--data", required=True, help="OpenAssistant trees JSONL or preference pairs JSONL (.gz ok), or a shipped held-out set: builtin:hh_test, builtin:hh_val")
     p.add_argument("--format", choices=("auto", "oasst", "pairs", "groups"), default="auto",
                    help="data format (default: detected from the first record)")
     p.add_argument("--model", help="judge model (default: model.name_or_path)")

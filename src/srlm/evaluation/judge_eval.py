@@ -50,6 +50,11 @@ EXPECTED_SCORE_POLICY = (
     "score is the mean over its judgements that have one (a value in [0, 5]). A judgement without a parsable score "
     "has none; a reply with none, or whose judge prompt was too long to send, has a missing score (never 0)."
 )
+DIRECT_SCORE_POLICY = (
+    "judge.method=direct: no judgement is generated; each reply's score is sum_k k * p(k), p being the judge's "
+    "probabilities of the tokens 0-5 right after its reply's opening 'Score: ', renormalised over those six "
+    "(a value in [0, 5]). A reply whose judge prompt was too long to send has a missing score (never 0)."
+)
 # Requests sent to the backend at once: the unit of the progress bar (the hf backend batches within it).
 _CHUNK_REQUESTS = 64
 
@@ -146,7 +151,7 @@ def evaluate_judge(
     groups = list(groups)
     method = judge_cfg.method
     check_method(method, backend)
-    template = load_template(judge_cfg.template_file)
+    template = load_template(judge_cfg.template_file, judge_cfg.method)
     sampling = _judge_sampling(judge_cfg)
 
     items: list[dict] = []
@@ -205,7 +210,7 @@ def evaluate_judge(
     sent = sum(len(it["scores"]) for it in items)
     parsed = sum(1 for it in items for s in it["scores"] if s is not None)
     metrics.update(
-        score_policy=EXPECTED_SCORE_POLICY if method == "expected" else SCORE_POLICY,
+        score_policy={"expected": EXPECTED_SCORE_POLICY, "direct": DIRECT_SCORE_POLICY}.get(method, SCORE_POLICY),
         sample_parse_rate=parsed / sent if sent else None,
         judgements=sent,
         replies_skipped_prompt_too_long=sum(1 for it in items if it.get("skipped")),

@@ -188,7 +188,7 @@ def additive_winrate(
 
     _check_inputs(prompts, answers_a, answers_b)
     check_method(judge_cfg.method, judge_backend)
-    template = load_template(judge_cfg.template_file)
+    template = load_template(judge_cfg.template_file, judge_cfg.method)
     sampling = Sampling(n=judge_cfg.num_samples, temperature=judge_cfg.temperature, top_p=judge_cfg.top_p,
                         max_new_tokens=judge_cfg.max_new_tokens)
     requests, seen = [], set()

@@ -7,6 +7,8 @@ Every judgement text is kept with its parsed score; the response's score is the 
 None when none parsed (a missing value, never 0). The parse rate is reported: after EFT training it should be
 high, and a falling parse rate is the first sign of a judge that has lost its format.
 
+With `judge.method=direct` nothing is generated: each response gets one judgement, "Score: <expected score>", read
+from the digits' probabilities right after the reply's opening "Score: ", with the same fields as below.
 With `judge.method=expected`, each judgement also gets `score_probs` (the judge's probabilities of 0..5 right
 after its last "Score:", renormalised), `score_token_mass` and `expected_score` (sum_k k * p(k)); the response's
 `scores` are then the expected scores and `score` their mean (see `srlm.judge`).
@@ -58,7 +60,7 @@ def read_responses(path: Path) -> list[dict]:
 def run_judge(responses_path: Path, out_path: Path, backend, cfg: JudgeConfig, *, seed: int, chunk_prompts: int = 16) -> dict:
     check_method(cfg.method, backend)
     responses = read_responses(responses_path)
-    template = load_template(cfg.template_file)
+    template = load_template(cfg.template_file, cfg.method)
     sampling = Sampling(n=cfg.num_samples, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     by_id = {r["response_id"]: r for r in responses}
     requests, too_long = [], []
@@ -91,6 +93,8 @@ def run_judge(responses_path: Path, out_path: Path, backend, cfg: JudgeConfig, *
     order = {r["response_id"]: i for i, r in enumerate(responses)}
     records = writer.finish(order_key=lambda r: order[r["response_id"]])
     stats = summarize_judgements(records)
+    if cfg.method == "direct":  # scored like `expected`, from the digits after "Score: " that opens the reply
+        stats["score_method"] = "direct"
     if too_long:
         print(f"srlm: warning: {len(too_long)} of {len(responses)} responses skipped, unjudged: their judge prompt is "
               f"longer than judge.max_prompt_tokens={cfg.max_prompt_tokens} tokens", file=sys.stderr, flush=True)

@@ -1,0 +1,142 @@
+"""Does pairwise judge training give M1 a judge that agrees with humans? (issue: evidence, part 2)
+
+    python benchmarks/judge_training.py --m1 runs/evidence/models/m1 --out runs/judge_training
+
+What it does, on the embedded SmolLM2-135M-Instruct, 2 CPU cores:
+1. trains the IFT-only SFT baseline (the evidence recipe's SFT settings, no EFT), unless --sft-baseline is given;
+2. trains M1's judge on the 688 human pairs of builtin:hh_eft with `srlm train-judge` (Bradley-Terry on the
+   expected score of the direct judge prompt; the settings below, chosen before any figure here was seen);
+3. measures every judge with `srlm eval judge` (judge.method=direct) on builtin:hh_val (300 pairs: the split for
+   checking settings) and on the first 300 pairs of builtin:hh_test (the reported split, the evidence run's pairs),
+   beside the length baseline on the same pairs;
+4. prints paired bootstrap differences on hh_test: trained judge - M1, trained judge - SFT baseline, and trained
+   judge - M1 as the evidence run judged (with its justification, judge.method=expected), when that run's items
+   file is there.
+
+Splits: hh_eft, hh_val and hh_test are disjoint by question (scripts/build_builtin_data.py). Nothing here is chosen
+on hh_test. Every step is skipped when its output exists, so a killed run continues.
+Writes <out>/judge_training.json and prints a markdown table (benchmarks/results/judge_training.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_JUDGE = ["judge_training.learning_rate=2e-4", "judge_training.learning_rate_end=2e-5",
+               "judge_training.batch_size=8", "judge_training.micro_batch_size=4", "judge_training.epochs=1",
+               "judge_training.save_every_steps=20"]
+SFT_BASELINE = ["--recipe", "evidence"]  # its sft section: LoRA r16, lr 1e-3 -> 1e-4, one epoch
+DIRECT = ["judge.method=direct", "judge.num_samples=1", "backend.max_batch_tokens=32768"]
+
+
+def srlm(*argv: str) -> None:
+    from srlm.cli import main
+
+    print("$ srlm " + " ".join(argv), flush=True)
+    start = time.perf_counter()
+    code = main(list(argv))
+    if code != 0:
+        sys.exit(f"srlm {argv[0]} failed ({code})")
+    print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def judge_eval(model: Path, data: str, limit: int, out: Path, extra: list[str]) -> None:
+    if not out.exists():
+        srlm("eval", "judge", "--model", str(model), "--data", data, "--limit", str(limit), "--out", str(out), *extra)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--m1", type=Path, required=True, help="M1 (IFT + EFT), e.g. runs/evidence/models/m1")
+    parser.add_argument("--sft-baseline", type=Path, help="an IFT-only model; default: trained here")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "judge_training")
+    parser.add_argument("--evidence-items", type=Path, default=ROOT / "runs" / "evidence" / "eval_m1" /
+                        "judge_accuracy.items.jsonl", help="the evidence run's M1 judge items on hh_test")
+    parser.add_argument("--val-limit", type=int, default=300)
+    parser.add_argument("--test-limit", type=int, default=300)
+    parser.add_argument("--table-only", action="store_true", help="print the table from what is on disk")
+    args = parser.parse_args()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    trained = out / "m1_judge_trained"
+    baseline = args.sft_baseline or out / "sft_baseline"
+    if not args.table_only:
+        if not trained.exists():
+            srlm("train-judge", "--model", str(args.m1), "--pairs", "builtin:hh_eft", "--out", str(trained),
+                 "--stats-out", str(out / "train_judge_stats.json"), *TRAIN_JUDGE)
+        if not baseline.exists():
+            srlm("sft", "--no-eft", "--model", "embedded", "--out", str(baseline), *SFT_BASELINE)
+        for name, model in (("m1", args.m1), ("m1_judge_trained", trained)):
+            judge_eval(model, "builtin:hh_val", args.val_limit, out / f"val_{name}.json", DIRECT)
+        for name, model in (("sft_baseline", baseline), ("m1", args.m1), ("m1_judge_trained", trained)):
+            judge_eval(model, "builtin:hh_test", args.test_limit, out / f"test_{name}.json", DIRECT)
+    result = collect(out, args.evidence_items)
+    (out / "judge_training.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(render(result))
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _items(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def collect(out: Path, evidence_items: Path) -> dict:
+    from srlm.evaluation.metrics import pair_credits, paired_difference
+
+    rows = {}
+    for split in ("val", "test"):
+        for name in ("sft_baseline", "m1", "m1_judge_trained"):
+            metrics = _read(out / f"{split}_{name}.json")
+            if metrics:
+                rows[f"{split} {name}"] = metrics
+    credits = {name: pair_credits(_items(out / f"test_{name}.items.jsonl"))
+               for name in ("sft_baseline", "m1", "m1_judge_trained")}
+    if evidence_items.exists():
+        credits["m1 (evidence run, with justification)"] = pair_credits(_items(evidence_items))
+    comparisons = {}
+    trained = credits["m1_judge_trained"]
+    for other in ("m1", "sft_baseline", "m1 (evidence run, with justification)"):
+        if trained and credits.get(other):
+            common = sorted(set(trained) & set(credits[other]))
+            comparisons[f"m1_judge_trained - {other}"] = paired_difference(
+                [trained[g] for g in common], [credits[other][g] for g in common])
+    return {"rows": rows, "comparisons": comparisons, "train_judge": _read(out / "train_judge_stats.json"),
+            "settings": {"train_judge": TRAIN_JUDGE, "judge": DIRECT}}
+
+
+def render(result: dict) -> str:
+    from srlm.evaluation.metrics import format_with_interval
+
+    from srlm.evaluation.judge_eval import format_accuracy
+
+    lines = ["| split | judge (judge.method=direct) | pairwise accuracy [95% CI], pairs | length baseline, same pairs |",
+             "|---|---|---|---|"]
+    for key, m in result["rows"].items():
+        split, name = key.split(" ", 1)
+        split = {"val": "hh_val (settings)", "test": "hh_test (reported)"}[split]
+        lines.append(f"| {split} | {name} | {format_accuracy(m)} "
+                     f"| {format_with_interval(m['length_baseline'], 'pairwise_accuracy')} |")
+    for name, c in result["comparisons"].items():
+        if c["difference"] is not None:
+            low, high = c["difference_ci"]
+            lines.append(f"\n{name} on hh_test: {c['difference']:+.3f} [{low:+.3f}, {high:+.3f}] "
+                         f"(paired bootstrap over {c['n']} pairs; a missing score counts as a tie)")
+    stats = result.get("train_judge")
+    if stats:
+        lines.append(f"\ntrain-judge: {stats['pairs_trained']} pairs of builtin:hh_eft, {stats['steps']} steps, loss "
+                     f"{stats.get('loss_first')} -> {stats.get('loss_last')}, held-out pair accuracy during the first "
+                     f"pass {stats.get('pair_accuracy_first_epoch')} ({stats.get('pairs_first_epoch')} pairs, each "
+                     f"scored before it was learnt from), {stats.get('train_seconds')} s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
