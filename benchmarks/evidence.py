@@ -41,8 +41,8 @@ def split_ifeval(shared: Path, out_dir: Path) -> tuple[Path, Path]:
     return reported, apart
 
 
-def run_loop(run_dir: Path, ifeval: Path, overrides: list[str]) -> None:
-    command = [sys.executable, "-m", "srlm", "run", "--recipe", "evidence", "--run-dir", str(run_dir),
+def run_loop(run_dir: Path, ifeval: Path, overrides: list[str], recipe: str = "evidence") -> None:
+    command = [sys.executable, "-m", "srlm", "run", "--recipe", recipe, "--run-dir", str(run_dir),
                f"eval.ifeval_prompts={ifeval}", *overrides]
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True)
@@ -203,6 +203,7 @@ def render(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "evidence"))
+    parser.add_argument("--recipe", default="evidence", help="evidence (the paper's M1) or evidence-trained-judge")
     parser.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--table-only", action="store_true", help="only read an existing run directory")
     parser.add_argument("--finish-outside-the-loop", type=int, metavar="JUDGE_PAIRS",
@@ -216,13 +217,13 @@ def main() -> None:
         finish_outside_the_loop(run_dir, args.finish_outside_the_loop)
     elif not args.table_only:
         reported, _apart = split_ifeval(Path(args.shared), run_dir.parent / f"{run_dir.name}_data")
-        run_loop(run_dir, reported, args.overrides)
+        run_loop(run_dir, reported, args.overrides, args.recipe)
         if args.baseline_winrate:
             baseline_winrate(run_dir)
     result = collect(run_dir)
     (run_dir / "evidence.json").write_text(json.dumps(result, indent=1))
     table = render(result)
-    out = ROOT / "benchmarks" / "results" / "evidence.md"
+    out = ROOT / "benchmarks" / "results" / ("evidence.md" if args.recipe == "evidence" else f"{args.recipe}.md")
     out.parent.mkdir(exist_ok=True)
     out.write_text(table + "\n")
     print(table)

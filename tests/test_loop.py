@@ -350,6 +350,11 @@ def test_judge_training_makes_m1_from_the_eft_model_and_the_loop_judges_directly
     judged = read_jsonl(run_dir / "iter_1" / "judgements.jsonl")
     assert judged and all(len(r["judgements"]) == 1 and r["judgements"][0]["score_probs"] for r in judged)
     assert "srlm train-judge" in (run_dir / "models" / "m1" / "README.md").read_text()
+    from srlm.report import write_report
+
+    write_report(run_dir)
+    report = (run_dir / "report.md").read_text()
+    assert "M1's judge training on human pairs" in report or "held-out pair accuracy, first pass" in report
     capsys.readouterr()
     run_loop(small_config(tiny_model_dir, *judge_training), run_dir)  # resumed: nothing reruns
     assert "train_judge: already done" in capsys.readouterr().out

@@ -169,3 +169,12 @@ def test_train_judge_cli(tiny_model_dir, tmp_path, capsys):
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["pairs_trained"] == 4 and stats["steps"] == 2
     assert "judge.method=direct" in capsys.readouterr().out
+
+
+def test_length_grouped_pairs_train_each_pair_once(tiny_model_dir, tmp_path):
+    from srlm.stages.train_judge import run_train_judge
+
+    pairs = _pairs_file(tmp_path / "p.jsonl", 8)
+    cfg = JudgeTrainingConfig(batch_size=4, micro_batch_size=2, group_by_length=True)
+    stats = run_train_judge(str(tiny_model_dir), pairs, tmp_path / "j", cfg, seed=0, device="cpu")
+    assert stats["steps"] == 2 and stats["pairs_first_epoch"] == 8

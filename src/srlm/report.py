@@ -597,6 +597,32 @@ def _plot_dpo(data: dict) -> str | None:
                           x_label="optimizer step", tick_format=lambda v: f"{v:.2f}")
 
 
+def _judge_training_steps(data: dict) -> list[dict]:
+    stats = (data.get("summary") or {}).get("train_judge")
+    steps = stats.get("per_step") if isinstance(stats, dict) else None
+    return [s for s in steps or [] if isinstance(s.get("loss"), (int, float))]
+
+
+def _plot_judge_training(data: dict) -> str | None:
+    steps = _judge_training_steps(data)
+    if not steps:
+        return None
+    series = [("Bradley-Terry loss", [s["loss"] for s in steps]),
+              ("pair accuracy of the step's batch (before its update)", [s.get("pair_accuracy_mean") for s in steps])]
+    return svg_line_chart("M1's judge training on human pairs, per step", [str(i + 1) for i in range(len(steps))],
+                          series, y_min=0.0, y_max=1.0, reference=0.5,
+                          y_label="loss; accuracy (dashed: 0.5)", x_label="optimizer step")
+
+
+def _judge_training_table(data: dict) -> tuple[list[str], list[list[str]]]:
+    stats = (data.get("summary") or {}).get("train_judge")
+    if not isinstance(stats, dict) or not _judge_training_steps(data):
+        return ["pairs", "steps", "loss first", "loss last", "held-out pair accuracy, first pass"], []
+    return (["pairs", "steps", "loss first", "loss last", "held-out pair accuracy, first pass"],
+            [[_fmt(stats.get("pairs_trained")), _fmt(stats.get("steps")), _fmt(stats.get("loss_first")),
+              _fmt(stats.get("loss_last")), _fmt(stats.get("pair_accuracy_first_epoch"))]])
+
+
 def _plot_judge_models(data: dict) -> str | None:
     models = [m for m in data.get("models", []) if m["judge_accuracy"]
               and isinstance(m["judge_accuracy"].get("pairwise_accuracy"), (int, float))]
@@ -623,13 +649,24 @@ PLOTS = (
     ("Judge accuracy", _plot_judge_models, "no judge accuracy recorded for this run (set eval.judge_data, e.g. "
      "builtin:hh_test, or compute it with `srlm eval judge`)"),
     ("DPO training", _plot_dpo, "no per-step DPO log recorded for this run"),
+    ("Judge training", _plot_judge_training, "M1's judge was not trained on human pairs in this run "
+     "(judge_training.pairs is off, as in the paper)"),
 )
+# Sections shown only when the run has them (an option that is off by default), rather than as "No data".
+_OPTIONAL = {"Judge training": _judge_training_steps}
+
+
+def _plots_for(data: dict):
+    return [entry for entry in PLOTS if entry[0] not in _OPTIONAL or _OPTIONAL[entry[0]](data)]
+
+
 _TABLES = {
     "Judge scores": _histogram_table,
     "Chosen vs rejected length": _length_table,
     "Win rates": _winrate_table,
     "Judge accuracy": _judge_table,
     "DPO training": _dpo_table,
+    "Judge training": _judge_training_table,
     "IFEval": _ifeval_table,
 }
 
@@ -696,7 +733,7 @@ def render_html(data: dict) -> str:
     ]
     header, rows = _iteration_table(data)
     out.append(_html_table(header, rows) if rows else '<p class="no-data">No iterations recorded yet.</p>')
-    for title, plot, why_empty in PLOTS:
+    for title, plot, why_empty in _plots_for(data):
         out.append(f"<h2>{_e(title)}</h2>")
         svg = plot(data)
         out.append(svg if svg else f'<p class="no-data">No data: {_e(why_empty)}.</p>')
@@ -760,7 +797,7 @@ def render_markdown(data: dict) -> str:
     out += ["## Iterations", ""]
     header, rows = _iteration_table(data)
     out += _md_table(header, rows) if rows else ["No iterations recorded yet.", ""]
-    for title, plot, why_empty in PLOTS:
+    for title, plot, why_empty in _plots_for(data):
         out += [f"## {title}", ""]
         header, rows = _TABLES[title](data)
         if rows:

@@ -227,7 +227,11 @@ def run_train_judge(
         kwargs = training.trainer_kwargs(cfg=cfg, device=device, dtype=torch_dtype, seed=seed, output_dir=scratch)
         kwargs.pop("max_length")  # a TRL argument; pairs were length-checked above
         args = TrainingArguments(**kwargs, remove_unused_columns=False)
-        trainer = pairwise_trainer_class()(
+        trainer_class = pairwise_trainer_class()
+        if cfg.group_by_length and cfg.micro_batch_size > 1:
+            trainer_class = training.length_grouped(
+                trainer_class, lambda d: [max(len(f["better_ids"]), len(f["worse_ids"])) for f in d])
+        trainer = trainer_class(
             model=model, args=args, train_dataset=features,
             data_collator=lambda batch: collate_pairs(batch, pad_id),
             callbacks=[training.nan_guard()], digit_ids=digit_ids, score_scale=cfg.score_scale,
