@@ -235,3 +235,26 @@ def test_eval_winrate_cli_additive_method(tmp_path, capsys):
     metrics = json.loads(out.read_text())
     assert metrics["judge"]["method"] == "additive" and metrics["n"] == 2 and metrics["n_identical"] == 1
     assert "graded alone" in capsys.readouterr().out
+
+
+def test_judge_prompts_over_the_limit_are_not_sent_and_are_counted():
+    from srlm.config import JudgeConfig
+    from srlm.evaluation.winrate import additive_winrate
+
+    long_answer = "word " * 3000  # over judge.max_prompt_tokens (fake backend: words)
+    sent = []
+
+    def judge(request, index):
+        sent.append(request.messages[0]["content"])
+        return "Winner: A" if "Output (a)" in request.messages[0]["content"] else "Fine.\nScore: 3"
+
+    backend = make_backend("fake", None, script=judge)
+    pairwise = pairwise_winrate(["p1", "p2"], ["good", long_answer], ["bad", "bad"], backend, seed=0,
+                                bootstrap_samples=0, max_prompt_tokens=2048)
+    assert pairwise["metrics"]["pairs_skipped_prompt_too_long"] == 1 and len(sent) == 2  # only p1, both orders
+    assert pairwise["items"][1]["skipped"] == "judge_prompt_too_long" and pairwise["items"][1]["first_order"] is None
+    sent.clear()
+    additive = additive_winrate(["p1", "p2"], ["good", long_answer], ["bad", "bad"], backend,
+                                JudgeConfig(num_samples=1), seed=0, bootstrap_samples=0)
+    assert additive["metrics"]["answers_skipped_prompt_too_long"] == 1 and len(sent) == 3
+    assert additive["items"][1]["first_order"] is None and additive["metrics"]["n_unparsed"] == 1

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from srlm.backends.base import supports_score_probs
+from srlm.backends.base import GenerationRequest, Sampling, supports_score_probs
 from srlm.errors import SrlmError
 
 MAX_SCORE = 5.0
@@ -143,6 +143,42 @@ class Judged:
     @property
     def texts(self) -> list[str]:
         return [c.text for c in self.completions]
+
+
+@dataclass(frozen=True)
+class Judge:
+    """The judge as one value, built once from `judge.*`: its template, sampling, scoring method and prompt-length
+    limit. Every place that judges (the judge stage, `srlm eval judge`, the additive win rate, EFT construction)
+    builds its requests and reads its scores through it, so they cannot drift apart."""
+
+    template: str
+    method: str
+    sampling: Sampling
+    max_prompt_tokens: int
+
+    @classmethod
+    def from_config(cls, cfg, backend=None, *, template: str | None = None) -> "Judge":
+        """From a `JudgeConfig`; with `backend`, checked first that the backend can score this way. `template`
+        replaces the configured one (EFT demonstrations are always the justified rubric)."""
+        if backend is not None:
+            check_method(cfg.method, backend)
+        return cls(template=load_template(cfg.template_file, cfg.method) if template is None else template,
+                   method=cfg.method, max_prompt_tokens=cfg.max_prompt_tokens,
+                   sampling=Sampling(n=cfg.num_samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                                     max_new_tokens=cfg.max_new_tokens))
+
+    def request(self, request_id: str, question: str, response: str, seed: int) -> GenerationRequest:
+        """The judge prompt for one response, as one chat turn."""
+        return GenerationRequest(request_id, self.sampling, seed,
+                                 messages=[{"role": "user", "content": render(self.template, question, response)}])
+
+    def fits(self, backend, request: GenerationRequest) -> bool:
+        """False when the judge prompt is longer than judge.max_prompt_tokens: such a response is skipped and
+        counted, never sent (a truncated prompt would cut off the response or the instructions)."""
+        return backend.count_prompt_tokens(request) <= self.max_prompt_tokens
+
+    def judge(self, backend, requests: list, on_done=None) -> list["Judged"]:
+        return judge_requests(backend, requests, self.method, on_done)
 
 
 def judge_requests(backend, requests: list, method: str, on_done=None) -> list[Judged]:

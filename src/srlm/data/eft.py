@@ -47,11 +47,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from srlm.backends import GenerationRequest, Sampling
+from srlm.backends import GenerationRequest
 from srlm.config import JudgeConfig, fingerprint_view
 from srlm.errors import DataError
 from srlm.io import ResumableJsonlWriter, iter_jsonl, stable_id, stable_seed, write_json, write_jsonl
-from srlm.judge import load_template, parse_score, render
+from srlm.judge import Judge, load_template, parse_score
 from srlm.stages.common import chunks, progress
 
 DEFAULT_MAX_PER_SCORE_SHARE = 0.4
@@ -136,10 +136,9 @@ def judge_groups(
     With `log_path`, records are appended to `<log>.partial` after every `chunk_groups` groups and the finished log
     is written at the end; records already there (a killed run's partial log, or a finished log) are reused.
     """
-    template = load_template(judge_cfg.template_file)  # demonstrations are justifications: never the direct rubric
-    key = log_key(teacher, judge_cfg, template, seed)
-    sampling = Sampling(n=judge_cfg.num_samples, temperature=judge_cfg.temperature, top_p=judge_cfg.top_p,
-                        max_new_tokens=judge_cfg.max_new_tokens)
+    # Demonstrations are justifications, so always the justified rubric (never judge.method=direct's).
+    judge = Judge.from_config(judge_cfg, template=load_template(judge_cfg.template_file))
+    key = log_key(teacher, judge_cfg, judge.template, seed)
 
     # One request per reply; the seed depends on the reply only, so a resumed run samples what a whole one would.
     requests_by_group: list[list[tuple[dict, GenerationRequest]]] = []
@@ -152,10 +151,8 @@ def judge_groups(
                 raise DataError(f"group {group['group_id']}: reply {reply['reply_id']} appears twice")
             info[item_id] = {"item_id": item_id, "group_id": group["group_id"], "reply_id": reply["reply_id"],
                              "rank": reply["rank"], "log_key": key}
-            request = GenerationRequest(
-                item_id, sampling, stable_seed(seed, "eft", group["group_id"], reply["reply_id"]),
-                messages=[{"role": "user", "content": render(template, group["prompt"], reply["text"])}],
-            )
+            request = judge.request(item_id, group["prompt"], reply["text"],
+                                    stable_seed(seed, "eft", group["group_id"], reply["reply_id"]))
             row.append((info[item_id], request))
         requests_by_group.append(row)
 
@@ -186,7 +183,7 @@ def judge_groups(
     with progress(total, "eft judge", initial=total - sum(len(row) for row in todo_groups), unit="reply") as bar:
         for chunk in chunks(todo_groups, chunk_groups):
             items = [pair for row in chunk for pair in row]
-            fits = [(i, r) for i, r in items if backend.count_prompt_tokens(r) <= judge_cfg.max_prompt_tokens]
+            fits = [(i, r) for i, r in items if judge.fits(backend, r)]
             outputs = backend.generate([r for _, r in fits], on_done=bar.update) if fits else []
             records = {i["item_id"]: _log_record(i, outs) for (i, _), outs in zip(fits, outputs)}
             for i, _ in items:

@@ -227,7 +227,8 @@ def cmd_eval_winrate(args) -> int:
                                       max_new_tokens=args.judge_max_new_tokens or cfg.judge.max_new_tokens,
                                       temperature=args.judge_temperature,
                                       template=load_pairwise_template(args.template),
-                                      bootstrap_samples=args.bootstrap_samples)
+                                      bootstrap_samples=args.bootstrap_samples,
+                                      max_prompt_tokens=cfg.judge.max_prompt_tokens)
     finally:
         judge.close()
     metrics = result["metrics"]

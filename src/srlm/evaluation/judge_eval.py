@@ -31,12 +31,12 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from srlm.backends import GenerationRequest, Sampling
+from srlm.backends import GenerationRequest
 from srlm.errors import DataError
 from srlm.evaluation.human_data import RankedGroup, read_oasst_trees, read_preference_pairs
 from srlm.evaluation.metrics import format_with_interval, judge_agreement
 from srlm.io import stable_seed, write_json, write_jsonl
-from srlm.judge import average_score, check_method, judge_requests, load_template, render
+from srlm.judge import Judge, average_score
 from srlm.stages.common import chunks, progress
 
 HUMAN_DATA_FORMATS = ("oasst", "pairs", "groups")
@@ -130,11 +130,6 @@ def read_human_groups(path: str | Path, format: str = "auto") -> tuple[list[Rank
     return groups, counts, format
 
 
-def _judge_sampling(judge_cfg) -> Sampling:
-    return Sampling(n=judge_cfg.num_samples, temperature=judge_cfg.temperature, top_p=judge_cfg.top_p,
-                    max_new_tokens=judge_cfg.max_new_tokens)
-
-
 def evaluate_judge(
     groups: Iterable[RankedGroup], backend, judge_cfg, *, seed: int, bootstrap_samples: int = 1000
 ) -> tuple[dict[str, Any], list[dict]]:
@@ -150,9 +145,7 @@ def evaluate_judge(
     """
     groups = list(groups)
     method = judge_cfg.method
-    check_method(method, backend)
-    template = load_template(judge_cfg.template_file, judge_cfg.method)
-    sampling = _judge_sampling(judge_cfg)
+    judge = Judge.from_config(judge_cfg, backend)
 
     items: list[dict] = []
     to_send: list[tuple[GenerationRequest, dict]] = []  # (request, the item its judgements go to)
@@ -169,19 +162,16 @@ def evaluate_judge(
                 "score": None,
             }
             items.append(item)
-            request_id = f"{group.group_id}/{reply['reply_id']}"
-            request = GenerationRequest(
-                request_id, sampling, stable_seed(seed, "eval-judge", group.group_id, reply["reply_id"]),
-                messages=[{"role": "user", "content": render(template, question, reply["text"])}],
-            )
-            if backend.count_prompt_tokens(request) > judge_cfg.max_prompt_tokens:
+            request = judge.request(f"{group.group_id}/{reply['reply_id']}", question, reply["text"],
+                                    stable_seed(seed, "eval-judge", group.group_id, reply["reply_id"]))
+            if not judge.fits(backend, request):
                 item["skipped"] = "judge_prompt_too_long"
                 continue
             to_send.append((request, item))
 
     with progress(len(to_send), "eval judge", unit="reply") as bar:
         for chunk in chunks(to_send, _CHUNK_REQUESTS):
-            judged = judge_requests(backend, [request for request, _ in chunk], method, on_done=bar.update)
+            judged = judge.judge(backend, [request for request, _ in chunk], on_done=bar.update)
             for (_, item), j in zip(chunk, judged):
                 item["judgements"] = j.texts
                 item["scores"] = j.scores  # what `score` averages

@@ -89,8 +89,12 @@ def pairwise_winrate(
     temperature: float = 0.0,
     template: str | None = None,
     bootstrap_samples: int = 1000,
+    max_prompt_tokens: int = 2048,
 ) -> dict[str, Any]:
     """Judge every (prompt, answer A, answer B) in both orders and compute the win rate of A against B.
+
+    A pair whose judge prompt (either order) is longer than `max_prompt_tokens` is not sent: both verdicts are
+    missing (unparsed, a tie), and it is counted in `pairs_skipped_prompt_too_long`.
 
     Returns {"metrics": winrate_from_verdicts(...) (win/tie/loss/win_rate with intervals, n_unparsed,
     n_order_disagreements, mean_len_a/b in characters, length_controlled_win_rate, rule) plus "judge" settings,
@@ -101,16 +105,19 @@ def pairwise_winrate(
     template = template if template is not None else builtin_pairwise_template()
     sampling = Sampling(n=1, temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens)
 
-    requests = []
+    requests, too_long = [], set()
     for index, (prompt, a, b) in enumerate(zip(prompts, answers_a, answers_b)):
         if a == b:
             continue  # the same text: a tie, whatever a judge would say about positions
         pair_id = stable_id("pair", index, prompt, a, b)
-        for order, (first, second) in (("first_order", (a, b)), ("second_order", (b, a))):
-            requests.append(GenerationRequest(
-                f"{pair_id}/{order}", sampling, stable_seed(seed, "winrate", pair_id, order),
-                messages=[{"role": "user", "content": render_pairwise(template, prompt, first, second)}],
-            ))
+        both = [GenerationRequest(
+            f"{pair_id}/{order}", sampling, stable_seed(seed, "winrate", pair_id, order),
+            messages=[{"role": "user", "content": render_pairwise(template, prompt, first, second)}],
+        ) for order, (first, second) in (("first_order", (a, b)), ("second_order", (b, a)))]
+        if any(judge_backend.count_prompt_tokens(r) > max_prompt_tokens for r in both):
+            too_long.add(index)
+        else:
+            requests += both
 
     judgements: list[str] = []
     with progress(len(requests), "eval winrate", unit="judgement") as bar:
@@ -123,7 +130,7 @@ def pairwise_winrate(
         if a == b:
             items.append(_identical_item(index, prompt, a))
             continue
-        first_text, second_text = next(texts), next(texts)
+        first_text, second_text = ("", "") if index in too_long else (next(texts), next(texts))
         items.append({
             "index": index,
             "prompt": prompt,
@@ -135,8 +142,10 @@ def pairwise_winrate(
             "second_order_judgement": second_text,
             "first_order": parse_verdict(first_text),
             "second_order": parse_verdict(second_text),
+            **({"skipped": "judge_prompt_too_long"} if index in too_long else {}),
         })
     metrics = _metrics(items, bootstrap_samples, seed)
+    metrics["pairs_skipped_prompt_too_long"] = len(too_long)
     metrics["judge"] = {"method": "pairwise", "temperature": temperature, "max_new_tokens": max_new_tokens,
                         "orders": "A first, then B first; letters name positions",
                         "identical_answers": "a tie, not judged"}
@@ -184,14 +193,12 @@ def additive_winrate(
     biased by and no second order to judge: both verdict fields of an item hold the same verdict. Identical
     answers are a tie and are not judged.
     """
-    from srlm.judge import average_score, check_method, judge_requests, load_template, render
+    from srlm.judge import Judge, average_score
 
     _check_inputs(prompts, answers_a, answers_b)
-    check_method(judge_cfg.method, judge_backend)
-    template = load_template(judge_cfg.template_file, judge_cfg.method)
-    sampling = Sampling(n=judge_cfg.num_samples, temperature=judge_cfg.temperature, top_p=judge_cfg.top_p,
-                        max_new_tokens=judge_cfg.max_new_tokens)
+    judge = Judge.from_config(judge_cfg, judge_backend)
     requests, seen = [], set()
+    graded: dict[str, dict] = {}
     for index, (prompt, a, b) in enumerate(zip(prompts, answers_a, answers_b)):
         if a == b:
             continue
@@ -199,14 +206,15 @@ def additive_winrate(
             answer_id = stable_id("answer", prompt, answer)  # one judgement per distinct (prompt, answer)
             if answer_id not in seen:
                 seen.add(answer_id)
-                requests.append(GenerationRequest(
-                    answer_id, sampling, stable_seed(seed, "winrate-additive", answer_id),
-                    messages=[{"role": "user", "content": render(template, prompt, answer)}]))
+                request = judge.request(answer_id, prompt, answer, stable_seed(seed, "winrate-additive", answer_id))
+                if judge.fits(judge_backend, request):
+                    requests.append(request)
+                else:  # not sent: a missing score, so the pair counts as unparsed (a tie), like a failed parse
+                    graded[answer_id] = {"judgements": [], "score": None, "skipped": "judge_prompt_too_long"}
 
-    graded: dict[str, dict] = {}
     with progress(len(requests), "eval winrate (additive)", unit="answer") as bar:
         for chunk in chunks(requests, _CHUNK_REQUESTS):
-            for request, j in zip(chunk, judge_requests(judge_backend, list(chunk), judge_cfg.method, bar.update)):
+            for request, j in zip(chunk, judge.judge(judge_backend, list(chunk), bar.update)):
                 graded[request.request_id] = {"judgements": j.texts, "score": average_score(j.scores)}
 
     items = []
@@ -226,6 +234,7 @@ def additive_winrate(
                       # one verdict, stored in both order fields: for metrics that read pairwise items
                       "first_order": verdict, "second_order": {"A": "B", "B": "A"}.get(verdict, verdict)})
     metrics = _metrics(items, bootstrap_samples, seed)
+    metrics["answers_skipped_prompt_too_long"] = sum(1 for g in graded.values() if g.get("skipped"))
     metrics["judge"] = {"method": "additive", "num_samples": judge_cfg.num_samples, "score_method": judge_cfg.method,
                         "temperature": judge_cfg.temperature, "max_new_tokens": judge_cfg.max_new_tokens,
                         "rule": "higher additive score wins; equal scores tie; identical answers are a tie, not judged"}

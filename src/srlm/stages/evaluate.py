@@ -114,7 +114,8 @@ def winrate(cfg: Config, model_a: str, model_b: str, judge_path: str, out_path: 
             result = additive_winrate(prompts, answers_a, answers_b, judge, cfg.judge, seed=cfg.seed)
         else:
             result = pairwise_winrate(prompts, answers_a, answers_b, judge, seed=cfg.seed,
-                                      max_new_tokens=cfg.eval.max_new_tokens)
+                                      max_new_tokens=cfg.eval.max_new_tokens,
+                                      max_prompt_tokens=cfg.judge.max_prompt_tokens)
     finally:
         judge.close()
     judge_name = {"next": "self (M_t+1)", "m1": "M1 (fixed)"}.get(cfg.eval.winrate_judge, judge_path)

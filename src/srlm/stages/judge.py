@@ -29,11 +29,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from srlm.backends import GenerationRequest, Sampling
 from srlm.config import JudgeConfig
 from srlm.errors import DataError
 from srlm.io import MaybeEmpty, ResumableJsonlWriter, iter_jsonl_numbered, stable_seed
-from srlm.judge import Judged, average_score, check_method, judge_requests, load_template, render
+from srlm.judge import Judge, Judged, average_score
 from srlm.stages.common import chunks, progress
 
 # `response` may be empty: a model can answer with nothing, and respond writes what it answered.
@@ -58,21 +57,16 @@ def read_responses(path: Path) -> list[dict]:
 
 
 def run_judge(responses_path: Path, out_path: Path, backend, cfg: JudgeConfig, *, seed: int, chunk_prompts: int = 16) -> dict:
-    check_method(cfg.method, backend)
+    judge = Judge.from_config(cfg, backend)
     responses = read_responses(responses_path)
-    template = load_template(cfg.template_file, cfg.method)
-    sampling = Sampling(n=cfg.num_samples, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     by_id = {r["response_id"]: r for r in responses}
     requests, too_long = [], []
     empty = [r for r in responses if not r["response"].strip()]
     for r in responses:
         if not r["response"].strip():
             continue  # nothing to judge: recorded below as skipped, unscored
-        request = GenerationRequest(
-            r["response_id"], sampling, stable_seed(seed, "judge", r["response_id"]),
-            messages=[{"role": "user", "content": render(template, r["prompt"], r["response"])}],
-        )
-        (requests if backend.count_prompt_tokens(request) <= cfg.max_prompt_tokens else too_long).append(request)
+        request = judge.request(r["response_id"], r["prompt"], r["response"], stable_seed(seed, "judge", r["response_id"]))
+        (requests if judge.fits(backend, request) else too_long).append(request)
 
     writer = ResumableJsonlWriter(out_path, id_field="response_id")
     todo = [r for r in requests if r.request_id not in writer.done_ids]
@@ -80,7 +74,7 @@ def run_judge(responses_path: Path, out_path: Path, backend, cfg: JudgeConfig, *
     chunk_size = chunk_prompts * max(1, len(responses) // max(1, len({r["prompt_id"] for r in responses})))
     with progress(len(requests), "judge", initial=len(requests) - len(todo), unit="response") as bar:
         for chunk in chunks(todo, chunk_size):
-            judged = judge_requests(backend, list(chunk), cfg.method, on_done=bar.update)
+            judged = judge.judge(backend, list(chunk), on_done=bar.update)
             writer.append(_record(by_id[req.request_id], j) for req, j in zip(chunk, judged))
     writer.append(
         {**_record(by_id[req.request_id], Judged([], [], None, [])), "skipped": JUDGE_PROMPT_TOO_LONG}

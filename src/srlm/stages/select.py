@@ -332,7 +332,8 @@ def _evaluate(cfg, model_prev: Path, candidates: list[Candidate], run_id: str,
         try:
             for c in pending:
                 result = pairwise_winrate(prompts, answers[c.name], previous, judge, seed=cfg.seed,
-                                          max_new_tokens=cfg.eval.max_new_tokens)
+                                          max_new_tokens=cfg.eval.max_new_tokens,
+                                          max_prompt_tokens=cfg.judge.max_prompt_tokens)
                 # The texts are in the answers records already; keep the judgements and verdicts.
                 items = [{k: v for k, v in item.items() if k not in ("prompt", "answer_a", "answer_b")}
                          for item in result["items"]]
