@@ -196,7 +196,7 @@ def write_shards(path: str | Path, count: int, *, kind: str, out_dir: str | Path
     so no prompt can reach two shards and every shard process uses the ids the single process would use.
     kind="responses": the responses file for `srlm judge`, records unchanged.
     """
-    from srlm.stages.common import load_prompts
+    from srlm.io import load_prompts
 
     if kind == "prompts":
         records, _ = load_prompts(path)
@@ -298,7 +298,7 @@ def _merged_records(paths, out_path, order_key, id_field: str, expected_ids) -> 
 def respond_order_key(prompts_path: str | Path) -> Callable[[dict], tuple]:
     """The order `srlm respond` writes: prompt position in the prompts file (as read: duplicates dropped), then
     sample index."""
-    from srlm.stages.common import load_prompts
+    from srlm.io import load_prompts
 
     position = {p["prompt_id"]: i for i, p in enumerate(load_prompts(prompts_path)[0])}
     return lambda r: (position[r["prompt_id"]], r["sample_index"])

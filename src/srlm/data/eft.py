@@ -52,7 +52,7 @@ from srlm.config import JudgeConfig, fingerprint_view
 from srlm.errors import DataError
 from srlm.io import ResumableJsonlWriter, iter_jsonl, stable_id, stable_seed, write_json, write_jsonl
 from srlm.judge import Judge, load_template, parse_score
-from srlm.stages.common import chunks, progress
+from srlm.progress import chunks, progress
 
 DEFAULT_MAX_PER_SCORE_SHARE = 0.4
 SOURCE_SCHEMA = {"group_id": str, "prompt": str, "replies": list}

@@ -37,7 +37,7 @@ from srlm.evaluation.human_data import RankedGroup, read_oasst_trees, read_prefe
 from srlm.evaluation.metrics import format_with_interval, judge_agreement
 from srlm.io import stable_seed, write_json, write_jsonl
 from srlm.judge import Judge, average_score
-from srlm.stages.common import chunks, progress
+from srlm.progress import chunks, progress
 
 HUMAN_DATA_FORMATS = ("oasst", "pairs", "groups")
 SCORE_POLICY = (

@@ -162,7 +162,7 @@ def load_prompt_set(set_name: str, data: str | Path | None = None, *, limit: int
 
 
 def _run(backend, requests: list[GenerationRequest], desc: str) -> list:
-    from srlm.stages.common import chunks, progress
+    from srlm.progress import chunks, progress
 
     out = []
     with progress(len(requests), desc, unit="request") as bar:

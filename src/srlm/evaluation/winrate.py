@@ -28,7 +28,7 @@ from srlm.errors import SrlmError
 from srlm.evaluation.metrics import winrate_from_verdicts
 from srlm.judge import read_template_file, shipped_template
 from srlm.io import stable_id, stable_seed
-from srlm.stages.common import chunks, progress
+from srlm.progress import chunks, progress
 
 PAIRWISE_SLOTS = ("{instruction}", "{output_a}", "{output_b}")
 # "Winner:" then the verdict, allowing markdown emphasis, "Output (a)" / "(a)" / "[[A]]" spellings.

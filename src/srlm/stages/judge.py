@@ -33,7 +33,7 @@ from srlm.config import JudgeConfig
 from srlm.errors import DataError
 from srlm.io import MaybeEmpty, ResumableJsonlWriter, iter_jsonl_numbered, stable_seed
 from srlm.judge import Judge, Judged, average_score
-from srlm.stages.common import chunks, progress
+from srlm.progress import chunks, progress
 
 # `response` may be empty: a model can answer with nothing, and respond writes what it answered.
 RESPONSE_SCHEMA = {"prompt_id": str, "response_id": str, "prompt": str, "response": MaybeEmpty}

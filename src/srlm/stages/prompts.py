@@ -33,7 +33,7 @@ from srlm.backends import GenerationRequest, Sampling
 from srlm.config import PromptsConfig
 from srlm.errors import SrlmError
 from srlm.io import ResumableJsonlWriter, stable_id, stable_seed, write_jsonl
-from srlm.stages.common import progress
+from srlm.progress import progress
 
 HEADER = "Come up with a series of tasks:\n"
 BLOCKED_WORDS = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",

@@ -18,7 +18,8 @@ from srlm.backends import GenerationRequest, Sampling
 from srlm.config import RespondConfig
 from srlm.errors import DataError
 from srlm.io import ResumableJsonlWriter, stable_id, stable_seed
-from srlm.stages.common import chunks, load_prompts, progress
+from srlm.io import load_prompts
+from srlm.progress import chunks, progress
 
 
 def run_respond(
