@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from srlm.data.cli import add_data_commands
-from srlm.data.decontaminate import (DecontaminationIndex, Match, _prompt_of, _rouge_scorer, _tokens,
+from srlm.data.decontaminate import (DecontaminationIndex, Match, _prompt_of, rouge_l_scorer, _tokens,
                                      decontaminate, normalise, tokenize)
 from srlm.data.formats import load_records
 from srlm.errors import DataError
@@ -265,7 +265,7 @@ def reference_decontaminate(
                 for bound, neg_j in sorted(bounds, reverse=True):
                     if bound < near_threshold - 1e-9 or bound <= best_score:
                         break
-                    scorer = scorer or _rouge_scorer()
+                    scorer = scorer or rouge_l_scorer()
                     score = scorer.score(eval_texts[-neg_j], text)["rougeL"].fmeasure
                     if score > best_score:
                         best_score, best_j = score, -neg_j
@@ -390,7 +390,7 @@ def brute_force_match(text: str, evals: list[str], threshold: float, ngram_size:
     tokens = _tokens(text)
     if tokens and any(_tokens(e) == tokens for e in evals):
         return ("exact", None)
-    scorer = _rouge_scorer()
+    scorer = rouge_l_scorer()
     scores = [scorer.score(e, text)["rougeL"].fmeasure for e in evals]
     if scores and max(scores) >= threshold:
         return ("rouge_l", round(max(scores), 4))

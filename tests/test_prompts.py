@@ -71,3 +71,14 @@ def test_run_prompts_keeps_the_budget_counts_rejections_and_resumes(tmp_path):
     run_prompts(SEEDS, [], out2, Counting(), cfg, seed=0)
     assert read_jsonl(out2) == kept
     assert all(int(rid.split("-")[1]) >= 8 for batch in calls for rid in batch)  # nothing generated twice
+
+
+def test_prompts_in_other_scripts_are_compared_by_their_words():
+    """rouge-score's own tokenizer deletes non-ASCII letters, so two different prompts in another script looked
+    identical to the similarity filter; they are compared by their words now, as decontamination does."""
+    from srlm.config import PromptsConfig
+    from srlm.stages.prompts import PromptFilter
+
+    pool = PromptFilter(["Erkläre mir bitte, wie Photosynthese in Pflanzen funktioniert."], PromptsConfig())
+    assert pool.check("Schreibe ein kurzes Gedicht über den Herbst im Wald.") is None
+    assert pool.check("Erkläre mir bitte, wie Photosynthese in Pflanzen funktioniert!") == "duplicate"

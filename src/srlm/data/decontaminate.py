@@ -75,7 +75,8 @@ class _Tokenizer:
         return list(_tokens(text))
 
 
-def _rouge_scorer():
+def rouge_l_scorer():
+    """rouge-score's ROUGE-L with this module's tokenizer (Unicode-aware; the same words as `normalise`)."""
     from rouge_score import rouge_scorer  # imported here: it pulls in nltk and absl, slow to import
 
     return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Tokenizer())
@@ -225,7 +226,7 @@ class DecontaminationIndex:
         for bound, neg_j in sorted(bounds, reverse=True):
             if bound < self.near_threshold - 1e-9 or bound <= best_score:
                 break
-            self._scorer = self._scorer or _rouge_scorer()
+            self._scorer = self._scorer or rouge_l_scorer()
             score = self._scorer.score(self.eval_texts[-neg_j], text)["rougeL"].fmeasure
             if score > best_score:
                 best_score, best_j = score, -neg_j

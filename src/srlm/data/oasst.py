@@ -305,10 +305,12 @@ def _first_fraction(keys: Iterable[str], fraction: float, seed: int, salt: str) 
 
 
 def _dense_ranks(replies: Sequence[Message]) -> list[tuple[Message, int]]:
-    distinct = sorted({reply.rank for reply in replies})
-    new_rank = {rank: index for index, rank in enumerate(distinct)}
+    """(reply, rank) best first, ranks renumbered 0, 1, 2, ... with ties kept (scipy's dense ranking)."""
+    from scipy.stats import rankdata
+
     ordered = sorted(replies, key=lambda reply: (reply.rank, reply.message_id))
-    return [(reply, new_rank[reply.rank]) for reply in ordered]
+    dense = rankdata([reply.rank for reply in ordered], method="dense") if ordered else []
+    return [(reply, int(rank) - 1) for reply, rank in zip(ordered, dense)]
 
 
 def build_from_oasst(

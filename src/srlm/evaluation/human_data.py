@@ -75,9 +75,11 @@ def _relative_ranks(ranks: list[int]) -> list[int]:
     """Ranks renumbered so that the best kept reply is 0: rank = how many kept replies are strictly better.
 
     Filtering (unranked or synthetic replies) can remove the rank-0 reply; renumbering keeps "rank 0 = best" true
-    and keeps ties as ties (this is scipy's rankdata(method="min") - 1).
+    and keeps ties as ties.
     """
-    return [sum(1 for other in ranks if other < rank) for rank in ranks]
+    from scipy.stats import rankdata
+
+    return [int(r) - 1 for r in rankdata(ranks, method="min")] if ranks else []
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from srlm.backends import GenerationRequest, Sampling
 from srlm.config import PromptsConfig
+from srlm.data.decontaminate import normalise, rouge_l_scorer
 from srlm.errors import SrlmError
 from srlm.io import ResumableJsonlWriter, stable_id, stable_seed, write_jsonl
 from srlm.progress import progress
@@ -58,18 +59,14 @@ def split_items(completion: str, cut_at_length: bool) -> list[str]:
     return [item.split("\n\n")[0].strip() for item in items]
 
 
-def normalize(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 class PromptFilter:
     """Self-Instruct's filters against a growing pool; `check` returns None to keep or the rejection reason."""
 
     def __init__(self, pool: list[str], cfg: PromptsConfig):
-        from rouge_score import rouge_scorer
-
+        # The same words as decontamination compares (Unicode-aware: rouge-score's own tokenizer deletes non-ASCII
+        # letters, so two prompts in another script would look identical, or empty).
         self.cfg = cfg
-        self.scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+        self.scorer = rouge_l_scorer()
         self.pool: list[str] = []
         self.seen: set[str] = set()
         for text in pool:
@@ -77,7 +74,7 @@ class PromptFilter:
 
     def add(self, text: str) -> None:
         self.pool.append(text)
-        self.seen.add(normalize(text))
+        self.seen.add(normalise(text))
 
     def check(self, text: str) -> str | None:
         words = text.split()
@@ -89,7 +86,7 @@ class PromptFilter:
             return "punctuation"
         if not text[0].isascii():
             return "non_ascii"
-        if normalize(text) in self.seen:
+        if normalise(text) in self.seen:
             return "duplicate"
         if any(self.scorer.score(other, text)["rougeL"].fmeasure > self.cfg.rouge_l_max for other in self.pool):
             return "similar"
