@@ -48,6 +48,22 @@ def _print_stats(stats: dict, stats_out: str | None = None) -> None:
             write_json(stats_out, stats)
 
 
+def _stage_tracking(cfg, args):
+    """tracking.* for a training command: logs under <run dir>/tracking/<stage> (or tracking.logging_dir/<stage>),
+    the run dir being --tracking-run-dir or the output's parent folder, the stage --tracking-stage or its name."""
+    from srlm.tracking import stage_tracking
+
+    out = Path(args.out)
+    return stage_tracking(cfg.tracking, args.tracking_run_dir or out.parent, args.tracking_stage or out.name)
+
+
+def _add_tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-run-dir", help="with tracking.report_to: the run this stage's logs belong to (they "
+                   "go under <it>/tracking unless tracking.logging_dir is set; default: the output's parent folder)")
+    p.add_argument("--tracking-stage", help="with tracking.report_to: this stage's name in the tracker (default: "
+                   "the output's folder name)")
+
+
 def _generation_backend(cfg):
     from srlm.backends import backend_for
 
@@ -98,7 +114,8 @@ def cmd_sft(args) -> int:
     eft = None if args.no_eft else resolve_data_path(args.eft or cfg.data.eft)
     stats = run_sft(m.name_or_path, resolve_data_path(args.ift or cfg.data.ift), eft, Path(args.out), cfg.sft,
                     seed=cfg.seed, judge_template_file=cfg.judge.template_file, max_ift_examples=cfg.data.max_ift_examples, max_eft_examples=cfg.data.max_eft_examples,
-                    device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template)
+                    device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template,
+                    tracking=_stage_tracking(cfg, args))
     _print_stats(stats, args.stats_out)
     return 0
 
@@ -170,7 +187,8 @@ def cmd_dpo(args) -> int:
     cfg = config_from_args(args, _model_override(args))
     m = cfg.model
     stats = run_dpo(m.name_or_path, Path(args.pairs), Path(args.out), cfg.dpo, seed=cfg.seed, device=m.device,
-                    dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template)
+                    dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template,
+                    tracking=_stage_tracking(cfg, args))
     _print_stats(stats, args.stats_out)
     return 0
 
@@ -213,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model: hub id, local directory or 'embedded' (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--stats-out", help="also write the training stats (JSON) to this file")
+    _add_tracking_args(p)
     add_config_args(p)
     p.set_defaults(func=cmd_sft)
 
@@ -274,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="M_t (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="output model directory (M_t+1)")
     p.add_argument("--stats-out", help="also write the training stats (JSON) to this file")
+    _add_tracking_args(p)
     add_config_args(p)
     p.set_defaults(func=cmd_dpo)
 

@@ -152,7 +152,9 @@ class JudgeTrainingConfig(SftConfig):
                                    "counted (never truncated: the score position is at the end).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Attention dropout during training.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass.")
-    group_by_length: bool = Field(False, description="Unused: pairs are not length-grouped.")
+    group_by_length: bool = Field(False, description="With micro_batch_size > 1, put pairs of similar length in the "
+                                  "same pass (transformers' LengthGroupedSampler): less padding; each pair is still seen "
+                                  "once per epoch.")
     lora: LoraConfig = Field(default_factory=lambda: LoraConfig(enabled=True))
 
 
@@ -331,6 +333,70 @@ class LaunchConfig(_Section):
     )
 
 
+# The integrations srlm sends its own per-iteration figures to (the trainers' logs go to any of transformers').
+LOOP_TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
+# transformers' `report_to` names, for when its list cannot be read (transformers 5.x's INTEGRATION_TO_CALLBACK).
+KNOWN_INTEGRATIONS = ("azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte", "kubeflow",
+                      "mlflow", "neptune", "swanlab", "tensorboard", "trackio", "wandb")
+
+
+def report_to_names(value) -> list[str]:
+    """`tracking.report_to` as a list of names: 'none' = [], 'a,b' = ['a', 'b']; 'all' stays ['all']."""
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [n.strip() for n in names if n.strip()]
+    return [] if names == ["none"] else names
+
+
+def known_integrations() -> tuple[str, ...]:
+    """What transformers' `report_to` accepts, read from the installed transformers when it says."""
+    try:
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+    except ImportError:  # pragma: no cover - transformers is a dependency; its module layout may move
+        return KNOWN_INTEGRATIONS
+    return tuple(INTEGRATION_TO_CALLBACK)
+
+
+class TrackingConfig(_Section):
+    """Experiment tracking: the trainers' own `report_to`, plus the loop's figures after each iteration. It changes
+    no result, so it is part of no stage's fingerprint: turning it on or off reruns nothing."""
+
+    report_to: str | list[str] = Field(
+        "none", description="Where training logs go: 'none', or one or a list of transformers' report_to "
+        "integrations (tensorboard, wandb, mlflow, trackio, comet_ml, clearml, swanlab, ...; 'all' = every one "
+        "installed). SFT and DPO log their losses there, and after each iteration the loop logs its figures "
+        "(judge parse rate, score shares, pairs, DPO loss and reward accuracy, win rates, ...) at step = iteration "
+        "to tensorboard, wandb, mlflow and trackio. tensorboard needs `pip install 'srlm[tracking]'`.",
+    )
+    project: str | None = Field(
+        None, description="Project (wandb, trackio, comet_ml, clearml, swanlab) or experiment (mlflow) name; null = "
+        "each integration's default.",
+    )
+    run_name: str | None = Field(
+        None, description="Name of the run in the tracker; each training stage is '<run_name>/<stage>'. null = the "
+        "run directory's name.",
+    )
+    logging_dir: str | None = Field(
+        None, description="TensorBoard folder: each training stage logs to <logging_dir>/<stage> (sft, iter_1_dpo, "
+        "...) and the loop's figures to <logging_dir>/loop. null = <run_dir>/tracking.",
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_names(cls, value):
+        names = report_to_names(value)
+        if "none" in names:
+            raise ValueError("'none' cannot be combined with other integrations")
+        if "all" in names and len(names) > 1:
+            raise ValueError("'all' cannot be combined with other integrations")
+        if names:
+            known = known_integrations()  # imports transformers: only when tracking is on
+            unknown = [n for n in names if n != "all" and n not in known]
+            if unknown:
+                raise ValueError(f"unknown integration {', '.join(repr(n) for n in unknown)}; accepted: none, all, "
+                                 f"{', '.join(sorted(known))}")
+        return value
+
+
 class Config(_Section):
     seed: int = Field(0, description="Seed for sampling, shuffling and training.")
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -346,6 +412,7 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("seed")
     @classmethod
@@ -357,9 +424,12 @@ class Config(_Section):
     def fingerprint(self, *sections: str) -> str:
         """A hash of the named sections (all if none): a stage reruns when the part of the config it reads changed."""
         data = {name: fingerprint_view(name, values) if isinstance(values, dict) else values
-                for name, values in self.model_dump(mode="json").items()
-                if not (name in ADDED_SECTIONS and values == _default_section(name))}
-        picked = {name: data[name] for name in sections} if sections else data
+                for name, values in self.model_dump(mode="json").items()}
+        if sections:
+            picked = {name: data[name] for name in sections}
+        else:  # the whole config: sections added since, at their defaults, leave it as it was
+            picked = {name: values for name, values in data.items()
+                      if not (name in ADDED_SECTIONS and values == _default_section(name))}
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -380,7 +450,7 @@ ADDED_KEYS: dict[str, dict[str, object]] = {
 
 # Sections added after run directories already existed: left out of the whole-config fingerprint while every key
 # holds its default (a stage's fingerprint names the sections it reads, so those never see them).
-ADDED_SECTIONS = {"judge_training"}
+ADDED_SECTIONS = {"judge_training", "tracking"}
 
 
 def _default_section(name: str) -> dict:

@@ -18,7 +18,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from srlm import cards
+from srlm import cards, tracking
 from srlm.backends import backend_for, check_judge_method
 from srlm.config import Config, save_config
 from srlm.errors import SrlmError
@@ -79,7 +79,7 @@ def preview_changes(cfg: Config, rd: RunDir) -> None:
     stages will rerun, before anything is touched, and keep the old config as config.previous.yaml."""
     import yaml
 
-    from srlm.config import ADDED_KEYS
+    from srlm.config import ADDED_KEYS, ADDED_SECTIONS
 
     old_path = rd.root / "config.yaml"
     if not old_path.is_file():
@@ -89,6 +89,9 @@ def preview_changes(cfg: Config, rd: RunDir) -> None:
     except yaml.YAMLError:
         old = {}
     new = cfg.model_dump(mode="json")
+    for section in ADDED_SECTIONS:  # whole sections added since that config was written, still at their defaults
+        if section not in old and new.get(section) == Config.model_fields[section].default_factory().model_dump(mode="json"):
+            old[section] = new[section]
     for section, added in ADDED_KEYS.items():  # keys added since that config was written, still at their defaults
         for key, default in added.items():
             if isinstance(old.get(section), dict) and key not in old[section] and new.get(section, {}).get(key) == default:
@@ -156,13 +159,20 @@ def _launched(cfg: Config, rd: RunDir, stage_args: list[str], stats_name: str) -
     return stats
 
 
-def _train_sft(cfg: Config, rd: RunDir, ift_path, eft_path, out_dir: Path) -> dict:
+def _tracking_args(cfg: Config, rd: RunDir, stage: str) -> list[str]:
+    """A launched training stage's place in the run's tracking (see `srlm.tracking.stage_tracking`)."""
+    return ["--tracking-run-dir", str(rd.root), "--tracking-stage", stage] if tracking.integrations(cfg.tracking) else []
+
+
+def _train_sft(cfg: Config, rd: RunDir, ift_path, eft_path, out_dir: Path, stage: str = "sft") -> dict:
     if cfg.launch.num_processes > 1:
         data_args = ["--ift", ift_path] + (["--eft", eft_path] if eft_path else ["--no-eft"])
-        return _launched(cfg, rd, ["sft", "--out", str(out_dir), *data_args], out_dir.name)
+        return _launched(cfg, rd, ["sft", "--out", str(out_dir), *data_args, *_tracking_args(cfg, rd, stage)],
+                         out_dir.name)
     return run_sft(cfg.model.name_or_path, ift_path, eft_path, out_dir, cfg.sft, seed=cfg.seed,
                    judge_template_file=cfg.judge.template_file, max_ift_examples=cfg.data.max_ift_examples,
-                   max_eft_examples=cfg.data.max_eft_examples if eft_path else None, **_model_kwargs(cfg))
+                   max_eft_examples=cfg.data.max_eft_examples if eft_path else None, **_model_kwargs(cfg),
+                   tracking=tracking.stage_tracking(cfg.tracking, rd.root, stage))
 
 
 def copy_model(source: Path, out_dir: Path) -> dict:
@@ -199,16 +209,19 @@ def check_judge_training(cfg: Config) -> None:
 
 
 def _train_dpo(cfg: Config, rd: RunDir, model_t: Path, pairs: Path, out_dir: Path) -> dict:
+    stage = tracking.stage_name(f"{Path(pairs).parent.name}/dpo")  # iter_t/pairs.jsonl -> iter_t_dpo
     if cfg.launch.num_processes > 1:
-        return _launched(cfg, rd, ["dpo", "--pairs", str(pairs), "--model", str(model_t), "--out", str(out_dir)],
-                         out_dir.name)
-    return run_dpo(str(model_t), pairs, out_dir, cfg.dpo, seed=cfg.seed, **_model_kwargs(cfg))
+        return _launched(cfg, rd, ["dpo", "--pairs", str(pairs), "--model", str(model_t), "--out", str(out_dir),
+                                   *_tracking_args(cfg, rd, stage)], out_dir.name)
+    return run_dpo(str(model_t), pairs, out_dir, cfg.dpo, seed=cfg.seed, **_model_kwargs(cfg),
+                   tracking=tracking.stage_tracking(cfg.tracking, rd.root, stage))
 
 
 def run_loop(cfg: Config, run_dir: str | Path) -> dict:
     check_selection_config(cfg)  # before any training: a missing key must not surface after SFT and DPO
     check_judge_method(cfg)
     check_judge_training(cfg)
+    tracking.check(cfg.tracking)  # a listed tracker that is not installed fails now, not after SFT
     for path in (cfg.eval.heldout_prompts, cfg.eval.judge_data, cfg.eval.ifeval_prompts):
         resolve_data_path(path)  # likewise, a missing evaluation file fails now
     if cfg.loop.require_judge_signal and not cfg.eval.judge_data:
@@ -241,7 +254,8 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         summary["train_judge"] = rd.stage(
             "train_judge", stage_fingerprint(cfg, "train_judge"), [m1 / "config.json"],
             lambda: run_train_judge(str(m1_eft), resolve_data_path(cfg.judge_training.pairs), m1, cfg.judge_training,
-                                    seed=cfg.seed, judge_template_file=cfg.judge.template_file, **_model_kwargs(cfg)),
+                                    seed=cfg.seed, judge_template_file=cfg.judge.template_file, **_model_kwargs(cfg),
+                                    tracking=tracking.stage_tracking(cfg.tracking, rd.root, "train_judge")),
         )
         cards.record_lineage(rd, "m1_eft", cfg.model.name_or_path, None, None)
         cards.record_lineage(rd, "m1", str(m1_eft), None, None)
@@ -342,13 +356,14 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         summary["seconds"] = round(rd.seconds(""), 1)
         write_json(rd.root / "summary.json", summary)
         write_cards(cfg, rd, summary)
+        tracking.log_iteration(cfg.tracking, rd.root, t, tracking.iteration_figures(row))  # step = iteration
 
     if cfg.loop.sft_baseline:
         # The paper's comparison model: the same SFT on IFT only, no judge demonstrations.
         baseline = rd.root / "models" / "sft_baseline"
         summary["sft_baseline"] = rd.stage(
             "sft_baseline", stage_fingerprint(cfg, "sft_baseline"), [baseline / "config.json"],
-            lambda: _train_sft(cfg, rd, ift_path, None, baseline), side=True,
+            lambda: _train_sft(cfg, rd, ift_path, None, baseline, stage="sft_baseline"), side=True,
         )
         if cfg.eval.judge_data:
             summary["sft_baseline_judge_accuracy"] = rd.stage(
@@ -377,6 +392,8 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
     write_cards(cfg, rd, summary)
     html_path, _ = write_report(rd.root)
     print(f"srlm: report {html_path}", flush=True)
+    if hint := tracking.hint(cfg.tracking, rd.root):
+        print(hint, flush=True)
     print(f"srlm: run finished in {time.perf_counter() - started:.0f} s this session; final model "
           f"{summary['final_model']}; summary {rd.root / 'summary.json'}", flush=True)
     return summary

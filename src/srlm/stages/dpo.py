@@ -37,6 +37,7 @@ def run_dpo(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     chat_template: str | None = None,
+    tracking=None,
 ) -> dict:
     # The whole pair file is checked (messages, roles, content, chosen != rejected) before anything is loaded.
     pairs = read_pair_file(pairs_path)
@@ -51,7 +52,8 @@ def run_dpo(
     key = training.resume_key("dpo", model_path, pairs, cfg.model_dump(mode="json"), seed) if cfg.save_every_steps else None
     with training.scratch_dir(out_dir, key) as scratch:
         args = DPOConfig(
-            **training.trainer_kwargs(cfg=cfg, device=device, dtype=torch_dtype, seed=seed, output_dir=scratch),
+            **training.trainer_kwargs(cfg=cfg, device=device, dtype=torch_dtype, seed=seed, output_dir=scratch,
+                                     tracking=tracking),
             beta=cfg.beta,
             # RPO: DPO plus an NLL loss on the chosen answer, weighted by dpo.nll_weight (TRL's combined losses).
             **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.nll_weight]} if cfg.nll_weight > 0 else {}),

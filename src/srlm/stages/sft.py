@@ -65,6 +65,7 @@ def run_sft(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     chat_template: str | None = None,
+    tracking=None,
 ) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -81,7 +82,8 @@ def run_sft(
     key = training.resume_key("sft", model_path, examples, cfg.model_dump(mode="json"), seed) if cfg.save_every_steps else None
     with training.scratch_dir(out_dir, key) as scratch:
         args = SFTConfig(
-            **training.trainer_kwargs(cfg=cfg, device=device, dtype=torch_dtype, seed=seed, output_dir=scratch),
+            **training.trainer_kwargs(cfg=cfg, device=device, dtype=torch_dtype, seed=seed, output_dir=scratch,
+                                     tracking=tracking),
             completion_only_loss=True,
         )
         # The model is created after the trainer config: under DeepSpeed ZeRO-3 that config is what makes

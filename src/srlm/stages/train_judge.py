@@ -195,7 +195,10 @@ def run_train_judge(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     chat_template: str | None = None,
+    tracking=None,
 ) -> dict:
+    """Train `model_path`'s judge on the pairs of `pairs_path` into `out_dir`; returns the training stats.
+    `tracking`: the run's tracker for this stage (see `srlm.stages.training.trainer_kwargs`), None = no loggers."""
     from transformers import TrainingArguments
 
     from srlm.models import load_model, resolve_device, resolve_dtype
@@ -224,7 +227,8 @@ def run_train_judge(
     key = (training.resume_key("train-judge", model_path, features, cfg.model_dump(mode="json"), seed)
            if cfg.save_every_steps else None)
     with training.scratch_dir(out_dir, key) as scratch:
-        kwargs = training.trainer_kwargs(cfg=cfg, device=device, dtype=torch_dtype, seed=seed, output_dir=scratch)
+        kwargs = training.trainer_kwargs(cfg=cfg, device=device, dtype=torch_dtype, seed=seed, output_dir=scratch,
+                                         tracking=tracking)
         kwargs.pop("max_length")  # a TRL argument; pairs were length-checked above
         args = TrainingArguments(**kwargs, remove_unused_columns=False)
         trainer_class = pairwise_trainer_class()

@@ -2,7 +2,8 @@
 
 Training itself is TRL's (`SFTTrainer`, `DPOTrainer`); this module only sets them up the way the paper and this
 machine need: precision chosen for the device (fp32 on CPU, where bf16 runs in a slow fallback), cosine decay to
-a floor learning rate, dropout from `sft/dpo.dropout` (paper 0.1), no checkpoints or loggers that the user did not ask for.
+a floor learning rate, dropout from `sft/dpo.dropout` (paper 0.1), no checkpoints or loggers that the user did not ask for
+(`tracking.report_to` asks for loggers).
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ from srlm.errors import SrlmError
 from srlm.models import fresh_dir, move_into_place, save_model, set_dropout_config
 
 
-def trainer_kwargs(*, cfg, device: str, dtype, seed: int, output_dir: str) -> dict:
-    """Keyword arguments shared by SFTConfig and DPOConfig."""
+def trainer_kwargs(*, cfg, device: str, dtype, seed: int, output_dir: str, tracking=None) -> dict:
+    """Keyword arguments shared by SFTConfig and DPOConfig.
+
+    `tracking` (a `srlm.tracking.StageTracking`, from `tracking.stage_tracking`) turns on the trainers' `report_to`
+    for this stage: its integrations, run name and project, and the environment they read (TensorBoard's folder,
+    the project); None = no loggers, as without tracking.
+    """
     import torch
 
     # batch_size is the global batch: under accelerate/torchrun every rank takes micro_batch_size examples per step.
@@ -52,10 +58,23 @@ def trainer_kwargs(*, cfg, device: str, dtype, seed: int, output_dir: str) -> di
         # Trainer checkpoints only when asked for (sft/dpo.save_every_steps): they let a killed stage resume.
         **({"save_strategy": "steps", "save_steps": cfg.save_every_steps, "save_total_limit": 1}
            if getattr(cfg, "save_every_steps", None) else {"save_strategy": "no"}),
-        report_to=[],
+        **(tracking_args(tracking) if tracking is not None else {"report_to": []}),
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+
+
+def tracking_args(tracking) -> dict:
+    """The trainer arguments of a stage's tracking; sets the environment its integrations read (see trainer_kwargs)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    tracking.apply()
+    args = tracking.trainer_args()
+    if "logging_dir" in {f.name for f in dataclasses.fields(TrainingArguments)}:
+        args["logging_dir"] = str(tracking.logging_dir)  # transformers before 5 reads the folder from here
+    return args
 
 
 def length_grouped(trainer_class, lengths_of):
