@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import os
 import random
 import sys
 import types
@@ -293,12 +294,14 @@ def test_config_keys():
     b = cfg.backend
     assert (b.name, b.tensor_parallel_size, b.gpu_memory_utilization, b.max_model_len, b.enforce_eager) == (
         "vllm", 1, 0.85, None, False)
+    assert b.data_parallel_size == 1
+    assert load_config(overrides=["backend.data_parallel_size=4"]).backend.data_parallel_size == 4
     b = load_config(overrides=["backend.tensor_parallel_size=8", "backend.gpu_memory_utilization=1",
                                "backend.max_model_len=4096", "backend.enforce_eager=true"]).backend
     assert (b.tensor_parallel_size, b.gpu_memory_utilization, b.max_model_len, b.enforce_eager) == (8, 1.0, 4096, True)
     for bad in ("backend.tensor_parallel_size=0", "backend.gpu_memory_utilization=0",
                 "backend.gpu_memory_utilization=1.2", "backend.max_model_len=0", "backend.max_model_len=long",
-                "backend.name=vllm2"):
+                "backend.name=vllm2", "backend.data_parallel_size=0"):
         with pytest.raises(ConfigError, match=f"config key '{bad.split('=')[0]}'"):
             load_config(overrides=[bad])
 
@@ -317,13 +320,214 @@ def test_backend_for_passes_the_vllm_options(monkeypatch, tmp_path, tiny_model_d
     cfg = load_config(recipe="quickstart", overrides=[
         "backend.name=vllm", "seed=11", "backend.tensor_parallel_size=2", "backend.gpu_memory_utilization=0.6",
         "backend.max_model_len=2048", "backend.enforce_eager=true", "model.dtype=float16",
-        "model.trust_remote_code=true"])
+        "model.trust_remote_code=true", "backend.data_parallel_size=3"])
     assert backend_for(cfg, str(tiny_model_dir)) == "the backend"
     assert seen == dict(model=str(tiny_model_dir), chat_template=None, trust_remote_code=True, dtype="float16",
                         device="auto", seed=11, tensor_parallel_size=2, gpu_memory_utilization=0.6,
-                        max_model_len=2048, enforce_eager=True, loaded_model=None)
+                        max_model_len=2048, enforce_eager=True, data_parallel_size=3, loaded_model=None)
     with pytest.raises(SrlmError, match="no config.json"):  # the path is resolved (and checked) before vLLM
         backend_for(cfg, str(tmp_path))
+
+
+# -- data parallelism: one engine per rank, each in its own process -------------------------------------------------
+class InProcessRank:
+    """A rank without a process: the rank's own code (RankEngine, rank_reply) on the stand-in vllm, here."""
+
+    def __init__(self, rank, environment, engine_kwargs):
+        from srlm.backends.vllm import RankEngine
+
+        self.rank, self.environment, self.closed = rank, environment, False
+        try:
+            self.engine = RankEngine(engine_kwargs)
+            self.replies = [("ready", self.engine.max_model_len)]
+        except Exception as exc:
+            self.engine, self.replies = None, [("error", f"{type(exc).__name__}: {exc}")]
+
+    def send(self, message):
+        from srlm.backends.vllm import rank_reply
+
+        self.replies.append(rank_reply(self.engine, message)[0])
+
+    def recv(self, timeout=None):
+        return self.replies.pop(0)
+
+    def close(self):
+        if self.engine is not None and not self.closed:
+            self.send(("close",))
+        self.closed = True
+
+
+@pytest.fixture
+def in_process_ranks(monkeypatch):
+    import srlm.backends.vllm as module
+
+    started = []
+
+    def start(rank, environment, engine_kwargs):
+        started.append(InProcessRank(rank, environment, engine_kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(module, "_start_rank", start)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return started
+
+
+def _requests():
+    sampled = Sampling(n=3, temperature=0.7, top_p=0.9, max_new_tokens=12)
+    return [_chat(f"dp{i}", "hello " * (i + 1), sampled, seed=3) for i in range(7)] + [
+        _chat("greedy", "hi", Sampling(n=2, temperature=0.0, max_new_tokens=5))]
+
+
+def test_data_parallel_ranks_get_the_engine_arguments_and_their_own_gpus(fake_vllm, in_process_ranks, tiny_model_dir):
+    single = VLLMBackend.create(model=str(tiny_model_dir), seed=5)
+    [single_kwargs] = fake_vllm
+    assert "data_parallel_size" not in single_kwargs  # one engine: vllm.LLM exactly as before
+    expected = single.generate(_requests())
+    assert in_process_ranks == []  # data_parallel_size=1 starts no rank
+
+    backend = VLLMBackend.create(model=str(tiny_model_dir), seed=5, data_parallel_size=2)
+    # two engines, each a plain vllm.LLM with the same arguments: vLLM refuses LLM(data_parallel_size=2) in one
+    # process, so the count reaches vLLM as two engines, on GPU 0 and GPU 1, outside vLLM's own DP group
+    assert fake_vllm[1:] == [single_kwargs, single_kwargs]
+    assert [r.environment["CUDA_VISIBLE_DEVICES"] for r in in_process_ranks] == ["0", "1"]
+    for rank in in_process_ranks:
+        assert all(rank.environment[v] is None for v in ("VLLM_DP_RANK", "VLLM_DP_SIZE", "VLLM_DP_MASTER_IP"))
+    assert backend.max_model_len == 2048 and backend.engine.model_config.max_model_len == 2048
+    # requests dealt out in turn, outputs back in request order: the same completions as one engine's
+    assert backend.generate(_requests()) == expected
+    [(rank0_prompts, rank0_params, _)] = in_process_ranks[0].engine.llm.calls
+    [(rank1_prompts, _, _)] = in_process_ranks[1].engine.llm.calls
+    assert (len(rank0_prompts), len(rank1_prompts)) == (4, 4)
+    assert rank0_params[0].kwargs == dict(n=3, temperature=0.7, top_p=0.9, max_tokens=12,
+                                          seed=stable_seed("dp0", 3), skip_special_tokens=True)
+    assert backend.stats.sequences == single.stats.sequences and backend.stats.new_tokens == single.stats.new_tokens
+    # a single request goes to one rank only
+    backend.generate([_requests()[0]])
+    assert [len(r.engine.llm.calls) for r in in_process_ranks] == [2, 1]
+    engines = [r.engine.llm for r in in_process_ranks]
+    backend.close()
+    assert all(r.closed and r.engine.llm is None for r in in_process_ranks)
+    assert [e.shutdowns for e in engines] == [1, 1]
+
+
+def test_data_parallel_with_tensor_parallel_needs_every_gpu(fake_vllm, in_process_ranks, monkeypatch, tiny_model_dir):
+    import torch
+
+    with pytest.raises(SrlmError, match=r"data_parallel_size=2 x backend.tensor_parallel_size=2 needs 4 GPUs .*"
+                                        r"only 2 are visible"):
+        VLLMBackend.create(model=str(tiny_model_dir), tensor_parallel_size=2, data_parallel_size=2)
+    with pytest.raises(SrlmError, match=r"data_parallel_size=3 x backend.tensor_parallel_size=1 needs 3 GPUs"):
+        VLLMBackend.create(model=str(tiny_model_dir), data_parallel_size=3)
+    with pytest.raises(SrlmError, match=r"data_parallel_size=0: must be 1 or more"):
+        VLLMBackend.create(model=str(tiny_model_dir), data_parallel_size=0)
+    assert fake_vllm == [] and in_process_ranks == []  # refused before any engine
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    backend = VLLMBackend.create(model=str(tiny_model_dir), tensor_parallel_size=2, data_parallel_size=2)
+    assert [r.environment["CUDA_VISIBLE_DEVICES"] for r in in_process_ranks] == ["0,1", "2,3"]
+    assert [kwargs["tensor_parallel_size"] for kwargs in fake_vllm] == [2, 2]
+    backend.close()
+    # the GPUs this process was given, in order, by whatever names CUDA_VISIBLE_DEVICES uses
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    VLLMBackend.create(model=str(tiny_model_dir), tensor_parallel_size=1, data_parallel_size=3).close()
+    assert [r.environment["CUDA_VISIBLE_DEVICES"] for r in in_process_ranks[2:]] == ["4", "5", "6"]
+
+
+def test_a_rank_that_cannot_start_closes_the_others(fake_vllm, in_process_ranks, monkeypatch, tiny_model_dir):
+    vllm = sys.modules["vllm"]
+    working = vllm.LLM
+
+    class Failing(working):
+        def __init__(self, **kwargs):
+            if len(fake_vllm) == 1:  # the second rank
+                raise ValueError("not enough memory for the KV cache\nmore detail")
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(vllm, "LLM", Failing)
+    with pytest.raises(SrlmError, match=r"cannot start the engine on .*: data-parallel rank 1 \(GPUs 1\): "
+                                        r"ValueError: not enough memory for the KV cache"):
+        VLLMBackend.create(model=str(tiny_model_dir), data_parallel_size=2)
+    assert in_process_ranks[0].closed and in_process_ranks[0].engine.llm is None
+
+
+def test_a_rank_error_while_generating_is_reported_by_rank(fake_vllm, in_process_ranks, tokenizer, tiny_model_dir):
+    backend = VLLMBackend.create(model=str(tiny_model_dir), data_parallel_size=2)
+
+    def broken(prompts, sampling_params=None, *, use_tqdm=True):
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    in_process_ranks[1].engine.llm.generate = broken
+    with pytest.raises(SrlmError, match=r"generation failed on data-parallel rank 1: RuntimeError: CUDA error"):
+        backend.generate(_requests())
+    assert len(in_process_ranks[0].engine.llm.calls) == 1  # the other rank's answer was still read
+    backend.close()
+
+
+STAND_IN_VLLM = """
+import json, os
+
+class SamplingParams:
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+class LLM:
+    def __init__(self, **kwargs):
+        self.log = os.path.join(os.path.dirname(__file__), f"rank-{os.getpid()}.json")
+        env = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "VLLM_DP_RANK", "VLLM_DP_SIZE")}
+        with open(self.log, "w") as f:
+            json.dump({"kwargs": kwargs, "env": env, "prompts": 0}, f)
+
+    def generate(self, prompts, sampling_params=None, use_tqdm=True):
+        with open(self.log) as f:
+            log = json.load(f)
+        log["prompts"] += len(prompts)
+        with open(self.log, "w") as f:
+            json.dump(log, f)
+        class Out:  # the first two prompt tokens, as if generated, then stopped by length
+            def __init__(self, ids, n):
+                self.outputs = [type("S", (), {"token_ids": ids[:2], "finish_reason": "length",
+                                               "stop_reason": None})() for _ in range(n)]
+                self.num_cached_tokens = 1
+        return [Out(p["prompt_token_ids"], s.n) for p, s in zip(prompts, sampling_params)]
+
+    def shutdown(self):
+        with open(self.log) as f:
+            log = json.load(f)
+        log["shutdown"] = True
+        with open(self.log, "w") as f:
+            json.dump(log, f)
+"""
+
+
+def test_data_parallel_ranks_run_in_their_own_processes(fake_vllm, monkeypatch, tmp_path, tokenizer, tiny_model_dir):
+    """The real plumbing: spawned processes, the pipe, the environment, shutdown; vllm there is a stand-in package
+    (the spawned interpreters get this process's sys.path)."""
+    import json
+
+    package = tmp_path / "stand_in" / "vllm"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(STAND_IN_VLLM)
+    monkeypatch.syspath_prepend(str(tmp_path / "stand_in"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("VLLM_DP_RANK", "7")  # must not reach the ranks
+    backend = VLLMBackend.create(model=str(tiny_model_dir), seed=2, data_parallel_size=2)
+    assert os.environ["VLLM_DP_RANK"] == "7" and "CUDA_VISIBLE_DEVICES" not in os.environ  # restored here
+    requests = _requests()
+    outputs = backend.generate(requests)
+    for request, completions in zip(requests, outputs):
+        ids = backend._prompt_ids(request)[:2]
+        assert completions == [completions[0]] * request.sampling.n
+        assert completions[0].text == tokenizer.decode(ids, skip_special_tokens=True).strip()
+        assert completions[0].finish_reason == "length" and completions[0].num_tokens == 2
+    processes = [rank.process for rank in backend.engine.ranks]
+    backend.close()
+    assert [p.exitcode for p in processes] == [0, 0]
+    logs = sorted((json.loads(p.read_text()) for p in package.glob("rank-*.json")),
+                  key=lambda log: log["env"]["CUDA_VISIBLE_DEVICES"])
+    assert [log["env"] for log in logs] == [{"CUDA_VISIBLE_DEVICES": "0", "VLLM_DP_RANK": None, "VLLM_DP_SIZE": None},
+                                            {"CUDA_VISIBLE_DEVICES": "1", "VLLM_DP_RANK": None, "VLLM_DP_SIZE": None}]
+    assert [log["prompts"] for log in logs] == [4, 4] and all(log["shutdown"] for log in logs)
+    assert all("data_parallel_size" not in log["kwargs"] and log["kwargs"]["seed"] == 2 for log in logs)
 
 
 # -- the real thing -------------------------------------------------------------------------------------------

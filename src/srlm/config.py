@@ -102,6 +102,11 @@ class GenerationBackendConfig(_Section):
     enforce_eager: bool = Field(
         False, description="vllm: skip CUDA graph capture: faster start and less memory, slower decoding.",
     )
+    data_parallel_size: int = Field(
+        1, ge=1, description="vllm: independent engine replicas, one process each on its own "
+        "tensor_parallel_size GPUs (data_parallel_size x tensor_parallel_size GPUs in all); each generate call's "
+        "requests are dealt out among them. 1 = one engine in this process.",
+    )
 
 
 class SftConfig(_Section):
@@ -301,6 +306,24 @@ class EvalConfig(_Section):
         "previous", description="Who judges checkpoint selection: 'previous' = M_t, the same judge for every "
         "candidate; or a hub id / path of a fixed judge model (paper: Claude 2).",
     )
+    harness_tasks: list[str] = Field(
+        [], description="lm-evaluation-harness tasks run on M1, every M_t+1 and the SFT baseline "
+        "(as `srlm eval harness`: lm_eval.simple_evaluate), results in eval_m1/harness.json and "
+        "iter_t/eval/harness.json; [] = skip. Needs `pip install 'srlm[eval]'`.",
+    )
+    harness_limit: int | None = Field(None, ge=1, description="Use at most this many documents per harness task; "
+                                      "null = all.")
+    harness_include_path: str | None = Field(
+        None, description="A directory of local lm-eval task YAML files for eval.harness_tasks; null = lm-eval's own.",
+    )
+
+    @field_validator("harness_tasks", mode="before")
+    @classmethod
+    def _comma_separated_tasks(cls, value):
+        """`eval.harness_tasks=arc_easy,hellaswag` on the command line means the list of both."""
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
 
 
 class LoopConfig(_Section):
@@ -438,12 +461,13 @@ class Config(_Section):
 # the config those stages read is what it was. Add every new key here, with its default.
 ADDED_KEYS: dict[str, dict[str, object]] = {
     "backend": {"tensor_parallel_size": 1, "gpu_memory_utilization": 0.85, "max_model_len": None,
-                "enforce_eager": False},
+                "enforce_eager": False, "data_parallel_size": 1},
     "judge": {"method": "sample_mean"},
     "sft": {"group_by_length": True, "save_every_steps": None},
     "dpo": {"group_by_length": True, "checkpoint_every_steps": None, "nll_weight": 0.0, "save_every_steps": None},
     "eval": {"winrate_method": "pairwise", "select_checkpoint": False, "selection_prompts": None, "selection_limit": 32,
-             "selection_judge": "previous", "ifeval_prompts": None, "ifeval_limit": None, "ifeval_max_new_tokens": 384},
+             "selection_judge": "previous", "ifeval_prompts": None, "ifeval_limit": None, "ifeval_max_new_tokens": 384,
+             "harness_tasks": [], "harness_limit": None, "harness_include_path": None},
     "loop": {"require_judge_signal": False, "m1": None},
 }
 

@@ -29,7 +29,7 @@ from srlm.stages import training
 from srlm.stages.dpo import run_dpo
 from srlm.evaluation.judge_eval import format_accuracy
 from srlm.evaluation.metrics import format_with_interval
-from srlm.stages.evaluate import ifeval_accuracy, judge_accuracy, run_iteration_eval
+from srlm.stages.evaluate import harness_eval, ifeval_accuracy, judge_accuracy, run_iteration_eval
 from srlm.stages.judge import run_judge
 from srlm.stages.pairs import run_pairs
 from srlm.stages.prompts import run_prompts
@@ -46,6 +46,7 @@ STAGE_SECTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
     "sft": (("seed", "model", "data", "sft"), ("judge",)),
     "eval_m1": (("eval", "judge"),),
     "eval_m1_ifeval": (("seed", "eval"),),
+    "eval_m1_harness": (("seed", "eval"),),
     "prompts": (("seed", "prompts", "backend"),),
     "respond": (("seed", "respond", "backend"),),
     "judge": (("seed", "judge", "backend"),),
@@ -231,6 +232,10 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         from srlm.evaluation.ifeval import load_checkers
 
         load_checkers()  # the optional lm-eval dependency, checked before hours of training
+    if cfg.eval.harness_tasks:
+        from srlm.evaluation.harness import resolve_tasks
+
+        resolve_tasks(cfg.eval.harness_tasks, cfg.eval.harness_include_path)  # lm-eval and every task name, likewise
     rd = RunDir(run_dir)
     if cfg.loop.iterations == 0:
         print("srlm: loop.iterations=0: this run trains M1 (SFT) and evaluates it, with no self-rewarding "
@@ -272,6 +277,11 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         summary["m1_ifeval"] = rd.stage(
             "eval_m1_ifeval", stage_fingerprint(cfg, "eval_m1_ifeval"), [rd.root / "eval_m1" / "ifeval.json"],
             lambda: ifeval_accuracy(cfg, str(m1), rd.root / "eval_m1"), side=True,
+        )
+    if cfg.eval.harness_tasks:
+        summary["m1_harness"] = rd.stage(
+            "eval_m1_harness", stage_fingerprint(cfg, "eval_m1_harness"), [rd.root / "eval_m1" / "harness.json"],
+            lambda: harness_eval(cfg, str(m1), rd.root / "eval_m1"), side=True,
         )
     seeds = seed_prompt_texts(cfg)
     judge_of = {1: summary.get("m1_judge_accuracy")}  # t -> M_t's judge accuracy, the judge of iteration t
@@ -340,7 +350,7 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         # Which model this one was trained from and against: M_t for both (TRL's reference is the starting model).
         cards.record_lineage(rd, f"m{t + 1}", model_t, model_t,
                              cards.data_record(f"iter_{t}/pairs.jsonl", str(d / "pairs.jsonl")))
-        if cfg.eval.heldout_prompts or cfg.eval.judge_data or cfg.eval.ifeval_prompts:
+        if cfg.eval.heldout_prompts or cfg.eval.judge_data or cfg.eval.ifeval_prompts or cfg.eval.harness_tasks:
             stats["eval"] = rd.stage(
                 f"iter_{t}/eval", stage_fingerprint(cfg, "eval"), [d / "eval"],
                 lambda: run_iteration_eval(cfg, str(model_next), str(model_t), d / "eval", m1=str(m1),
@@ -375,6 +385,12 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
                 "eval_sft_baseline_ifeval", stage_fingerprint(cfg, "eval_m1_ifeval"),
                 [rd.root / "eval_sft_baseline" / "ifeval.json"],
                 lambda: ifeval_accuracy(cfg, str(baseline), rd.root / "eval_sft_baseline"), side=True,
+            )
+        if cfg.eval.harness_tasks:
+            summary["sft_baseline_harness"] = rd.stage(
+                "eval_sft_baseline_harness", stage_fingerprint(cfg, "eval_m1_harness"),
+                [rd.root / "eval_sft_baseline" / "harness.json"],
+                lambda: harness_eval(cfg, str(baseline), rd.root / "eval_sft_baseline"), side=True,
             )
     if cfg.loop.sft_baseline:
         cards.record_lineage(rd, "sft_baseline", cfg.model.name_or_path, None, None)
@@ -548,6 +564,8 @@ def print_iteration_table(row: dict) -> None:
         lines.append((f"m{row['iteration'] + 1} judge pairwise acc.", _accuracy_cell(evaluation["judge_accuracy"])))
     if "ifeval" in evaluation:
         lines.append((f"m{row['iteration'] + 1} IFEval prompt strict", _ifeval_cell(evaluation["ifeval"])))
+    for task, figures in ((evaluation.get("harness") or {}).get("tasks") or {}).items():
+        lines.append((f"m{row['iteration'] + 1} lm-eval {task}", _harness_cell(figures)))
     width = max(len(k) for k, _ in lines)
     monitors = row.get("monitors") or {}
     if monitors:
@@ -585,6 +603,16 @@ def _rate_cell(metrics: dict) -> str:
 def _ifeval_cell(metrics: dict) -> str:
     shown = format_with_interval(metrics, "prompt_level_strict_acc")
     return "n/a" if shown is None else f"{shown}, {metrics.get('n_prompts')} prompts"
+
+
+def _harness_cell(figures: dict) -> str:
+    """The first metric of one lm-eval task, e.g. 'acc 0.6000 ± 0.2449 (n=5)'."""
+    from srlm.evaluation.harness import format_value
+
+    metric = next((k for k in figures if k != "n" and not k.endswith("_stderr")), None)
+    if metric is None:
+        return "n/a"
+    return f"{metric} {format_value(figures[metric], figures.get(f'{metric}_stderr'))} (n={figures.get('n')})"
 
 
 def _pct(value) -> str:

@@ -223,16 +223,18 @@ def _model_evals(summary: dict, iterations: list[dict]) -> list[dict]:
         return value if isinstance(value, dict) else None
 
     models = []
-    if summary.get("sft_baseline_judge_accuracy") or summary.get("sft_baseline_ifeval"):
+    if (summary.get("sft_baseline_judge_accuracy") or summary.get("sft_baseline_ifeval")
+            or summary.get("sft_baseline_harness")):
         models.append({"model": "sft_baseline", "judge_accuracy": metrics(summary.get("sft_baseline_judge_accuracy")),
-                       "ifeval": metrics(summary.get("sft_baseline_ifeval"))})
+                       "ifeval": metrics(summary.get("sft_baseline_ifeval")),
+                       "harness": metrics(summary.get("sft_baseline_harness"))})
     models.append({"model": "m1", "judge_accuracy": metrics(summary.get("m1_judge_accuracy")),
-                   "ifeval": metrics(summary.get("m1_ifeval"))})
+                   "ifeval": metrics(summary.get("m1_ifeval")), "harness": metrics(summary.get("m1_harness"))})
     for it in iterations:
         evaluation = it["row"].get("eval") if isinstance(it["row"].get("eval"), dict) else {}
         models.append({"model": f"m{it['iteration'] + 1}", "judge_accuracy": it["judge_accuracy"],
-                       "ifeval": metrics(evaluation.get("ifeval"))})
-    return [m for m in models if m["judge_accuracy"] or m["ifeval"]]
+                       "ifeval": metrics(evaluation.get("ifeval")), "harness": metrics(evaluation.get("harness"))})
+    return [m for m in models if m["judge_accuracy"] or m["ifeval"] or m["harness"]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -340,6 +342,32 @@ def _ifeval_table(data: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _harness_table(data: dict) -> tuple[list[str], list[list[str]]]:
+    """One row per model, one column per lm-eval task and metric (value ± stderr), from eval.harness_tasks."""
+    columns: list[tuple[str, str]] = []
+    measured = []
+    for entry in data.get("models", []):
+        tasks = (entry.get("harness") or {}).get("tasks")
+        if not isinstance(tasks, dict) or not tasks:
+            continue
+        measured.append((entry["model"], tasks))
+        for task, figures in tasks.items():
+            for metric in (figures if isinstance(figures, dict) else {}):
+                if metric != "n" and not metric.endswith("_stderr") and (task, metric) not in columns:
+                    columns.append((task, metric))
+    header = ["model", *[f"{task} {metric}" for task, metric in columns], "n"]
+    rows = []
+    for model, tasks in measured:
+        cells = []
+        for task, metric in columns:
+            figures = tasks.get(task) if isinstance(tasks.get(task), dict) else {}
+            value, stderr = _number(figures.get(metric)), _number(figures.get(f"{metric}_stderr"))
+            cells.append("n/a" if value is None else f"{value:.3f}" + (f" ± {stderr:.3f}" if stderr is not None else ""))
+        counts = sorted({str(f.get("n")) for f in tasks.values() if isinstance(f, dict) and f.get("n") is not None})
+        rows.append([model, *cells, "/".join(counts) or "n/a"])
+    return header, rows
+
+
 def _dpo_table(data: dict) -> tuple[list[str], list[list[str]]]:
     header = ["iteration", "steps", "loss first", "loss last", "reward acc. last", "reward margin last"]
     rows = []
@@ -372,6 +400,9 @@ def _selection_table(data: dict) -> tuple[list[str], list[list[str]]]:
 
 IFEVAL_NOTE = ("Greedy answers to IFEval prompts, checked by the lm-evaluation-harness IFEval checkers: no judge "
                "decides these figures. 95% bootstrap intervals over prompts.")
+HARNESS_NOTE = ("lm-evaluation-harness tasks (eval.harness_tasks) run through lm_eval.simple_evaluate, as `srlm eval "
+                "harness` runs them: value ± lm-eval's standard error; n = documents scored per task. Full results "
+                "in eval_m1/harness.json and iter_t/eval/harness.json.")
 SELECTION_NOTE = ("Each DPO checkpoint answered the selection prompts and a pairwise judge compared its answers with "
                   "M_t's in both orders; the highest win rate became M_t+1 (equal rates: the later step).")
 
@@ -745,6 +776,11 @@ def render_html(data: dict) -> str:
         out.append("<h2>IFEval (judge-free)</h2>")
         out.append(f'<p class="meta">{_e(IFEVAL_NOTE)}</p>')
         out.append(_html_table(header, rows))
+    header, rows = _harness_table(data)
+    if rows:
+        out.append("<h2>lm-evaluation-harness</h2>")
+        out.append(f'<p class="meta">{_e(HARNESS_NOTE)}</p>')
+        out.append(_html_table(header, rows))
     header, rows = _selection_table(data)
     if rows:
         out.append("<h2>Checkpoint selection</h2>")
@@ -808,6 +844,9 @@ def render_markdown(data: dict) -> str:
     header, rows = _ifeval_table(data)
     if rows:
         out += ["## IFEval (judge-free)", "", _md_cell(IFEVAL_NOTE), ""] + _md_table(header, rows)
+    header, rows = _harness_table(data)
+    if rows:
+        out += ["## lm-evaluation-harness", "", _md_cell(HARNESS_NOTE), ""] + _md_table(header, rows)
     header, rows = _selection_table(data)
     if rows:
         out += ["## Checkpoint selection", "", _md_cell(SELECTION_NOTE), ""] + _md_table(header, rows)

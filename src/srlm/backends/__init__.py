@@ -71,7 +71,8 @@ def backend_for(cfg, model_path: str) -> Backend:
         options = dict(model=resolve_model_path(model_path), chat_template=m.chat_template,
                        trust_remote_code=m.trust_remote_code, dtype=m.dtype, device=m.device, seed=cfg.seed,
                        tensor_parallel_size=b.tensor_parallel_size, gpu_memory_utilization=b.gpu_memory_utilization,
-                       max_model_len=b.max_model_len, enforce_eager=b.enforce_eager)
+                       max_model_len=b.max_model_len, enforce_eager=b.enforce_eager,
+                       data_parallel_size=b.data_parallel_size)
     return make_backend(b.name, loaded, **options)
 
 

@@ -1,4 +1,4 @@
-"""The `srlm eval` subcommands (`judge`, `winrate`, `generate`, `grade`, `ifeval`) and `srlm report`.
+"""The `srlm eval` subcommands (`judge`, `winrate`, `generate`, `grade`, `ifeval`, `harness`) and `srlm report`.
 
 `add_eval_commands(subparsers)` registers them on the main CLI. Like every other command they take `--recipe` or
 `--config` plus `key=value` overrides, so the judge evaluated here is configured exactly as in the loop
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from srlm.argtypes import non_negative_float, positive_int
+from srlm.argtypes import non_negative_float, non_negative_int, positive_int
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -95,6 +95,26 @@ examples:
   srlm eval ifeval --model runs/x/models/m3 --data ../shared/data/ifeval/input_data_dev300.jsonl --out m3_ifeval.json
   srlm eval ifeval --model runs/x/models/m3 --data input_data.jsonl --out m3_ifeval.json --limit 50 \\
       --max-new-tokens 512
+"""
+
+HARNESS_HELP = """\
+Any lm-evaluation-harness task on a model, through lm_eval.simple_evaluate: lm-eval builds the requests, scores
+them and aggregates; srlm loads the model as it loads every model (--model, 'embedded' included) with lm-eval's
+Hugging Face model on model.device in model.dtype (float32 on a CPU), or lm-eval's vLLM model with backend.name=vllm
+(backend.tensor_parallel_size and the other backend.* vLLM keys apply). Task names are checked before the model
+loads: an unknown one is an error listing the closest names lm-eval knows. Needs `pip install 'srlm[eval]'`.
+
+Data comes through `datasets`, which honours HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: offline, a task's data must be
+in the Hugging Face cache or be local files. --include-path DIR adds local task YAML (e.g. dataset_path: json with
+dataset_kwargs: {data_files: {test: FILE}}).
+
+Writes OUT: lm-eval's results, configs, versions, n-shot (JSON-safe) and what was run; prints one line per task
+and metric (value ± stderr). No chat template is applied, and seeds are lm-eval's, as with `lm_eval`'s own CLI.
+
+examples:
+  srlm eval harness --model runs/x/models/m3 --tasks arc_easy,hellaswag --out m3_harness.json --limit 200
+  srlm eval harness --model runs/x/models/m3 --tasks mmlu --num-fewshot 5 --out m3_mmlu.json backend.name=vllm
+  srlm eval harness --model embedded --tasks my_task --include-path my_tasks/ --out embedded_my_task.json
 """
 
 REPORT_HELP = """\
@@ -374,6 +394,29 @@ def cmd_eval_ifeval(args) -> int:
     return 0
 
 
+def cmd_eval_harness(args) -> int:
+    from srlm.evaluation.harness import format_harness_table, harness_for_config
+    from srlm.io import write_json
+
+    cfg = _config(args)
+    result = harness_for_config(cfg, args.model or cfg.model.name_or_path, tasks=args.tasks, limit=args.limit,
+                                num_fewshot=args.num_fewshot, batch_size=args.batch_size,
+                                include_path=args.include_path)
+    write_json(args.out, result)
+    print(f"lm-eval {result['lm_eval']['version']} ({result['lm_eval']['model']}), {_model_name(args.model, cfg)}: "
+          f"{', '.join(result['tasks'])}" + (f", limit {args.limit}" if args.limit else ""))
+    print(format_harness_table(result))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _batch_size(text: str) -> int | str:
+    """--batch-size: a positive whole number, 'auto' or 'auto:N' (lm-eval's)."""
+    if text == "auto" or (text.startswith("auto:") and text[5:].isdigit() and int(text[5:]) >= 1):
+        return text
+    return positive_int(text)
+
+
 def cmd_report(args) -> int:
     from srlm.report import write_report
 
@@ -386,14 +429,15 @@ def cmd_report(args) -> int:
 
 
 def add_eval_commands(subparsers) -> None:
-    """Register `srlm eval {judge,winrate,generate,grade,ifeval}` and `srlm report` on the main CLI's subparsers."""
+    """Register `srlm eval {judge,winrate,generate,grade,ifeval,harness}` and `srlm report` on the main CLI's
+    subparsers."""
     from srlm.cli import add_config_args  # srlm.cli imports this module while building its parser
 
     from srlm.evaluation.prompt_sets import GRADERS, REFERENCE_CATEGORIES
 
     ev = subparsers.add_parser(
         "eval", help="evaluate: judge vs humans, head-to-head win rates, MT-Bench / AlpacaEval answers and grades, "
-        "IFEval",
+        "IFEval, lm-evaluation-harness tasks",
         description="Evaluation commands. Each takes --recipe/--config and key=value overrides like the stages.",
     )
     sub = ev.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
@@ -486,6 +530,20 @@ def add_eval_commands(subparsers) -> None:
     p.add_argument("--bootstrap-samples", type=int, default=1000, help="bootstrap resamples for intervals (1000)")
     add_config_args(p)
     p.set_defaults(func=cmd_eval_ifeval)
+
+    p = sub.add_parser("harness", help="any lm-evaluation-harness task (lm_eval.simple_evaluate) on a model",
+                       description=HARNESS_HELP, formatter_class=_FORMATTER)
+    p.add_argument("--model", help="model to evaluate (default: model.name_or_path; 'embedded' works)")
+    p.add_argument("--tasks", required=True, help="lm-eval task names, comma-separated (globs and .yaml paths too)")
+    p.add_argument("--out", required=True, help="results JSON")
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N documents of each task")
+    p.add_argument("--num-fewshot", type=non_negative_int,
+                   help="few-shot examples per prompt (default: each task's own, else 0)")
+    p.add_argument("--batch-size", type=_batch_size,
+                   help="requests per batch: N, 'auto' or 'auto:N' (default 8 on a CPU, auto on a GPU)")
+    p.add_argument("--include-path", metavar="DIR", help="a directory of local lm-eval task YAML files")
+    add_config_args(p)
+    p.set_defaults(func=cmd_eval_harness)
 
     p = subparsers.add_parser("report", help="write RUN_DIR/report.html and report.md from a run's results",
                               description=REPORT_HELP, formatter_class=_FORMATTER)

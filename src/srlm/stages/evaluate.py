@@ -8,6 +8,7 @@ After SFT (for M1, and for the SFT baseline when trained) and after iteration t 
   it does not, and `loop.require_judge_signal` stops before DPO;
 - IFEval (`eval.ifeval_prompts`): greedy answers scored by the lm-evaluation-harness checkers, a figure no judge
   decides;
+- lm-evaluation-harness tasks (`eval.harness_tasks`, through `lm_eval.simple_evaluate`; `harness.json`);
 - head to head on held-out prompts (`eval.heldout_prompts`): M_t+1 vs M_t, and from iteration 2 on also M_t+1 vs
   M1. Both answer greedily; a pairwise judge compares every pair in both orders, a disagreement is a tie (paper
   section 6.1), or, with `eval.winrate_method=additive`, the additive judge grades each answer alone and the higher
@@ -61,13 +62,27 @@ def ifeval_accuracy(cfg: Config, model_path: str, out_dir: Path) -> dict:
     return metrics
 
 
+def harness_eval(cfg: Config, model_path: str, out_dir: Path) -> dict:
+    """lm-evaluation-harness tasks `eval.harness_tasks` on `model_path`, as `srlm eval harness` runs them; writes
+    harness.json (lm-eval's results) and returns its figures per task (`harness_summary`)."""
+    from srlm.evaluation.harness import harness_for_config, harness_summary
+
+    result = harness_for_config(cfg, model_path, limit=cfg.eval.harness_limit,
+                                include_path=cfg.eval.harness_include_path)
+    write_json(out_dir / "harness.json", result)
+    return harness_summary(result)
+
+
 def model_evals(cfg: Config, model_path: str, out_dir: Path) -> dict:
-    """The evaluations of one model alone (judge accuracy, IFEval), as configured: the `eval_m1` side stage."""
+    """The evaluations of one model alone (judge accuracy, IFEval, lm-eval tasks), as configured: the `eval_m1`
+    side stage."""
     results = {}
     if cfg.eval.judge_data:
         results["judge_accuracy"] = judge_accuracy(cfg, model_path, out_dir)
     if cfg.eval.ifeval_prompts:
         results["ifeval"] = ifeval_accuracy(cfg, model_path, out_dir)
+    if cfg.eval.harness_tasks:
+        results["harness"] = harness_eval(cfg, model_path, out_dir)
     return results
 
 
