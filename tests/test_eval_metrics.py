@@ -329,3 +329,21 @@ def test_score_histogram_rounds_half_up():
     result = score_histogram([0.4, 0.5, 2.49, 4.5, 5, 7, None])
     assert result["counts"] == {0: 1, 1: 1, 2: 1, 3: 0, 4: 0, 5: 2}
     assert (result["missing"], result["out_of_range"], result["n"]) == (1, 1, 7)
+
+
+def test_length_split_accuracy_separates_a_length_judge_from_a_content_judge():
+    from srlm.evaluation.metrics import length_split_accuracy
+
+    # (rank, score, length): humans prefer the longer reply in the first two groups, the shorter in the last two.
+    groups = [[(0, 4.0, 100), (1, 2.0, 10)], [(0, 3.0, 90), (1, 1.0, 20)],
+              [(0, 1.0, 10), (1, 3.0, 100)], [(0, 2.0, 30), (1, 2.0, 80)]]
+    length_judge = length_split_accuracy(groups, bootstrap_samples=200)
+    assert length_judge["preferred_longer_accuracy"] == 1.0 and length_judge["preferred_shorter_accuracy"] == 0.25
+    assert length_judge["length_balanced_accuracy"] == pytest.approx(0.625)
+    assert length_judge["n_longer"] == 2 and length_judge["n_shorter"] == 2
+    low, high = length_judge["length_balanced_accuracy_ci"]
+    assert 0 <= low <= 0.625 <= high <= 1
+    same_length = length_split_accuracy([[(0, 4.0, 10), (1, 2.0, 10)]])
+    assert same_length["length_balanced_accuracy"] is None and same_length["n_longer"] == 0
+    ties_skipped = length_split_accuracy([[(0, 4.0, 10), (0, 2.0, 90)]])
+    assert ties_skipped["n_longer"] + ties_skipped["n_shorter"] == 0

@@ -67,6 +67,11 @@ def test_metrics_by_hand():
     assert metrics["judgements"] == 21
     assert "half credit" in metrics["tie_policy"] and metrics["score_policy"]
     assert metrics["judge"]["num_samples"] == 3
+    # Length split: g1's best is its shortest reply; g2's human best is shorter; g3's replies have equal lengths.
+    split = metrics["length_split"]
+    assert split["n_longer"] == 1 and split["preferred_longer_accuracy"] == 1.0
+    assert split["n_shorter"] == 3 and split["preferred_shorter_accuracy"] == pytest.approx(2 / 3)
+    assert split["length_balanced_accuracy"] == pytest.approx(5 / 6)
 
     assert [it["reply_id"] for it in items] == ["g1-r0", "g1-r1", "g1-r2", "g2-r0", "g2-r1", "g3-r0", "g3-r1"]
     first = items[0]

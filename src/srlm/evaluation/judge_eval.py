@@ -34,7 +34,7 @@ from typing import Any, Iterable
 from srlm.backends import GenerationRequest
 from srlm.errors import DataError
 from srlm.evaluation.human_data import RankedGroup, read_oasst_trees, read_preference_pairs
-from srlm.evaluation.metrics import format_with_interval, judge_agreement
+from srlm.evaluation.metrics import format_with_interval, judge_agreement, length_split_accuracy
 from srlm.io import stable_seed, write_json, write_jsonl
 from srlm.judge import Judge, average_score
 from srlm.progress import chunks, progress
@@ -197,6 +197,10 @@ def evaluate_judge(
                                   "pairwise_accuracy_ci": length["pairwise_accuracy_ci"],
                                   "policy": "each reply scored by its length in characters; longer = better"}
 
+    # How much of that agreement is length: the accuracy where humans preferred the longer reply, where they preferred
+    # the shorter one, and their mean (a judge that only counts characters gets 1, 0 and 0.5).
+    metrics["length_split"] = length_split(groups, items, bootstrap_samples=bootstrap_samples, seed=seed)
+
     sent = sum(len(it["scores"]) for it in items)
     parsed = sum(1 for it in items for s in it["scores"] if s is not None)
     metrics.update(
@@ -214,6 +218,15 @@ def evaluate_judge(
         },
     )
     return metrics, items
+
+
+def length_split(groups: list[RankedGroup], items: list[dict], *, bootstrap_samples: int = 1000, seed: int = 0) -> dict:
+    """`srlm.evaluation.metrics.length_split_accuracy` of a judge's scores (`items`, as `evaluate_judge` returns
+    them or its items file holds them) on `groups`, matched by group and reply id."""
+    scores = {(it["group_id"], it["reply_id"]): it.get("score") for it in items}
+    return length_split_accuracy(
+        [[(r["rank"], scores.get((g.group_id, r["reply_id"])), len(r["text"])) for r in g.replies] for g in groups],
+        bootstrap_samples=bootstrap_samples, seed=seed)
 
 
 def judge_signal(metrics: dict) -> str:
@@ -275,6 +288,14 @@ def format_judge_table(metrics: dict) -> str:
         interval = length.get("pairwise_accuracy_ci")
         ci = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval and None not in interval else ""
         lines.append(f"  {'length baseline':<20} {length['pairwise_accuracy']:>8.3f}  {ci:<17} (longer reply = better)")
+    split = metrics.get("length_split") or {}
+    if split.get("length_balanced_accuracy") is not None:
+        ci = split.get("length_balanced_accuracy_ci")
+        ci = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        lines.append(f"  {'length-balanced':<20} {split['length_balanced_accuracy']:>8.3f}  {ci:<17} (mean of: "
+                     f"{split['preferred_longer_accuracy']:.3f} where humans preferred the longer reply, n="
+                     f"{split['n_longer']}; {split['preferred_shorter_accuracy']:.3f} where the shorter, n="
+                     f"{split['n_shorter']})")
     if metrics.get("judge_signal"):
         lines.append(f"  judge signal: {metrics['judge_signal']}"
                      + (" (the interval includes 0.5: no better than chance)" if metrics["judge_signal"] == "none" else ""))

@@ -545,6 +545,59 @@ def paired_difference(a: Sequence[float], b: Sequence[float], *, bootstrap_sampl
             "method": f"paired percentile bootstrap over items, {bootstrap_samples} resamples"}
 
 
+def length_split_accuracy(groups: Sequence[Sequence[tuple[int, float | None, int]]], *,
+                          bootstrap_samples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """How much of a judge's agreement with humans is only "longer is better".
+
+    `groups`: per group, its replies as (human rank, judge score or None, length). Every pair of replies with
+    different ranks and different lengths gets credit 1 (the judge scores the human-preferred one higher), 0.5 (equal
+    or missing scores) or 0, and falls in one of two bins: the human-preferred reply is the longer one, or the
+    shorter one. A judge that only counts characters scores 1 in the first bin and 0 in the second; a judge that
+    ignores length scores the same in both. `length_balanced_accuracy` is the mean of the two bins' accuracies
+    (what the judge would score on pairs where the longer reply is preferred exactly half of the time), with a 95%
+    percentile bootstrap interval over groups.
+    """
+    rows = []  # (group index, preferred is longer, credit)
+    for g, replies in enumerate(groups):
+        for i in range(len(replies)):
+            for j in range(i + 1, len(replies)):
+                (rank_i, score_i, len_i), (rank_j, score_j, len_j) = replies[i], replies[j]
+                if rank_i == rank_j or len_i == len_j:
+                    continue
+                (_, s_best, l_best), (_, s_other, l_other) = ((replies[i], replies[j]) if rank_i < rank_j
+                                                              else (replies[j], replies[i]))
+                credit = 0.5 if s_best is None or s_other is None or s_best == s_other else float(s_best > s_other)
+                rows.append((g, l_best > l_other, credit))
+    out: dict[str, Any] = {"policy": "pairs with different human ranks and lengths, split by whether the "
+                           "human-preferred reply is the longer; balanced = mean of the two accuracies"}
+    if not rows:
+        return {**out, "preferred_longer_accuracy": None, "preferred_shorter_accuracy": None,
+                "length_balanced_accuracy": None, "length_balanced_accuracy_ci": None, "n_longer": 0, "n_shorter": 0}
+    data = np.array(rows, dtype=float)
+
+    def stats_of(block: np.ndarray) -> tuple[float | None, float | None]:
+        longer, shorter = block[block[:, 1] == 1, 2], block[block[:, 1] == 0, 2]
+        return (float(longer.mean()) if len(longer) else None, float(shorter.mean()) if len(shorter) else None)
+
+    acc_longer, acc_shorter = stats_of(data)
+    balanced = None if acc_longer is None or acc_shorter is None else (acc_longer + acc_shorter) / 2
+    interval = None
+    if balanced is not None and bootstrap_samples:
+        rng = np.random.default_rng(seed)
+        by_group = [data[data[:, 0] == g] for g in np.unique(data[:, 0])]
+        values = []
+        for _ in range(bootstrap_samples):
+            sample = np.concatenate([by_group[k] for k in rng.integers(0, len(by_group), len(by_group))])
+            a, b = stats_of(sample)
+            if a is not None and b is not None:
+                values.append((a + b) / 2)
+        low, high = np.quantile(values, [(1 - _CONFIDENCE) / 2, 1 - (1 - _CONFIDENCE) / 2])
+        interval = [float(low), float(high)]
+    return {**out, "preferred_longer_accuracy": acc_longer, "preferred_shorter_accuracy": acc_shorter,
+            "length_balanced_accuracy": balanced, "length_balanced_accuracy_ci": interval,
+            "n_longer": int((data[:, 1] == 1).sum()), "n_shorter": int((data[:, 1] == 0).sum())}
+
+
 def pair_credits(items: Iterable[Mapping]) -> dict[str, float]:
     """group_id -> the judge's credit on that group's human-ordered pairs (1 agree, 0.5 tie or missing score, 0
     disagree, averaged over the group's pairs), from `srlm eval judge` / judge_accuracy items files.
