@@ -91,7 +91,29 @@ def _length(answers_file: Path) -> dict | None:
                                                                float(np.quantile(means, 0.975))]}
 
 
-def collect(run_dir: Path) -> dict:
+def _judge_groups(run_dir: Path) -> list:
+    """The human pairs the run's judge accuracy was measured on (eval.judge_data, its first eval.judge_limit)."""
+    from srlm.config import load_config
+    from srlm.evaluation.judge_eval import read_human_groups
+    from srlm.seed import resolve_data_path
+
+    cfg = load_config(config_file=run_dir / "config.yaml")
+    if not cfg.eval.judge_data:
+        return []
+    groups = read_human_groups(resolve_data_path(cfg.eval.judge_data))[0]
+    return groups[: cfg.eval.judge_limit] if cfg.eval.judge_limit else groups
+
+
+def _length_split(groups: list, items_path: Path) -> dict | None:
+    """Accuracy where humans preferred the longer reply, the shorter, and their mean (computed from the items file,
+    so runs measured before srlm reported it get it too)."""
+    from srlm.evaluation.judge_eval import length_split
+
+    items = _items(items_path)
+    return length_split(groups, items) if items and groups else None
+
+
+def collect(run_dir: Path, reference_run: Path | None = None) -> dict:
     from srlm.evaluation.metrics import pair_credits, paired_difference
 
     summary_path = run_dir / "summary.json"
@@ -108,6 +130,7 @@ def collect(run_dir: Path) -> dict:
         dpo[f"m{t + 1}"] = (stats.get("loss_first"), stats.get("loss_last"), passes)
         folders[f"m{t + 1}"] = run_dir / f"iter_{t}" / "eval"
         t += 1
+    groups = _judge_groups(run_dir)
     table = {}
     for model, folder in folders.items():
         vs_m1 = {"sft_baseline": folder / "winrate_vs_m1.json", "m2": folder / "winrate_vs_previous.json"}.get(
@@ -118,6 +141,7 @@ def collect(run_dir: Path) -> dict:
             "winrate_vs_m1": None if model == "m1" else _read(vs_m1),
             "length": _length(run_dir / "eval_answers" / f"{model}.json"),
             "dpo_loss": dpo.get(model),
+            "length_split": _length_split(groups, folder / "judge_accuracy.items.jsonl"),
         }
     # Paired differences: M1's judge vs the baseline's on the same human pairs; M3's IFEval vs M1's on the same prompts.
     comparisons = {}
@@ -128,6 +152,13 @@ def collect(run_dir: Path) -> dict:
         common = sorted(set(a) & set(b))
         comparisons["judge_accuracy m1 - sft_baseline"] = paired_difference([a[g] for g in common],
                                                                             [b[g] for g in common])
+    if reference_run is not None:  # the same human pairs judged by another run's M1 (e.g. the paper's EFT-only M1)
+        other = _items(reference_run / "eval_m1" / "judge_accuracy.items.jsonl")
+        if other and m1_items:
+            a, b = pair_credits(m1_items), pair_credits(other)
+            common = sorted(set(a) & set(b))
+            comparisons[f"judge_accuracy m1 - m1 of {reference_run}"] = paired_difference(
+                [a[g] for g in common], [b[g] for g in common])
     last = f"m{t}"
     for model in (last,):
         first_items = _items(folders["m1"] / "ifeval.items.jsonl")
@@ -171,7 +202,8 @@ def finish_outside_the_loop(run_dir: Path, judge_limit: int) -> None:
 
 
 def render(result: dict) -> str:
-    rows = [("model", "judge acc. (hh_test)", "length baseline", "IFEval prompt strict", "win rate vs M1",
+    rows = [("model", "judge acc. (hh_test)", "length baseline", "judge acc., length-balanced", "IFEval prompt strict",
+             "win rate vs M1",
              "mean length (chars)", "DPO loss first -> last", "DPO loss, pass 1 -> pass 2 (mean)")]
     for model, m in result["models"].items():
         judge = m["judge_accuracy"]
@@ -180,6 +212,9 @@ def render(result: dict) -> str:
             model,
             _ci(judge, "pairwise_accuracy") + (f" n={judge['n_pairs']}" if judge else ""),
             _ci(length_base, "pairwise_accuracy") if length_base else "n/a",
+            (_ci(m["length_split"], "length_balanced_accuracy")
+             + f" ({m['length_split']['preferred_longer_accuracy']:.2f} / {m['length_split']['preferred_shorter_accuracy']:.2f})"
+             if m.get("length_split") and m["length_split"]["length_balanced_accuracy"] is not None else "n/a"),
             _ci(m["ifeval"], "prompt_level_strict_acc") + (f" n={m['ifeval']['n_prompts']}" if m["ifeval"] else ""),
             "(the reference)" if model == "m1" else (
                 _ci(m["winrate_vs_m1"], "win_rate", 2) + f" n={m['winrate_vs_m1']['n']}" if m["winrate_vs_m1"] else "n/a"),
@@ -204,6 +239,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "evidence"))
     parser.add_argument("--recipe", default="evidence", help="evidence (the paper's M1) or evidence-trained-judge")
+    parser.add_argument("--reference-run", type=Path, help="another run whose M1 judged the same pairs: their paired "
+                        "difference is printed (e.g. runs/evidence beside runs/evidence_tj)")
     parser.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--table-only", action="store_true", help="only read an existing run directory")
     parser.add_argument("--finish-outside-the-loop", type=int, metavar="JUDGE_PAIRS",
@@ -220,7 +257,7 @@ def main() -> None:
         run_loop(run_dir, reported, args.overrides, args.recipe)
         if args.baseline_winrate:
             baseline_winrate(run_dir)
-    result = collect(run_dir)
+    result = collect(run_dir, args.reference_run)
     (run_dir / "evidence.json").write_text(json.dumps(result, indent=1))
     table = render(result)
     out = ROOT / "benchmarks" / "results" / ("evidence.md" if args.recipe == "evidence" else f"{args.recipe}.md")

@@ -222,10 +222,12 @@ def evaluate_judge(
 
 def length_split(groups: list[RankedGroup], items: list[dict], *, bootstrap_samples: int = 1000, seed: int = 0) -> dict:
     """`srlm.evaluation.metrics.length_split_accuracy` of a judge's scores (`items`, as `evaluate_judge` returns
-    them or its items file holds them) on `groups`, matched by group and reply id."""
+    them or its items file holds them) on `groups`, matched by group and reply id. Groups the items do not cover
+    (an evaluation of fewer pairs) are left out; a judged reply without a score counts as a tie, as everywhere."""
     scores = {(it["group_id"], it["reply_id"]): it.get("score") for it in items}
+    judged = [g for g in groups if all((g.group_id, r["reply_id"]) in scores for r in g.replies)]  # not: never sent
     return length_split_accuracy(
-        [[(r["rank"], scores.get((g.group_id, r["reply_id"])), len(r["text"])) for r in g.replies] for g in groups],
+        [[(r["rank"], scores[(g.group_id, r["reply_id"])], len(r["text"])) for r in g.replies] for g in judged],
         bootstrap_samples=bootstrap_samples, seed=seed)
 
 
