@@ -60,6 +60,11 @@ def main() -> None:
     parser.add_argument("--val-limit", type=int, default=300)
     parser.add_argument("--test-limit", type=int, default=300)
     parser.add_argument("--table-only", action="store_true", help="print the table from what is on disk")
+    parser.add_argument("--skip-m1-direct", action="store_true",
+                        help="do not measure M1 itself with the direct prompt (an ablation: the prompt without training)")
+    parser.add_argument("--test-from", type=Path, help="a folder holding judge_accuracy.json and its items for the "
+                        "trained judge on the same hh_test pairs with the same settings (e.g. runs/evidence_tj/eval_m1, "
+                        "where the loop measured the same model): copied instead of measured again")
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -71,13 +76,22 @@ def main() -> None:
                  "--stats-out", str(out / "train_judge_stats.json"), *TRAIN_JUDGE)
         if not baseline.exists():
             srlm("sft", "--no-eft", "--model", "embedded", "--out", str(baseline), *SFT_BASELINE)
-        for name, model in (("m1", args.m1), ("m1_judge_trained", trained)):
+        if args.test_from and not (out / "test_m1_judge_trained.json").exists():
+            import shutil
+
+            shutil.copy(args.test_from / "judge_accuracy.json", out / "test_m1_judge_trained.json")
+            shutil.copy(args.test_from / "judge_accuracy.items.jsonl", out / "test_m1_judge_trained.items.jsonl")
+            print(f"hh_test figures of the trained judge copied from {args.test_from}", flush=True)
+        models = [("m1_judge_trained", trained)] + ([] if args.skip_m1_direct else [("m1", args.m1)])
+        for name, model in models:
             judge_eval(model, "builtin:hh_val", args.val_limit, out / f"val_{name}.json", DIRECT)
-        for name, model in (("sft_baseline", baseline), ("m1", args.m1), ("m1_judge_trained", trained)):
+        for name, model in [("sft_baseline", baseline)] + models:
             judge_eval(model, "builtin:hh_test", args.test_limit, out / f"test_{name}.json", DIRECT)
     result = collect(out, args.evidence_items)
     (out / "judge_training.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(render(result))
+    table = render(result)
+    (ROOT / "benchmarks" / "results" / "judge_training.md").write_text(table + "\n")
+    print(table)
 
 
 def _read(path: Path) -> dict | None:
@@ -91,11 +105,17 @@ def _items(path: Path) -> list[dict]:
 def collect(out: Path, evidence_items: Path) -> dict:
     from srlm.evaluation.metrics import pair_credits, paired_difference
 
+    from srlm.evaluation.judge_eval import length_split, read_human_groups
+    from srlm.seed import resolve_data_path
+
     rows = {}
     for split in ("val", "test"):
+        groups = read_human_groups(resolve_data_path(f"builtin:hh_{split}"))[0]
         for name in ("sft_baseline", "m1", "m1_judge_trained"):
             metrics = _read(out / f"{split}_{name}.json")
             if metrics:
+                items = _items(out / f"{split}_{name}.items.jsonl")
+                metrics["length_split"] = length_split(groups, items)  # also for files written before srlm had it
                 rows[f"{split} {name}"] = metrics
     credits = {name: pair_credits(_items(out / f"test_{name}.items.jsonl"))
                for name in ("sft_baseline", "m1", "m1_judge_trained")}
@@ -117,13 +137,18 @@ def render(result: dict) -> str:
 
     from srlm.evaluation.judge_eval import format_accuracy
 
-    lines = ["| split | judge (judge.method=direct) | pairwise accuracy [95% CI], pairs | length baseline, same pairs |",
-             "|---|---|---|---|"]
+    lines = ["| split | judge (judge.method=direct) | pairwise accuracy [95% CI], pairs | length baseline, same pairs "
+             "| length-balanced accuracy (preferred longer / shorter) |",
+             "|---|---|---|---|---|"]
     for key, m in result["rows"].items():
         split, name = key.split(" ", 1)
         split = {"val": "hh_val (settings)", "test": "hh_test (reported)"}[split]
+        ls = m["length_split"]
+        balanced = (f"{format_with_interval(ls, 'length_balanced_accuracy')} ({ls['preferred_longer_accuracy']:.3f} n="
+                    f"{ls['n_longer']} / {ls['preferred_shorter_accuracy']:.3f} n={ls['n_shorter']})"
+                    if ls.get("length_balanced_accuracy") is not None else "n/a")
         lines.append(f"| {split} | {name} | {format_accuracy(m)} "
-                     f"| {format_with_interval(m['length_baseline'], 'pairwise_accuracy')} |")
+                     f"| {format_with_interval(m['length_baseline'], 'pairwise_accuracy')} | {balanced} |")
     for name, c in result["comparisons"].items():
         if c["difference"] is not None:
             low, high = c["difference_ci"]
