@@ -592,6 +592,10 @@ def _accuracy_cell(metrics: dict | None) -> str:
     length = metrics.get("length_baseline") or {}
     if length.get("pairwise_accuracy") is not None:
         cell += f"; length baseline {length['pairwise_accuracy']:.3f}"
+    split = metrics.get("length_split") or {}
+    if split.get("length_balanced_accuracy") is not None:  # how much of it is "longer is better"
+        cell += (f"; length-balanced {split['length_balanced_accuracy']:.3f} (preferred longer "
+                 f"{split['preferred_longer_accuracy']:.2f}, shorter {split['preferred_shorter_accuracy']:.2f})")
     return cell
 
 
