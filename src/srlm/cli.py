@@ -140,6 +140,18 @@ def cmd_train_judge(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from srlm.hub import push_model
+
+    model_dir = Path(args.run_dir) / "models" / args.model
+    if not model_dir.is_dir():
+        available = sorted(p.name for p in (Path(args.run_dir) / "models").glob("*") if p.is_dir())
+        raise SrlmError(f"{model_dir}: no such model in the run (models there: {', '.join(available) or 'none'})")
+    url = push_model(model_dir, args.repo_id, private=args.private)
+    print(f"srlm: pushed {model_dir} with its model card to {args.repo_id}: {url}")
+    return 0
+
+
 def cmd_prompts(args) -> int:
     from srlm.io import iter_jsonl
     from srlm.stages.prompts import run_prompts
@@ -234,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_args(p)
     add_config_args(p)
     p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("push", help="upload one model of a run, with its model card, to the Hugging Face Hub",
+                       description="Upload RUN_DIR/models/MODEL (weights, config, tokenizer and README.md, the card "
+                       "srlm wrote) to the Hub with huggingface_hub's upload_folder. Needs a token (HF_TOKEN or "
+                       "`hf auth login`); offline it stops at once.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `srlm run`")
+    p.add_argument("--model", required=True, help="the model's folder name under RUN_DIR/models, e.g. m3")
+    p.add_argument("--repo-id", required=True, help="the Hub repository, e.g. your-name/smollm2-135m-srlm-m3")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("train-judge", help="train a model's judge on human preference pairs (Bradley-Terry on its "
                        "expected score; not in the paper)",

@@ -119,3 +119,34 @@ def offline_dataset_hint(dataset_id: str) -> str:
         return ""
     return ("; HF_HUB_OFFLINE is set, so only a copy in the local cache can be read: unset it to download "
             f"{dataset_id} (online), or pass a local file")
+
+
+def push_model(model_dir, repo_id: str, *, private: bool = False, token: str | None = None,
+               commit_message: str | None = None) -> str:
+    """Upload a saved model folder (weights, config, tokenizer and its model card README.md) to the Hub as
+    `repo_id` with huggingface_hub's `create_repo` + `upload_folder`; returns the URL of the commit.
+
+    Refused at once, before any upload, when the folder is not a model srlm saved (config.json and safetensors
+    weights), when it has no model card (`srlm run` writes one for every model), and when the Hub cannot be
+    reached or HF_HUB_OFFLINE is set. Hidden files and trainer leftovers are not uploaded."""
+    from pathlib import Path
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file() or not any(model_dir.glob("*.safetensors")):
+        raise SrlmError(f"{model_dir}: not a saved model (needs config.json and safetensors weights)")
+    if not (model_dir / "README.md").is_file():
+        raise SrlmError(f"{model_dir}: no model card (README.md); `srlm run` writes one for every model it saves, "
+                        "or `srlm report RUN_DIR` after a run from an older srlm")
+    if offline():
+        raise SrlmError(f"cannot push {model_dir} to {repo_id}: HF_HUB_OFFLINE is set (unset it to upload)")
+    reason = unreachable_reason()
+    if reason:
+        raise SrlmError(f"cannot push {model_dir} to {repo_id}: the Hub ({endpoint()}) is not reachable: {reason}")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(folder_path=str(model_dir), repo_id=repo_id, repo_type="model",
+                             commit_message=commit_message or f"Upload {model_dir.name} (srlm)",
+                             ignore_patterns=[".*", "**/.*", "*.partial", "training_args.bin"])
+    return str(getattr(info, "commit_url", info))
