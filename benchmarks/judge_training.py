@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--val-limit", type=int, default=300)
     parser.add_argument("--test-limit", type=int, default=300)
     parser.add_argument("--table-only", action="store_true", help="print the table from what is on disk")
+    parser.add_argument("--skip-val", action="store_true", help="do not measure on hh_val (the check of the settings)")
     parser.add_argument("--skip-m1-direct", action="store_true",
                         help="do not measure M1 itself with the direct prompt (an ablation: the prompt without training)")
     parser.add_argument("--test-from", type=Path, help="a folder holding judge_accuracy.json and its items for the "
@@ -83,7 +84,7 @@ def main() -> None:
             shutil.copy(args.test_from / "judge_accuracy.items.jsonl", out / "test_m1_judge_trained.items.jsonl")
             print(f"hh_test figures of the trained judge copied from {args.test_from}", flush=True)
         models = [("m1_judge_trained", trained)] + ([] if args.skip_m1_direct else [("m1", args.m1)])
-        for name, model in models:
+        for name, model in [] if args.skip_val else models:
             judge_eval(model, "builtin:hh_val", args.val_limit, out / f"val_{name}.json", DIRECT)
         for name, model in [("sft_baseline", baseline)] + models:
             judge_eval(model, "builtin:hh_test", args.test_limit, out / f"test_{name}.json", DIRECT)

