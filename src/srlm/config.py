@@ -579,9 +579,9 @@ def load_config(recipe: str | None = None, config_file: str | Path | None = None
 
 
 def save_config(config: Config, path: Path) -> None:
-    from srlm.io import _atomic_write_text
+    from srlm.io import atomic_write_text
 
-    _atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
 def describe_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -270,7 +270,7 @@ def _new_file_mode(path: Path) -> int | None:
     return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
 
 
-def _atomic_write_text(path: Path, text: str, newline: str | None = None) -> None:
+def atomic_write_text(path: Path, text: str, newline: str | None = None) -> None:
     """Write `text` to `path` whole or not at all: into a temporary file beside it, renamed into place.
 
     The file gets the permissions a plain `open(path, "w")` would give it: those of the file it replaces, or 0666
@@ -308,17 +308,17 @@ def _atomic_write_text(path: Path, text: str, newline: str | None = None) -> Non
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     """Write records atomically; returns how many were written."""
     lines = [_dumps(r) for r in records]
-    _atomic_write_text(Path(path), "".join(line + "\n" for line in lines))
+    atomic_write_text(Path(path), "".join(line + "\n" for line in lines))
     return len(lines)
 
 
 def write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically, UTF-8, with its newlines as given (no translation to the platform's)."""
-    _atomic_write_text(Path(path), text, newline="")
+    atomic_write_text(Path(path), text, newline="")
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    _atomic_write_text(Path(path), json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    atomic_write_text(Path(path), json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

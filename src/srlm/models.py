@@ -213,3 +213,15 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def release_memory() -> None:
+    """Give freed memory back to the operating system between stages, so one process's peak is one stage's peak."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 from srlm.errors import DataError
 from srlm.evaluation.metrics import format_with_interval, score_histogram
-from srlm.io import _atomic_write_text, iter_jsonl, read_json
+from srlm.io import atomic_write_text, iter_jsonl, read_json
 
 SCORE_BINS = (0, 1, 2, 3, 4, 5)
 JUDGE_METRICS = (
@@ -872,7 +872,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     data = collect_report_data(run_dir)
     root = Path(run_dir)
     html_path, md_path = root / "report.html", root / "report.md"
-    _atomic_write_text(html_path, render_html(data))
-    _atomic_write_text(md_path, render_markdown(data))
+    atomic_write_text(html_path, render_html(data))
+    atomic_write_text(md_path, render_markdown(data))
     return html_path, md_path
 

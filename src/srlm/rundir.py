@@ -30,7 +30,7 @@ from typing import Callable
 
 from srlm.errors import DataError, SrlmError
 from srlm.io import check_output_path, ensure_inside, os_error_message, read_json, safe_child, write_json
-from srlm.stages.training import release_memory
+from srlm.models import release_memory
 
 MANIFEST_VERSION = 1
 

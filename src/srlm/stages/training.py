@@ -305,15 +305,3 @@ def log_history_stats(history: list[dict], keys: dict[str, str]) -> dict:
         out["train_seconds"] = round(train[-1]["train_runtime"], 3)
     out["steps"] = max((h.get("step", 0) for h in history), default=0)
     return out
-
-
-def release_memory() -> None:
-    """Give freed memory back to the operating system between stages, so one process's peak is one stage's peak."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
