@@ -16,7 +16,7 @@ import pytest
 
 from srlm.backends import make_backend
 from srlm.config import JudgeConfig
-from srlm.data.cli import add_data_commands
+from srlm.cli.data import add_data_commands
 from srlm.data.eft import (
     DEFAULT_MAX_PER_SCORE_SHARE,
     agreement,

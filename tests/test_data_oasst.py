@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from srlm.data.cli import add_data_commands
+from srlm.cli.data import add_data_commands
 from srlm.data.oasst import build_from_oasst, normalise_prompt
 from srlm.errors import DataError
 from srlm.io import read_jsonl

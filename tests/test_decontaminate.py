@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from srlm.data.cli import add_data_commands
+from srlm.cli.data import add_data_commands
 from srlm.data.decontaminate import (DecontaminationIndex, Match, _prompt_of, rouge_l_scorer, _tokens,
                                      decontaminate, normalise, tokenize)
 from srlm.data.formats import load_records

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srlm.data.cli import add_data_commands
+from srlm.cli.data import add_data_commands
 from srlm.data.formats import detect_format, load_records, read_records
 from srlm.errors import DataError
 from srlm.io import read_jsonl

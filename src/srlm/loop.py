@@ -15,7 +15,6 @@ was interrupted. After each iteration a table of its health metrics is printed a
 from __future__ import annotations
 
 import time
-from importlib import resources
 from pathlib import Path
 
 from srlm import cards, tracking

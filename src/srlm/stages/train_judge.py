@@ -97,7 +97,7 @@ def collate_pairs(features: list[dict], pad_id: int) -> dict:
             "last": torch.tensor([len(r) - 1 for r in rows], dtype=torch.long)}
 
 
-def expected_scores(logits_at_last, digit_ids) -> "torch.Tensor":
+def expected_scores(logits_at_last, digit_ids):
     """E = sum_k k * p(k), p the softmax of the digit logits (renormalised over 0-5), per row."""
     import torch
 
@@ -146,7 +146,6 @@ def last_position_scores(model, inputs, digit_ids, share_prefix: bool = True):
 
 
 def pairwise_trainer_class():
-    import torch
     import torch.nn.functional as F
     from transformers import Trainer
 

@@ -67,15 +67,15 @@ def run_oasst(args: argparse.Namespace) -> int:
 
 
 def run_eft(args: argparse.Namespace) -> int:
-    from srlm.cli import _generation_backend, _model_override, config_from_args
+    from srlm.cli.common import config_from_args, generation_backend, model_override
     from srlm.data.eft import counts_path_for, format_counts, run_data_eft
 
-    cfg = config_from_args(args, _model_override(args))
+    cfg = config_from_args(args, model_override(args))
     # The teacher's name goes into the log's staleness key: an OpenAI-compatible server names its own weights.
     teacher = cfg.model.name_or_path
     if cfg.backend.name == "openai" and getattr(cfg.backend, "model_name", None):
         teacher = cfg.backend.model_name
-    backend = _generation_backend(cfg)
+    backend = generation_backend(cfg)
     try:
         counts = run_data_eft(
             args.source, args.out, backend, cfg.judge, seed=cfg.seed, teacher=teacher,
@@ -241,7 +241,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     arg("--split", default=None, help="Hub split to read (default: all splits)")
     oasst.set_defaults(func=run_oasst)
 
-    from srlm.cli import add_config_args  # imported here: srlm.cli imports this module while building its parser
+    from srlm.cli.common import add_config_args
 
     eft = commands.add_parser(
         "eft", help="teacher-judged, human-agreeing judge demonstrations (EFT) from ranked groups",

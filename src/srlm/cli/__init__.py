@@ -7,67 +7,17 @@ Every command that reads settings takes `--recipe NAME` or `--config FILE` plus 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from srlm import __version__
+from srlm.cli.common import (add_config_args, add_tracking_args, config_from_args, generation_backend,
+                             model_override, print_stats, stage_tracking_of)
 from srlm.errors import SrlmError
 
 RUN_HELP = """Run the whole self-rewarding loop: SFT (M1), then loop.iterations x (prompts, respond, judge, pairs, DPO).
 Rerunning the same command on the same run directory resumes where it stopped; on a finished run it does nothing."""
-
-
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--recipe", help="a shipped recipe (see `srlm recipes`)")
-    group.add_argument("--config", help="a YAML config file")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. respond.num_samples=4 model.name_or_path=DIR (anywhere on the "
-                        "command line)")
-
-
-def config_from_args(args, extra: list[str] = ()):
-    """The config a command asked for: --recipe or --config, then `extra` and the command line's key=value."""
-    from srlm.config import load_config
-
-    return load_config(args.recipe, args.config, [*extra, *args.overrides])
-
-
-def _model_override(args) -> list[str]:
-    return [f"model.name_or_path={args.model}"] if getattr(args, "model", None) else []
-
-
-def _print_stats(stats: dict, stats_out: str | None = None) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch` every rank returns the same stats
-        print(json.dumps(stats, indent=2))
-        if stats_out:
-            from srlm.io import write_json
-
-            write_json(stats_out, stats)
-
-
-def _stage_tracking(cfg, args):
-    """tracking.* for a training command: logs under <run dir>/tracking/<stage> (or tracking.logging_dir/<stage>),
-    the run dir being --tracking-run-dir or the output's parent folder, the stage --tracking-stage or its name."""
-    from srlm.tracking import stage_tracking
-
-    out = Path(args.out)
-    return stage_tracking(cfg.tracking, args.tracking_run_dir or out.parent, args.tracking_stage or out.name)
-
-
-def _add_tracking_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-run-dir", help="with tracking.report_to: the run this stage's logs belong to (they "
-                   "go under <it>/tracking unless tracking.logging_dir is set; default: the output's parent folder)")
-    p.add_argument("--tracking-stage", help="with tracking.report_to: this stage's name in the tracker (default: "
-                   "the output's folder name)")
-
-
-def _generation_backend(cfg):
-    from srlm.backends import backend_for
-
-    return backend_for(cfg, cfg.model.name_or_path)
 
 
 # -- command handlers --------------------------------------------------------------------------------------------
@@ -109,14 +59,14 @@ def cmd_sft(args) -> int:
     from srlm.loop import resolve_data_path
     from srlm.stages.sft import run_sft
 
-    cfg = config_from_args(args, _model_override(args))
+    cfg = config_from_args(args, model_override(args))
     m = cfg.model
     eft = None if args.no_eft else resolve_data_path(args.eft or cfg.data.eft)
     stats = run_sft(m.name_or_path, resolve_data_path(args.ift or cfg.data.ift), eft, Path(args.out), cfg.sft,
                     seed=cfg.seed, judge_template_file=cfg.judge.template_file, max_ift_examples=cfg.data.max_ift_examples, max_eft_examples=cfg.data.max_eft_examples,
                     device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template,
-                    tracking=_stage_tracking(cfg, args))
-    _print_stats(stats, args.stats_out)
+                    tracking=stage_tracking_of(cfg, args))
+    print_stats(stats, args.stats_out)
     return 0
 
 
@@ -124,7 +74,7 @@ def cmd_train_judge(args) -> int:
     from srlm.loop import resolve_data_path
     from srlm.stages.train_judge import run_train_judge
 
-    cfg = config_from_args(args, _model_override(args))
+    cfg = config_from_args(args, model_override(args))
     m = cfg.model
     pairs = args.pairs or cfg.judge_training.pairs
     if not pairs:
@@ -133,7 +83,7 @@ def cmd_train_judge(args) -> int:
     stats = run_train_judge(m.name_or_path, resolve_data_path(pairs), Path(args.out), cfg.judge_training, seed=cfg.seed,
                             judge_template_file=cfg.judge.template_file, device=m.device, dtype=m.dtype,
                             trust_remote_code=m.trust_remote_code, chat_template=m.chat_template)
-    _print_stats(stats, args.stats_out)
+    print_stats(stats, args.stats_out)
     print(f"srlm: judge it with judge.method=direct judge.num_samples=1 (the prompt it was trained on), e.g. "
           f"srlm eval judge --model {args.out} --data builtin:hh_test --out judge.json judge.method=direct "
           "judge.num_samples=1")
@@ -156,32 +106,32 @@ def cmd_prompts(args) -> int:
     from srlm.io import iter_jsonl
     from srlm.stages.prompts import run_prompts
 
-    cfg = config_from_args(args, _model_override(args))
+    cfg = config_from_args(args, model_override(args))
     seeds = [r["prompt"].strip() for r in iter_jsonl(args.seed_prompts, {"prompt": str})]
     earlier = [r["prompt"].strip() for pool in args.pool for r in iter_jsonl(pool, {"prompt": str})]
-    stats = run_prompts(seeds, earlier, Path(args.out), _generation_backend(cfg), cfg.prompts, seed=cfg.seed,
+    stats = run_prompts(seeds, earlier, Path(args.out), generation_backend(cfg), cfg.prompts, seed=cfg.seed,
                         iteration=args.iteration)
-    _print_stats(stats)
+    print_stats(stats)
     return 0
 
 
 def cmd_respond(args) -> int:
     from srlm.stages.respond import run_respond
 
-    cfg = config_from_args(args, _model_override(args))
-    stats = run_respond(Path(args.prompts), Path(args.out), _generation_backend(cfg), cfg.respond, seed=cfg.seed,
+    cfg = config_from_args(args, model_override(args))
+    stats = run_respond(Path(args.prompts), Path(args.out), generation_backend(cfg), cfg.respond, seed=cfg.seed,
                         chunk_prompts=cfg.backend.chunk_prompts)
-    _print_stats(stats)
+    print_stats(stats)
     return 0
 
 
 def cmd_judge(args) -> int:
     from srlm.stages.judge import run_judge
 
-    cfg = config_from_args(args, _model_override(args))
-    stats = run_judge(Path(args.responses), Path(args.out), _generation_backend(cfg), cfg.judge, seed=cfg.seed,
+    cfg = config_from_args(args, model_override(args))
+    stats = run_judge(Path(args.responses), Path(args.out), generation_backend(cfg), cfg.judge, seed=cfg.seed,
                       chunk_prompts=cfg.backend.chunk_prompts)
-    _print_stats(stats)
+    print_stats(stats)
     return 0
 
 
@@ -189,19 +139,19 @@ def cmd_pairs(args) -> int:
     from srlm.stages.pairs import run_pairs
 
     cfg = config_from_args(args)
-    _print_stats(run_pairs(Path(args.responses), Path(args.judgements), Path(args.out), cfg.pairs, seed=cfg.seed))
+    print_stats(run_pairs(Path(args.responses), Path(args.judgements), Path(args.out), cfg.pairs, seed=cfg.seed))
     return 0
 
 
 def cmd_dpo(args) -> int:
     from srlm.stages.dpo import run_dpo
 
-    cfg = config_from_args(args, _model_override(args))
+    cfg = config_from_args(args, model_override(args))
     m = cfg.model
     stats = run_dpo(m.name_or_path, Path(args.pairs), Path(args.out), cfg.dpo, seed=cfg.seed, device=m.device,
                     dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template,
-                    tracking=_stage_tracking(cfg, args))
-    _print_stats(stats, args.stats_out)
+                    tracking=stage_tracking_of(cfg, args))
+    print_stats(stats, args.stats_out)
     return 0
 
 
@@ -243,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model: hub id, local directory or 'embedded' (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--stats-out", help="also write the training stats (JSON) to this file")
-    _add_tracking_args(p)
+    add_tracking_args(p)
     add_config_args(p)
     p.set_defaults(func=cmd_sft)
 
@@ -315,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="M_t (default: model.name_or_path)")
     p.add_argument("--out", required=True, help="output model directory (M_t+1)")
     p.add_argument("--stats-out", help="also write the training stats (JSON) to this file")
-    _add_tracking_args(p)
+    add_tracking_args(p)
     add_config_args(p)
     p.set_defaults(func=cmd_dpo)
 
@@ -325,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(sub) -> None:
     """Command groups that live beside the stages (data builders, evaluation, report)."""
-    from srlm.data.cli import add_data_commands
-    from srlm.evaluation.cli import add_eval_commands
+    from srlm.cli.data import add_data_commands
+    from srlm.cli.evaluation import add_eval_commands
 
     add_data_commands(sub)
     add_eval_commands(sub)
@@ -362,7 +312,7 @@ def _side_outputs(args, out: Path) -> list[Path]:
 
         return [log_path_for(out), counts_path_for(out)]
     if args.command == "data" and getattr(args, "data_command", None) == "decontaminate" and not args.report:
-        from srlm.data.cli import default_report_path
+        from srlm.cli.data import default_report_path
 
         return [default_report_path(out)]
     return []

@@ -128,7 +128,7 @@ worst preference pair of each iteration.
 
 
 def _config(args):
-    from srlm.cli import config_from_args
+    from srlm.cli.common import config_from_args
 
     return config_from_args(args)
 
@@ -431,7 +431,7 @@ def cmd_report(args) -> int:
 def add_eval_commands(subparsers) -> None:
     """Register `srlm eval {judge,winrate,generate,grade,ifeval,harness}` and `srlm report` on the main CLI's
     subparsers."""
-    from srlm.cli import add_config_args  # srlm.cli imports this module while building its parser
+    from srlm.cli.common import add_config_args
 
     from srlm.evaluation.prompt_sets import GRADERS, REFERENCE_CATEGORIES
 
