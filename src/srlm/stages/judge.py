@@ -86,9 +86,7 @@ def run_judge(responses_path: Path, out_path: Path, backend, cfg: JudgeConfig, *
     )
     order = {r["response_id"]: i for i, r in enumerate(responses)}
     records = writer.finish(order_key=lambda r: order[r["response_id"]])
-    stats = summarize_judgements(records)
-    if cfg.method == "direct":  # scored like `expected`, from the digits after "Score: " that opens the reply
-        stats["score_method"] = "direct"
+    stats = summarize_judgements(records, cfg.method)
     if too_long:
         print(f"srlm: warning: {len(too_long)} of {len(responses)} responses skipped, unjudged: their judge prompt is "
               f"longer than judge.max_prompt_tokens={cfg.max_prompt_tokens} tokens", file=sys.stderr, flush=True)
@@ -116,7 +114,9 @@ def _record(response: dict, judged: Judged) -> dict:
     }
 
 
-def summarize_judgements(records: list[dict]) -> dict:
+def summarize_judgements(records: list[dict], method: str = "sample_mean") -> dict:
+    """Counts and score statistics of a judgements file; `method` is judge.method ("expected" and "direct" records
+    carry the expected-score fields)."""
     total = sum(len(r["judgements"]) for r in records)
     parsed = sum(1 for r in records for j in r["judgements"] if j["score"] is not None)
     scored = [r["score"] for r in records if r["score"] is not None]
@@ -124,7 +124,7 @@ def summarize_judgements(records: list[dict]) -> dict:
     expected = [j for r in records for j in r["judgements"] if "expected_score" in j]
     masses = [j["score_token_mass"] for j in expected if j["score_token_mass"] is not None]
     method_stats = {
-        "score_method": "expected",
+        "score_method": method,
         # parsed, but the backend could not read the digits' probabilities (an openai server that listed none)
         "expected_missing": sum(1 for j in expected if j["score"] is not None and j["expected_score"] is None),
         "score_token_mass_mean": round(sum(masses) / len(masses), 4) if masses else None,
