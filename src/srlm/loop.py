@@ -175,14 +175,18 @@ def _train_sft(cfg: Config, rd: RunDir, ift_path, eft_path, out_dir: Path, stage
                    tracking=tracking.stage_tracking(cfg.tracking, rd.root, stage))
 
 
+def check_model_dir(source: Path) -> None:
+    if not (source / "config.json").is_file() or not any(source.glob("*.safetensors")):
+        raise SrlmError(f"loop.m1={source}: not a model directory (needs config.json and safetensors weights)")
+
+
 def copy_model(source: Path, out_dir: Path) -> dict:
     """loop.m1: the given model's files (weights, config, tokenizer; not its card) copied into models/m1."""
     import shutil
 
     from srlm.models import fresh_dir, move_into_place
 
-    if not (source / "config.json").is_file() or not any(source.glob("*.safetensors")):
-        raise SrlmError(f"loop.m1={source}: not a model directory (needs config.json and safetensors weights)")
+    check_model_dir(source)
     staging = fresh_dir(out_dir.parent / f".{out_dir.name}.copying")
     for f in source.iterdir():
         if f.is_file() and f.name != "README.md":
@@ -194,7 +198,7 @@ def copy_model(source: Path, out_dir: Path) -> dict:
 def check_judge_training(cfg: Config) -> None:
     """A judge trained by judge_training.pairs reads scores the way it was trained: judge.method=direct."""
     if cfg.loop.m1:
-        resolve_data_path(cfg.loop.m1)
+        check_model_dir(Path(cfg.loop.m1))  # before anything runs, not after the evaluation files are checked
         if cfg.judge_training.pairs:
             raise SrlmError("loop.m1 gives the run its M1, so judge_training.pairs would train nothing: train that "
                             "model's judge with `srlm train-judge` first, or drop loop.m1")
