@@ -11,7 +11,10 @@ What it does, on the embedded SmolLM2-135M-Instruct, 2 CPU cores:
    beside the length baseline on the same pairs;
 4. prints paired bootstrap differences on hh_test: trained judge - M1, trained judge - SFT baseline, and trained
    judge - M1 as the evidence run judged (with its justification, judge.method=expected), when that run's items
-   file is there.
+   file is there;
+5. with --variant NAME (VARIANTS below), also trains and measures that variant of the trained judge, e.g.
+   `length_balanced` (judge_training.length_balance=true: as many pairs where humans preferred the shorter reply
+   as the longer). A variant is measured on both splits; a recipe takes the one that does best on hh_val.
 
 Splits: hh_eft, hh_val and hh_test are disjoint by question (scripts/build_builtin_data.py). Nothing here is chosen
 on hh_test. Every step is skipped when its output exists, so a killed run continues.
@@ -30,6 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_JUDGE = ["judge_training.learning_rate=2e-4", "judge_training.learning_rate_end=2e-5",
                "judge_training.batch_size=8", "judge_training.micro_batch_size=4", "judge_training.epochs=1",
                "judge_training.save_every_steps=20"]
+# Variants of the trained judge (--variant NAME): each is trained with TRAIN_JUDGE plus these keys into
+# <out>/m1_judge_NAME and measured like the first; which one a recipe uses is chosen on hh_val.
+VARIANTS = {"length_balanced": ["judge_training.length_balance=true"]}
 SFT_BASELINE = ["--recipe", "evidence"]  # its sft section: LoRA r16, lr 1e-3 -> 1e-4, one epoch
 DIRECT = ["judge.method=direct", "judge.num_samples=1", "backend.max_batch_tokens=32768"]
 
@@ -59,6 +65,8 @@ def main() -> None:
                         "judge_accuracy.items.jsonl", help="the evidence run's M1 judge items on hh_test")
     parser.add_argument("--val-limit", type=int, default=300)
     parser.add_argument("--test-limit", type=int, default=300)
+    parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS),
+                        help="also train and measure this variant of the trained judge (repeatable)")
     parser.add_argument("--table-only", action="store_true", help="print the table from what is on disk")
     parser.add_argument("--skip-val", action="store_true", help="do not measure on hh_val (the check of the settings)")
     parser.add_argument("--skip-m1-direct", action="store_true",
@@ -83,8 +91,14 @@ def main() -> None:
             shutil.copy(args.test_from / "judge_accuracy.json", out / "test_m1_judge_trained.json")
             shutil.copy(args.test_from / "judge_accuracy.items.jsonl", out / "test_m1_judge_trained.items.jsonl")
             print(f"hh_test figures of the trained judge copied from {args.test_from}", flush=True)
-        models = [("m1_judge_trained", trained)] + ([] if args.skip_m1_direct else [("m1", args.m1)])
-        for name, model in [] if args.skip_val else models:
+        for variant in args.variant:
+            if not (out / f"m1_judge_{variant}").exists():
+                srlm("train-judge", "--model", str(args.m1), "--pairs", "builtin:hh_eft", "--out",
+                     str(out / f"m1_judge_{variant}"), "--stats-out", str(out / f"train_judge_stats_{variant}.json"),
+                     *TRAIN_JUDGE, *VARIANTS[variant])
+        models = ([("m1_judge_trained", trained)] + [(f"m1_judge_{v}", out / f"m1_judge_{v}") for v in args.variant]
+                  + ([] if args.skip_m1_direct else [("m1", args.m1)]))
+        for name, model in [] if args.skip_val else [("sft_baseline", baseline)] + models:
             judge_eval(model, "builtin:hh_val", args.val_limit, out / f"val_{name}.json", DIRECT)
         for name, model in [("sft_baseline", baseline)] + models:
             judge_eval(model, "builtin:hh_test", args.test_limit, out / f"test_{name}.json", DIRECT)
@@ -93,6 +107,9 @@ def main() -> None:
     table = render(result)
     (ROOT / "benchmarks" / "results" / "judge_training.md").write_text(table + "\n")
     print(table)
+
+
+JUDGES = ("sft_baseline", "m1", "m1_judge_trained", *(f"m1_judge_{v}" for v in VARIANTS))
 
 
 def _read(path: Path) -> dict | None:
@@ -112,25 +129,27 @@ def collect(out: Path, evidence_items: Path) -> dict:
     rows = {}
     for split in ("val", "test"):
         groups = read_human_groups(resolve_data_path(f"builtin:hh_{split}"))[0]
-        for name in ("sft_baseline", "m1", "m1_judge_trained"):
+        for name in JUDGES:
             metrics = _read(out / f"{split}_{name}.json")
             if metrics:
                 items = _items(out / f"{split}_{name}.items.jsonl")
                 metrics["length_split"] = length_split(groups, items)  # also for files written before srlm had it
                 rows[f"{split} {name}"] = metrics
-    credits = {name: pair_credits(_items(out / f"test_{name}.items.jsonl"))
-               for name in ("sft_baseline", "m1", "m1_judge_trained")}
+    credits = {name: pair_credits(_items(out / f"test_{name}.items.jsonl")) for name in JUDGES}
     if evidence_items.exists():
         credits["m1 (evidence run, with justification)"] = pair_credits(_items(evidence_items))
     comparisons = {}
-    trained = credits["m1_judge_trained"]
-    for other in ("m1", "sft_baseline", "m1 (evidence run, with justification)"):
-        if trained and credits.get(other):
-            common = sorted(set(trained) & set(credits[other]))
-            comparisons[f"m1_judge_trained - {other}"] = paired_difference(
-                [trained[g] for g in common], [credits[other][g] for g in common])
-    return {"rows": rows, "comparisons": comparisons, "train_judge": _read(out / "train_judge_stats.json"),
-            "settings": {"train_judge": TRAIN_JUDGE, "judge": DIRECT}}
+    for name in [n for n in JUDGES if n.startswith("m1_judge_")]:
+        for other in ("m1", "sft_baseline", "m1 (evidence run, with justification)"):
+            if credits.get(name) and credits.get(other):
+                common = sorted(set(credits[name]) & set(credits[other]))
+                comparisons[f"{name} - {other}"] = paired_difference(
+                    [credits[name][g] for g in common], [credits[other][g] for g in common])
+    train_judge = {"m1_judge_trained": _read(out / "train_judge_stats.json")}
+    train_judge.update({f"m1_judge_{v}": _read(out / f"train_judge_stats_{v}.json") for v in VARIANTS})
+    return {"rows": rows, "comparisons": comparisons,
+            "train_judge": {name: stats for name, stats in train_judge.items() if stats},
+            "settings": {"train_judge": TRAIN_JUDGE, "variants": VARIANTS, "judge": DIRECT}}
 
 
 def render(result: dict) -> str:
@@ -155,9 +174,8 @@ def render(result: dict) -> str:
             low, high = c["difference_ci"]
             lines.append(f"\n{name} on hh_test: {c['difference']:+.3f} [{low:+.3f}, {high:+.3f}] "
                          f"(paired bootstrap over {c['n']} pairs; a missing score counts as a tie)")
-    stats = result.get("train_judge")
-    if stats:
-        lines.append(f"\ntrain-judge: {stats['pairs_trained']} pairs of builtin:hh_eft, {stats['steps']} steps, loss "
+    for name, stats in result.get("train_judge", {}).items():
+        lines.append(f"\ntrain-judge ({name}): {stats['pairs_trained']} pairs of builtin:hh_eft, {stats['steps']} steps, loss "
                      f"{stats.get('loss_first')} -> {stats.get('loss_last')}, held-out pair accuracy during the first "
                      f"pass {stats.get('pair_accuracy_first_epoch')} ({stats.get('pairs_first_epoch')} pairs, each "
                      f"scored before it was learnt from), {stats.get('train_seconds')} s")

@@ -99,6 +99,30 @@ def test_human_pairs_orders_every_ranked_pair_and_refuses_no_order(tmp_path):
         human_pairs(tied)
 
 
+def test_length_balance_keeps_as_many_longer_as_shorter_better_replies(tmp_path):
+    from srlm.stages.train_judge import human_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    rows = ([{"prompt": f"Q{i}?", "chosen": "a long and helpful reply", "rejected": "short"} for i in range(6)]
+            + [{"prompt": f"R{i}?", "chosen": "terse", "rejected": "a rambling unhelpful reply"} for i in range(2)]
+            + [{"prompt": "S?", "chosen": "same", "rejected": "sane"}])
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs, counts = human_pairs(path, length_balance=True, seed=3)
+    longer = [p for p in pairs if len(p["better"]) > len(p["worse"])]
+    shorter = [p for p in pairs if len(p["better"]) < len(p["worse"])]
+    assert len(longer) == len(shorter) == 2 and len(pairs) == 5  # the equal-length pair stays
+    assert counts["better_longer"] == 6 and counts["better_shorter"] == 2
+    assert counts["dropped_for_length_balance"] == 4 and counts["pairs_used"] == 5
+    again, _ = human_pairs(path, length_balance=True, seed=3)
+    assert again == pairs  # seeded
+    assert [p["question"] for p in pairs] == sorted(p["question"] for p in pairs)  # file order kept
+    assert len(human_pairs(path)[0]) == 9  # off by default
+    one_sided = tmp_path / "one_sided.jsonl"
+    one_sided.write_text(json.dumps({"prompt": "Q?", "chosen": "longer reply", "rejected": "no"}) + "\n")
+    with pytest.raises(DataError, match="length_balance"):
+        human_pairs(one_sided, length_balance=True)
+
+
 def test_shared_prefix_forward_equals_running_every_row_whole(tiny, tmp_path):
     import torch
 

@@ -143,6 +143,10 @@ class JudgeTrainingConfig(SftConfig):
         "loss on the judge's expected score with judge.method=direct's prompt. null = off (the paper's M1).",
     )
     max_pairs: int | None = Field(None, ge=1, description="Train on only the first this many pairs; null = all.")
+    length_balance: bool = Field(
+        False, description="Drop a seeded random subset of the pairs whose better reply is the longer (or the shorter, "
+        "whichever is more) until both are as many, so 'longer is better' cannot lower the loss (before max_pairs).",
+    )
     score_scale: float = Field(
         1.0, gt=0, description="Bradley-Terry: P(chosen preferred) = sigmoid(score_scale * (E[chosen] - E[rejected])), "
         "E being expected scores in [0, 5].",
@@ -452,7 +456,7 @@ class Config(_Section):
             picked = {name: data[name] for name in sections}
         else:  # the whole config: sections added since, at their defaults, leave it as it was
             picked = {name: values for name, values in data.items()
-                      if not (name in ADDED_SECTIONS and values == _default_section(name))}
+                      if not (name in ADDED_SECTIONS and values == fingerprint_view(name, _default_section(name)))}
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -469,6 +473,7 @@ ADDED_KEYS: dict[str, dict[str, object]] = {
              "selection_judge": "previous", "ifeval_prompts": None, "ifeval_limit": None, "ifeval_max_new_tokens": 384,
              "harness_tasks": [], "harness_limit": None, "harness_include_path": None},
     "loop": {"require_judge_signal": False, "m1": None},
+    "judge_training": {"length_balance": False},
 }
 
 
