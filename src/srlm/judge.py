@@ -129,6 +129,15 @@ def check_method(method: str, backend) -> None:
         )
 
 
+def check_judge_method(cfg) -> None:
+    """A run's judge.method against its backend, before any training: judge.method=expected and direct need
+    score-token probabilities. (An openai server may still lack top_logprobs; the judge stage finds that out on its
+    first request.)"""
+    from srlm.backends import backend_class
+
+    check_method(cfg.judge.method, backend_class(cfg.backend.name))  # the class: nothing is loaded yet
+
+
 @dataclass
 class Judged:
     """One request's judgements, scored: `scores` is what a response's score averages (the expected scores with

@@ -18,16 +18,17 @@ import time
 from pathlib import Path
 
 from srlm import cards, tracking
-from srlm.backends import backend_for, check_judge_method
+from srlm.backends import backend_for
 from srlm.config import Config, save_config
 from srlm.errors import SrlmError
+from srlm.evaluation.judge_eval import format_accuracy
+from srlm.health import collapse_monitors, collapse_warnings, iteration_row, print_iteration_table
+from srlm.judge import check_judge_method
 from srlm.io import iter_jsonl, write_json
 from srlm.report import write_report
 from srlm.rundir import RunDir
 from srlm.stages import training
 from srlm.stages.dpo import run_dpo
-from srlm.evaluation.judge_eval import format_accuracy
-from srlm.evaluation.metrics import format_with_interval
 from srlm.stages.evaluate import harness_eval, ifeval_accuracy, judge_accuracy, run_iteration_eval
 from srlm.stages.judge import run_judge
 from srlm.stages.pairs import run_pairs
@@ -222,23 +223,10 @@ def _train_dpo(cfg: Config, rd: RunDir, model_t: Path, pairs: Path, out_dir: Pat
 
 
 def run_loop(cfg: Config, run_dir: str | Path) -> dict:
-    check_selection_config(cfg)  # before any training: a missing key must not surface after SFT and DPO
-    check_judge_method(cfg)
-    check_judge_training(cfg)
-    tracking.check(cfg.tracking)  # a listed tracker that is not installed fails now, not after SFT
-    for path in (cfg.eval.heldout_prompts, cfg.eval.judge_data, cfg.eval.ifeval_prompts):
-        resolve_data_path(path)  # likewise, a missing evaluation file fails now
-    if cfg.loop.require_judge_signal and not cfg.eval.judge_data:
-        raise SrlmError("loop.require_judge_signal=true needs eval.judge_data (human preference pairs to measure the "
-                        "judge on), e.g. eval.judge_data=builtin:hh_test")
-    if cfg.eval.ifeval_prompts:
-        from srlm.evaluation.ifeval import load_checkers
-
-        load_checkers()  # the optional lm-eval dependency, checked before hours of training
-    if cfg.eval.harness_tasks:
-        from srlm.evaluation.harness import resolve_tasks
-
-        resolve_tasks(cfg.eval.harness_tasks, cfg.eval.harness_include_path)  # lm-eval and every task name, likewise
+    """The paper's loop on `run_dir`, as its module docstring draws it: M1, then loop.iterations self-rewarding
+    iterations, each a list of stages. Side stages (evaluations, the SFT baseline) stand beside the main line:
+    nothing in it depends on them. Returns the run's summary (also in summary.json)."""
+    check_before_training(cfg)
     rd = RunDir(run_dir)
     if cfg.loop.iterations == 0:
         print("srlm: loop.iterations=0: this run trains M1 (SFT) and evaluates it, with no self-rewarding "
@@ -246,17 +234,54 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
     preview_changes(cfg, rd)
     save_config(cfg, rd.root / "config.yaml")
     started = time.perf_counter()
-    ift_path, eft_path = resolve_data_path(cfg.data.ift), resolve_data_path(cfg.data.eft)
-
-    m1 = rd.model_dir(1)
     summary = {"run_dir": str(rd.root), "iterations": []}
+
+    make_m1(cfg, rd, summary)  # SFT (the paper), SFT then train-judge, or a copy of loop.m1
+    evaluate_model(cfg, rd, summary, "m1")  # side: M1's judge accuracy, IFEval, lm-eval tasks
+    seeds = seed_prompt_texts(cfg)
+    judge_of = {1: summary.get("m1_judge_accuracy")}  # t -> M_t's judge accuracy, the judge of iteration t
+    for t in range(1, cfg.loop.iterations + 1):
+        row = run_iteration(cfg, rd, t, seeds, judge_of)
+        record_iteration(cfg, rd, summary, row)
+    if cfg.loop.sft_baseline:
+        make_sft_baseline(cfg, rd, summary)  # side: the paper's comparison model, IFT only, and its evaluations
+    finish_run(cfg, rd, summary, started)
+    return summary
+
+
+def check_before_training(cfg: Config) -> None:
+    """Everything that can be refused without training, refused now: a missing key or file must not surface after
+    hours of SFT and DPO."""
+    check_selection_config(cfg)
+    check_judge_method(cfg)
+    check_judge_training(cfg)
+    tracking.check(cfg.tracking)  # a listed tracker that is not installed
+    for path in (cfg.eval.heldout_prompts, cfg.eval.judge_data, cfg.eval.ifeval_prompts):
+        resolve_data_path(path)
+    if cfg.loop.require_judge_signal and not cfg.eval.judge_data:
+        raise SrlmError("loop.require_judge_signal=true needs eval.judge_data (human preference pairs to measure the "
+                        "judge on), e.g. eval.judge_data=builtin:hh_test")
+    if cfg.eval.ifeval_prompts:
+        from srlm.evaluation.ifeval import load_checkers
+
+        load_checkers()  # the optional lm-eval dependency
+    if cfg.eval.harness_tasks:
+        from srlm.evaluation.harness import resolve_tasks
+
+        resolve_tasks(cfg.eval.harness_tasks, cfg.eval.harness_include_path)  # lm-eval and every task name
+
+
+def make_m1(cfg: Config, rd: RunDir, summary: dict) -> None:
+    """models/m1, in one of three ways; each records where the model came from (the manifest's lineage)."""
+    m1 = rd.model_dir(1)
+    ift_path, eft_path = resolve_data_path(cfg.data.ift), resolve_data_path(cfg.data.eft)
     if cfg.loop.m1:  # an M1 made elsewhere, copied in: the run directory holds every model it used
         summary["m1_copy"] = rd.stage("m1_copy", training.resume_key(cfg.loop.m1), [m1 / "config.json"],
                                       lambda: copy_model(Path(cfg.loop.m1), m1))
         cards.record_lineage(rd, "m1", cfg.loop.m1, None, None)
     elif cfg.judge_training.pairs:
         # M1 in two steps: SFT (IFT + EFT) into models/m1_eft, then its judge trained on human pairs into models/m1.
-        m1_eft = rd.root / "models" / "m1_eft"
+        m1_eft = rd.named_model_dir("m1_eft")
         summary["sft"] = rd.stage("sft", stage_fingerprint(cfg, "sft"), [m1_eft / "config.json"],
                                   lambda: _train_sft(cfg, rd, ift_path, eft_path, m1_eft))
         summary["train_judge"] = rd.stage(
@@ -271,135 +296,142 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         summary["sft"] = rd.stage("sft", stage_fingerprint(cfg, "sft"), [m1 / "config.json"],
                                   lambda: _train_sft(cfg, rd, ift_path, eft_path, m1))
         cards.record_lineage(rd, "m1", cfg.model.name_or_path, None, None)
-    if cfg.eval.judge_data:
-        summary["m1_judge_accuracy"] = rd.stage(
-            "eval_m1", stage_fingerprint(cfg, "eval_m1"), [rd.root / "eval_m1" / "judge_accuracy.json"],
-            lambda: judge_accuracy(cfg, str(m1), rd.root / "eval_m1"), side=True,
-        )
-    if cfg.eval.ifeval_prompts:
-        summary["m1_ifeval"] = rd.stage(
-            "eval_m1_ifeval", stage_fingerprint(cfg, "eval_m1_ifeval"), [rd.root / "eval_m1" / "ifeval.json"],
-            lambda: ifeval_accuracy(cfg, str(m1), rd.root / "eval_m1"), side=True,
-        )
-    if cfg.eval.harness_tasks:
-        summary["m1_harness"] = rd.stage(
-            "eval_m1_harness", stage_fingerprint(cfg, "eval_m1_harness"), [rd.root / "eval_m1" / "harness.json"],
-            lambda: harness_eval(cfg, str(m1), rd.root / "eval_m1"), side=True,
-        )
-    seeds = seed_prompt_texts(cfg)
-    judge_of = {1: summary.get("m1_judge_accuracy")}  # t -> M_t's judge accuracy, the judge of iteration t
 
-    for t in range(1, cfg.loop.iterations + 1):
-        model_t, model_next, d = rd.model_dir(t), rd.model_dir(t + 1), rd.iter_dir(t)
-        actor = _Generator(cfg, str(model_t))
-        earlier = [r["prompt"] for s in range(1, t) for r in iter_jsonl(rd.iter_dir(s) / "prompts.jsonl")]
-        gen_cfg = cfg.backend
-        if cfg.prompts.generator == "current":
-            prompt_generator = actor
-        else:
-            prompt_generator = _Generator(cfg, cfg.prompts.generator)
 
-        stats = {"iteration": t, "model": f"m{t}"}
-        if judge_of.get(t):
-            stats["judge_accuracy"] = judge_of[t]
-        stats["prompts_stage"] = rd.stage(
-            f"iter_{t}/prompts", stage_fingerprint(cfg, "prompts"), [d / "prompts.jsonl"],
-            lambda: run_prompts(seeds, earlier, d / "prompts.jsonl", prompt_generator.get(), cfg.prompts,
-                                seed=cfg.seed, iteration=t),
-        )
-        if prompt_generator is not actor:
-            prompt_generator.close()
-        stats["respond_stage"] = rd.stage(
-            f"iter_{t}/respond", stage_fingerprint(cfg, "respond"), [d / "responses.jsonl"],
-            lambda: run_respond(d / "prompts.jsonl", d / "responses.jsonl", actor.get(), cfg.respond,
-                                seed=cfg.seed, chunk_prompts=gen_cfg.chunk_prompts),
-        )
-        stats["judge_stage"] = rd.stage(
-            f"iter_{t}/judge", stage_fingerprint(cfg, "judge"), [d / "judgements.jsonl"],
-            lambda: run_judge(d / "responses.jsonl", d / "judgements.jsonl", actor.get(), cfg.judge,
-                              seed=cfg.seed, chunk_prompts=gen_cfg.chunk_prompts),
-        )
-        actor.close()  # free the generation model before training
-        early = collapse_monitors({"score_histogram": stats["judge_stage"].get("score_histogram")})
-        for warning in collapse_warnings(early, None):  # said now: with every answer at 5 there may be no pairs
-            print(f"srlm: warning: iteration {t}: {warning}", flush=True)
-        stats["pairs_stage"] = rd.stage(
-            f"iter_{t}/pairs", stage_fingerprint(cfg, "pairs"), [d / "pairs.jsonl"],
-            lambda: run_pairs(d / "responses.jsonl", d / "judgements.jsonl", d / "pairs.jsonl", cfg.pairs, seed=cfg.seed),
-        )
-        if stats["pairs_stage"]["pairs"] == 0:
-            raise SrlmError(
-                f"iteration {t} produced zero preference pairs ({stats['pairs_stage']['dropped']}); not training on "
-                f"nothing. Look at {d / 'judgements.jsonl'}: a judge that never parses or always gives the same "
-                "score needs more EFT training (sft.epochs, more EFT data) or more candidates (respond.num_samples)."
-            )
-        check_judge_signal(cfg, t, judge_of.get(t))
-        recover_model_dir(model_next)  # a selected checkpoint whose move into models/m{t+1} a kill interrupted
-        # With selection on, models/m{t+1} may hold a selected checkpoint, not the final model: turning selection
-        # off again must train again, so the setting is part of the DPO stage's fingerprint (only when on, so runs
-        # without it keep theirs).
-        selecting = cfg.eval.select_checkpoint
-        stats["dpo_stage"] = rd.stage(
-            f"iter_{t}/dpo", stage_fingerprint(cfg, "dpo") + ("+select" if selecting else ""),
-            [model_next / "config.json"],
-            lambda: _train_dpo(cfg, rd, model_t, d / "pairs.jsonl", model_next),
-        )
-        if selecting:
-            # Part of the main line: the checkpoint picked here is M_t+1, which everything after builds on.
-            stats["selection"] = rd.stage(
-                f"iter_{t}/select", selection_fingerprint(cfg), [d / "selection.json", model_next / "config.json"],
-                lambda: run_selection(cfg, model_t, model_next, d),
-            )
-        # Which model this one was trained from and against: M_t for both (TRL's reference is the starting model).
-        cards.record_lineage(rd, f"m{t + 1}", model_t, model_t,
-                             cards.data_record(f"iter_{t}/pairs.jsonl", str(d / "pairs.jsonl")))
-        if cfg.eval.heldout_prompts or cfg.eval.judge_data or cfg.eval.ifeval_prompts or cfg.eval.harness_tasks:
-            stats["eval"] = rd.stage(
-                f"iter_{t}/eval", stage_fingerprint(cfg, "eval"), [d / "eval"],
-                lambda: run_iteration_eval(cfg, str(model_next), str(model_t), d / "eval", m1=str(m1),
-                                           answers_dir=rd.root / "eval_answers"), side=True,
-            )
-            judge_of[t + 1] = stats["eval"].get("judge_accuracy")
-        row = iteration_row(stats, rd.seconds(f"iter_{t}/"))
-        row["monitors"] = collapse_monitors(row)
-        row["warnings"] = collapse_warnings(row["monitors"], (summary["iterations"][0] if summary["iterations"]
-                                                              else row)["monitors"])
-        summary["iterations"].append(row)
-        print_iteration_table(row)
-        summary["seconds"] = round(rd.seconds(""), 1)
-        write_json(rd.root / "summary.json", summary)
-        write_cards(cfg, rd, summary)
-        tracking.log_iteration(cfg.tracking, rd.root, t, tracking.iteration_figures(row))  # step = iteration
+# A model's evaluations on its own, each a side stage when configured: (summary key, stage suffix, output file,
+# evaluation). M1's go to eval_m1/, the SFT baseline's to eval_sft_baseline/, with the same settings (fingerprints).
+MODEL_EVALS = (
+    ("judge_accuracy", "", "judge_accuracy.json", judge_accuracy, lambda e: e.judge_data),
+    ("ifeval", "_ifeval", "ifeval.json", ifeval_accuracy, lambda e: e.ifeval_prompts),
+    ("harness", "_harness", "harness.json", harness_eval, lambda e: e.harness_tasks),
+)
 
-    if cfg.loop.sft_baseline:
-        # The paper's comparison model: the same SFT on IFT only, no judge demonstrations.
-        baseline = rd.root / "models" / "sft_baseline"
-        summary["sft_baseline"] = rd.stage(
-            "sft_baseline", stage_fingerprint(cfg, "sft_baseline"), [baseline / "config.json"],
-            lambda: _train_sft(cfg, rd, ift_path, None, baseline, stage="sft_baseline"), side=True,
+
+def evaluate_model(cfg: Config, rd: RunDir, summary: dict, name: str) -> None:
+    """models/<name>'s evaluations (MODEL_EVALS) into rd.eval_dir(name), their figures into summary[<name>_<key>]."""
+    model, out_dir = str(rd.named_model_dir(name)), rd.eval_dir(name)
+    for key, suffix, output, evaluate, wanted in MODEL_EVALS:
+        if wanted(cfg.eval):
+            summary[f"{name}_{key}"] = rd.stage(f"eval_{name}{suffix}", stage_fingerprint(cfg, f"eval_m1{suffix}"),
+                                                [out_dir / output], lambda: evaluate(cfg, model, out_dir), side=True)
+
+
+def run_iteration(cfg: Config, rd: RunDir, t: int, seeds: list[str], judge_of: dict) -> dict:
+    """Iteration t: M_t writes new prompts, answers each several times and judges its own answers; the best and
+    worst answer of a prompt become a pair; DPO from M_t on the pairs gives M_t+1. Returns the iteration's row."""
+    model_t, model_next, d = rd.model_dir(t), rd.model_dir(t + 1), rd.iter_dir(t)
+    stats = {"iteration": t, "model": f"m{t}"}
+    if judge_of.get(t):
+        stats["judge_accuracy"] = judge_of[t]
+    actor = _Generator(cfg, str(model_t))
+    stats["prompts_stage"] = generate_prompts(cfg, rd, t, seeds, actor)
+    stats["respond_stage"] = rd.stage(
+        f"iter_{t}/respond", stage_fingerprint(cfg, "respond"), [d / "responses.jsonl"],
+        lambda: run_respond(d / "prompts.jsonl", d / "responses.jsonl", actor.get(), cfg.respond,
+                            seed=cfg.seed, chunk_prompts=cfg.backend.chunk_prompts),
+    )
+    stats["judge_stage"] = rd.stage(
+        f"iter_{t}/judge", stage_fingerprint(cfg, "judge"), [d / "judgements.jsonl"],
+        lambda: run_judge(d / "responses.jsonl", d / "judgements.jsonl", actor.get(), cfg.judge,
+                          seed=cfg.seed, chunk_prompts=cfg.backend.chunk_prompts),
+    )
+    actor.close()  # free the generation model before training
+    early = collapse_monitors({"score_histogram": stats["judge_stage"].get("score_histogram")})
+    for warning in collapse_warnings(early, None):  # said now: with every answer at 5 there may be no pairs
+        print(f"srlm: warning: iteration {t}: {warning}", flush=True)
+    stats["pairs_stage"] = rd.stage(
+        f"iter_{t}/pairs", stage_fingerprint(cfg, "pairs"), [d / "pairs.jsonl"],
+        lambda: run_pairs(d / "responses.jsonl", d / "judgements.jsonl", d / "pairs.jsonl", cfg.pairs, seed=cfg.seed),
+    )
+    if stats["pairs_stage"]["pairs"] == 0:
+        raise SrlmError(
+            f"iteration {t} produced zero preference pairs ({stats['pairs_stage']['dropped']}); not training on "
+            f"nothing. Look at {d / 'judgements.jsonl'}: a judge that never parses or always gives the same "
+            "score needs more EFT training (sft.epochs, more EFT data) or more candidates (respond.num_samples)."
         )
-        if cfg.eval.judge_data:
-            summary["sft_baseline_judge_accuracy"] = rd.stage(
-                "eval_sft_baseline", stage_fingerprint(cfg, "eval_m1"), [rd.root / "eval_sft_baseline" / "judge_accuracy.json"],
-                lambda: judge_accuracy(cfg, str(baseline), rd.root / "eval_sft_baseline"), side=True,
-            )
-        if cfg.eval.ifeval_prompts:
-            summary["sft_baseline_ifeval"] = rd.stage(
-                "eval_sft_baseline_ifeval", stage_fingerprint(cfg, "eval_m1_ifeval"),
-                [rd.root / "eval_sft_baseline" / "ifeval.json"],
-                lambda: ifeval_accuracy(cfg, str(baseline), rd.root / "eval_sft_baseline"), side=True,
-            )
-        if cfg.eval.harness_tasks:
-            summary["sft_baseline_harness"] = rd.stage(
-                "eval_sft_baseline_harness", stage_fingerprint(cfg, "eval_m1_harness"),
-                [rd.root / "eval_sft_baseline" / "harness.json"],
-                lambda: harness_eval(cfg, str(baseline), rd.root / "eval_sft_baseline"), side=True,
-            )
-    if cfg.loop.sft_baseline:
-        cards.record_lineage(rd, "sft_baseline", cfg.model.name_or_path, None, None)
+    check_judge_signal(cfg, t, judge_of.get(t))
+    train_next_model(cfg, rd, t, stats)
+    if cfg.eval.heldout_prompts or cfg.eval.judge_data or cfg.eval.ifeval_prompts or cfg.eval.harness_tasks:
+        stats["eval"] = rd.stage(
+            f"iter_{t}/eval", stage_fingerprint(cfg, "eval"), [d / "eval"],
+            lambda: run_iteration_eval(cfg, str(model_next), str(model_t), d / "eval", m1=str(rd.model_dir(1)),
+                                       answers_dir=rd.path("eval_answers")), side=True,
+        )
+        judge_of[t + 1] = stats["eval"].get("judge_accuracy")
+    return iteration_row(stats, rd.seconds(f"iter_{t}/"))
+
+
+def generate_prompts(cfg: Config, rd: RunDir, t: int, seeds: list[str], actor: _Generator) -> dict:
+    """Iteration t's new prompts, few-shot from the seed prompts and those of earlier iterations, written by M_t
+    (prompts.generator=current, the paper) or by another model, loaded for this stage only."""
+    d = rd.iter_dir(t)
+    earlier = [r["prompt"] for s in range(1, t) for r in iter_jsonl(rd.iter_dir(s) / "prompts.jsonl")]
+    generator = actor if cfg.prompts.generator == "current" else _Generator(cfg, cfg.prompts.generator)
+    stats = rd.stage(
+        f"iter_{t}/prompts", stage_fingerprint(cfg, "prompts"), [d / "prompts.jsonl"],
+        lambda: run_prompts(seeds, earlier, d / "prompts.jsonl", generator.get(), cfg.prompts,
+                            seed=cfg.seed, iteration=t),
+    )
+    if generator is not actor:
+        generator.close()
+    return stats
+
+
+def train_next_model(cfg: Config, rd: RunDir, t: int, stats: dict) -> None:
+    """M_t+1 = DPO(M_t, reference M_t, iteration t's pairs), then, with eval.select_checkpoint, the checkpoint
+    chosen by a judge in its place."""
+    model_t, model_next, d = rd.model_dir(t), rd.model_dir(t + 1), rd.iter_dir(t)
+    recover_model_dir(model_next)  # a selected checkpoint whose move into models/m{t+1} a kill interrupted
+    # With selection on, models/m{t+1} may hold a selected checkpoint, not the final model: turning selection
+    # off again must train again, so the setting is part of the DPO stage's fingerprint (only when on, so runs
+    # without it keep theirs).
+    selecting = cfg.eval.select_checkpoint
+    stats["dpo_stage"] = rd.stage(
+        f"iter_{t}/dpo", stage_fingerprint(cfg, "dpo") + ("+select" if selecting else ""),
+        [model_next / "config.json"],
+        lambda: _train_dpo(cfg, rd, model_t, d / "pairs.jsonl", model_next),
+    )
+    if selecting:
+        # Part of the main line: the checkpoint picked here is M_t+1, which everything after builds on.
+        stats["selection"] = rd.stage(
+            f"iter_{t}/select", selection_fingerprint(cfg), [d / "selection.json", model_next / "config.json"],
+            lambda: run_selection(cfg, model_t, model_next, d),
+        )
+    # Which model this one was trained from and against: M_t for both (TRL's reference is the starting model).
+    cards.record_lineage(rd, f"m{t + 1}", model_t, model_t,
+                         cards.data_record(f"iter_{t}/pairs.jsonl", str(d / "pairs.jsonl")))
+
+
+def record_iteration(cfg: Config, rd: RunDir, summary: dict, row: dict) -> None:
+    """An iteration's row with its collapse monitors, printed and written everywhere a user looks: the table on the
+    terminal, summary.json, the model cards and the trackers."""
+    row["monitors"] = collapse_monitors(row)
+    first = summary["iterations"][0] if summary["iterations"] else row
+    row["warnings"] = collapse_warnings(row["monitors"], first["monitors"])
+    summary["iterations"].append(row)
+    print_iteration_table(row)
+    summary["seconds"] = round(rd.seconds(""), 1)
+    write_json(rd.root / "summary.json", summary)
+    write_cards(cfg, rd, summary)
+    tracking.log_iteration(cfg.tracking, rd.root, row["iteration"], tracking.iteration_figures(row))  # step = iteration
+
+
+def make_sft_baseline(cfg: Config, rd: RunDir, summary: dict) -> None:
+    """The paper's comparison model: the same SFT on IFT only, no judge demonstrations, evaluated as M1 is."""
+    baseline = rd.named_model_dir("sft_baseline")
+    summary["sft_baseline"] = rd.stage(
+        "sft_baseline", stage_fingerprint(cfg, "sft_baseline"), [baseline / "config.json"],
+        lambda: _train_sft(cfg, rd, resolve_data_path(cfg.data.ift), None, baseline, stage="sft_baseline"), side=True,
+    )
+    evaluate_model(cfg, rd, summary, "sft_baseline")
+    cards.record_lineage(rd, "sft_baseline", cfg.model.name_or_path, None, None)
+
+
+def finish_run(cfg: Config, rd: RunDir, summary: dict, started: float) -> None:
+    """The final summary, the model cards and the report; what the user needs to know is printed last."""
     summary["seconds"] = round(rd.seconds(""), 1)
     summary["final_model"] = str(rd.model_dir(cfg.loop.iterations + 1))
-    beyond = sorted(t for t in range(cfg.loop.iterations + 1, cfg.loop.iterations + 100) if rd.iter_dir(t).exists())
+    beyond = [t for t in rd.iterations_on_disk() if t > cfg.loop.iterations]
     if beyond:
         # A finished run whose loop.iterations was lowered: the later iterations stay on disk, untouched, but are
         # not part of this run's summary. Say so in both places rather than let the summary look complete.
@@ -415,13 +447,12 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         print(hint, flush=True)
     print(f"srlm: run finished in {time.perf_counter() - started:.0f} s this session; final model "
           f"{summary['final_model']}; summary {rd.root / 'summary.json'}", flush=True)
-    return summary
 
 
 def write_cards(cfg: Config, rd: RunDir, summary: dict) -> None:
     """A model card (models/<name>/README.md) for every model of the run so far, with its figures."""
     for name in rd.manifest.get("lineage", {}):
-        if (rd.root / "models" / name / "config.json").exists():
+        if (rd.named_model_dir(name) / "config.json").exists():
             cards.write_model_card(cfg, rd, name, summary)
 
 
@@ -440,187 +471,3 @@ def check_judge_signal(cfg: Config, t: int, accuracy: dict | None) -> None:
         )
     print(f"srlm: warning: {measured}: the interval does not lie above 0.5, so iteration {t}'s preference pairs are "
           "no better than chance (loop.require_judge_signal=true stops here instead)", flush=True)
-
-
-# Collapse monitors (failure modes measured by later self-rewarding work): a warning is printed when one crosses its
-# threshold. A judge that gives (nearly) every answer the top score cannot rank them; a chosen-minus-rejected score gap
-# far below iteration 1's means the pairs carry less and less preference; DPO reward accuracy at 1.0 within the first
-# tenth of the steps means the pairs are fitted at once, typically by something trivial such as length.
-TOP_SCORE_SHARE_WARN = 0.5
-SCORE_GAP_FRACTION_WARN = 1 / 3
-EARLY_REWARD_ACCURACY_FRACTION = 0.1
-
-
-def collapse_monitors(row: dict) -> dict:
-    """top_score_share, tie_rate, pair_yield, score_gap_mean and the first step where DPO reward accuracy hit 1.0."""
-    hist = row.get("score_histogram") or {}
-    scored = sum(hist.values())
-    prompts = row.get("prompts") or 0
-    steps = row.get("dpo_steps") or []
-    first_perfect = next((s["step"] for s in steps if s.get("reward_accuracy") == 1.0), None)
-    gap = (row["chosen_score_mean"] - row["rejected_score_mean"]
-           if isinstance(row.get("chosen_score_mean"), (int, float)) and isinstance(row.get("rejected_score_mean"), (int, float))
-           else None)
-    return {
-        "top_score_share": round(hist.get("5", 0) / scored, 4) if scored else None,
-        "tie_rate": round((row.get("pairs_dropped") or {}).get("tie", 0) / prompts, 4) if prompts else None,
-        "pair_yield": round(row["pairs"] / prompts, 4) if prompts else None,
-        "score_gap_mean": round(gap, 4) if gap is not None else None,
-        "dpo_first_step_reward_accuracy_1": first_perfect,
-        "dpo_steps_total": len(steps),
-    }
-
-
-def collapse_warnings(monitors: dict, first: dict | None) -> list[str]:
-    """Plain-language warnings for the monitors of one iteration; `first` = iteration 1's monitors."""
-    warnings = []
-    if (monitors.get("top_score_share") or 0) > TOP_SCORE_SHARE_WARN:
-        warnings.append(f"{monitors['top_score_share']:.0%} of candidates got the top score (threshold "
-                        f"{TOP_SCORE_SHARE_WARN:.0%}): the judge is close to giving every answer full marks")
-    gap, first_gap = monitors.get("score_gap_mean"), (first or {}).get("score_gap_mean")
-    if gap is not None and first_gap and first is not monitors and gap < first_gap * SCORE_GAP_FRACTION_WARN:
-        warnings.append(f"the chosen-rejected score gap {gap:.3f} is below a third of iteration 1's ({first_gap:.3f}): "
-                        "the pairs carry less and less preference")
-    first_perfect, total = monitors.get("dpo_first_step_reward_accuracy_1"), monitors.get("dpo_steps_total") or 0
-    if first_perfect is not None and total >= 10 and first_perfect <= max(1, EARLY_REWARD_ACCURACY_FRACTION * total):
-        warnings.append(f"DPO reward accuracy reached 1.0 at step {first_perfect} of {total}: the pairs were "
-                        "separated at once, often by something trivial such as length")
-    return warnings
-
-
-def iteration_row(stats: dict, seconds: float) -> dict:
-    p, r, j, pr, dpo = (stats[k] for k in ("prompts_stage", "respond_stage", "judge_stage", "pairs_stage", "dpo_stage"))
-    return {
-        "iteration": stats["iteration"],
-        "model": stats["model"],
-        "prompts": p["kept"],
-        "prompt_attempts": p["attempts"],
-        "prompts_rejected": p["rejected"],
-        "responses": r["responses"],
-        "response_tokens_mean": r["response_tokens_mean"],
-        "judge_parse_rate": j["judge_parse_rate"],
-        "score_mean": j["score_mean"],
-        "score_histogram": j["score_histogram"],
-        "pairs": pr["pairs"],
-        "pairs_dropped": pr["dropped"],
-        "chosen_len_mean": pr["chosen_len_mean"],
-        "rejected_len_mean": pr["rejected_len_mean"],
-        "chosen_score_mean": pr["chosen_score_mean"],
-        "rejected_score_mean": pr["rejected_score_mean"],
-        "dpo_reward_accuracy": dpo.get("reward_accuracy_last"),
-        "dpo_reward_margin": dpo.get("reward_margin_last"),
-        "dpo_loss_first": dpo.get("loss_first"),
-        "dpo_loss_last": dpo.get("loss_last"),
-        "dpo_steps": dpo.get("per_step", []),
-        **({"judge_accuracy": _accuracy_row(stats["judge_accuracy"])} if stats.get("judge_accuracy") else {}),
-        "seconds": seconds,
-        **({"eval": stats["eval"]} if stats.get("eval") else {}),
-        **({"selection": _selection_row(stats["selection"])} if stats.get("selection") else {}),
-    }
-
-
-def _accuracy_row(metrics: dict) -> dict:
-    """The judge's accuracy for summary.json's iteration row (the full metrics are in the eval folders)."""
-    keep = ("pairwise_accuracy", "pairwise_accuracy_ci", "n_pairs", "judge_signal", "length_baseline", "data")
-    return {k: metrics.get(k) for k in keep}
-
-
-def _selection_row(table: dict) -> dict:
-    """The selection table for summary.json: the winner and each candidate's numbers (texts stay in iter_t/)."""
-    keep = ("candidate", "step", "final", "selected", "win", "tie", "loss", "win_rate", "n", "n_unparsed")
-    return {"selected": table["selected"], "selected_step": table["selected_step"],
-            "final_step": table["final_step"], "judge": table["judge"], "n_prompts": table["n_prompts"],
-            "candidates": [{k: c.get(k) for k in keep} for c in table["candidates"]]}
-
-
-def print_iteration_table(row: dict) -> None:
-    hist = " ".join(f"{k}:{v}" for k, v in row["score_histogram"].items())
-    lines = [
-        ("prompts kept / attempts", f"{row['prompts']} / {row['prompt_attempts']}"),
-        ("prompt rejections", ", ".join(f"{k} {v}" for k, v in row["prompts_rejected"].items()) or "none"),
-        ("candidates", row["responses"]),
-        ("judge parse rate", f"{row['judge_parse_rate']:.1%}" if row["judge_parse_rate"] is not None else "n/a"),
-        ("score histogram", hist),
-        ("pairs (dropped)", f"{row['pairs']} ({', '.join(f'{k} {v}' for k, v in row['pairs_dropped'].items()) or 'none'})"),
-        ("chosen / rejected length", f"{row['chosen_len_mean']} / {row['rejected_len_mean']} chars"),
-        ("chosen / rejected score", f"{row['chosen_score_mean']} / {row['rejected_score_mean']}"),
-        (f"judge (m{row['iteration']}) pairwise acc.", _accuracy_cell(row.get("judge_accuracy"))),
-        ("DPO loss first -> last", f"{row['dpo_loss_first']} -> {row['dpo_loss_last']}"),
-        ("DPO reward accuracy (last step)", row["dpo_reward_accuracy"]),
-        ("DPO reward margin (last step)", row["dpo_reward_margin"]),
-        ("seconds", row["seconds"]),
-    ]
-    evaluation = row.get("eval", {})
-    for key, other in (("winrate_vs_previous", row["iteration"]), ("winrate_vs_m1", 1)):
-        if key in evaluation:
-            w = evaluation[key]
-            lines.append((f"m{row['iteration'] + 1} vs m{other} (win/tie/loss)",
-                          f"{w['win']:.0%} / {w['tie']:.0%} / {w['loss']:.0%}, win rate {_rate_cell(w)}  "
-                          f"judge: {w['judge']}"))
-    if "selection" in row:
-        s = row["selection"]
-        won = next(c for c in s["candidates"] if c["selected"])
-        lines.append((f"checkpoint selected (vs m{row['iteration']})",
-                      f"{s['selected']} of {len(s['candidates'])}, win rate {won['win_rate']:.0%}"
-                      + (" (final)" if won["final"] else f" (final step {s['final_step']})")))
-    if "judge_accuracy" in evaluation:
-        lines.append((f"m{row['iteration'] + 1} judge pairwise acc.", _accuracy_cell(evaluation["judge_accuracy"])))
-    if "ifeval" in evaluation:
-        lines.append((f"m{row['iteration'] + 1} IFEval prompt strict", _ifeval_cell(evaluation["ifeval"])))
-    for task, figures in ((evaluation.get("harness") or {}).get("tasks") or {}).items():
-        lines.append((f"m{row['iteration'] + 1} lm-eval {task}", _harness_cell(figures)))
-    width = max(len(k) for k, _ in lines)
-    monitors = row.get("monitors") or {}
-    if monitors:
-        lines.append(("top-score share / tie rate / pair yield",
-                      f"{_pct(monitors.get('top_score_share'))} / {_pct(monitors.get('tie_rate'))} / "
-                      f"{monitors.get('pair_yield')} pairs per prompt"))
-    for warning in row.get("warnings") or []:
-        lines.append(("warning", warning))
-    accuracy = row.get("judge_accuracy")
-    if accuracy and accuracy.get("judge_signal") != "above chance":
-        lines.append(("warning", f"m{row['iteration']}'s judge is no better than chance on this evidence: so are "
-                                 "this iteration's pairs"))
-    title = f" iteration {row['iteration']}: {row['model']} -> m{row['iteration'] + 1} "
-    print("\n" + title.center(width + 40, "="), flush=True)
-    for key, value in lines:
-        print(f"  {key.ljust(width)}  {value}")
-    print("=" * (width + 40) + "\n", flush=True)
-
-
-def _accuracy_cell(metrics: dict | None) -> str:
-    if not metrics:
-        return "not measured (eval.judge_data)"
-    cell = format_accuracy(metrics)
-    length = metrics.get("length_baseline") or {}
-    if length.get("pairwise_accuracy") is not None:
-        cell += f"; length baseline {length['pairwise_accuracy']:.3f}"
-    split = metrics.get("length_split") or {}
-    if split.get("length_balanced_accuracy") is not None:  # how much of it is "longer is better"
-        cell += (f"; length-balanced {split['length_balanced_accuracy']:.3f} (preferred longer "
-                 f"{split['preferred_longer_accuracy']:.2f}, shorter {split['preferred_shorter_accuracy']:.2f})")
-    return cell
-
-
-def _rate_cell(metrics: dict) -> str:
-    shown = format_with_interval(metrics, "win_rate", digits=2)
-    return "n/a" if shown is None else f"{shown} (n={metrics.get('n')})"
-
-
-def _ifeval_cell(metrics: dict) -> str:
-    shown = format_with_interval(metrics, "prompt_level_strict_acc")
-    return "n/a" if shown is None else f"{shown}, {metrics.get('n_prompts')} prompts"
-
-
-def _harness_cell(figures: dict) -> str:
-    """The first metric of one lm-eval task, e.g. 'acc 0.6000 ± 0.2449 (n=5)'."""
-    from srlm.evaluation.harness import format_value
-
-    metric = next((k for k in figures if k != "n" and not k.endswith("_stderr")), None)
-    if metric is None:
-        return "n/a"
-    return f"{metric} {format_value(figures[metric], figures.get(f'{metric}_stderr'))} (n={figures.get('n')})"
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{value:.0%}"

@@ -24,6 +24,7 @@ outputs would lead outside (a subfolder that is a symbolic link to another place
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -86,11 +87,33 @@ class RunDir:
         """`root / name`, refused (`UnsafePathError`) if it would lead outside the run directory."""
         return safe_child(self.root, name)
 
+    # Every path of a run directory is asked for here: its layout is written down once.
+    def named_model_dir(self, name: str) -> Path:
+        """models/<name>: m1, m2, ... (M_t), m1_eft (M1 before its judge was trained), sft_baseline."""
+        return self.path(f"models/{name}")
+
     def model_dir(self, t: int) -> Path:
-        return self.path(f"models/m{t}")
+        """models/m<t>: M_t."""
+        return self.named_model_dir(f"m{t}")
+
+    def model_names(self) -> list[str]:
+        """The models the run directory holds (folders of models/, hidden work folders left out), sorted."""
+        models = self.root / "models"
+        return sorted(p.name for p in models.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if models.is_dir() else []
 
     def iter_dir(self, t: int) -> Path:
+        """iter_<t>: iteration t's prompts, responses, judgements, pairs, and its eval/ of M_t+1."""
         return self.path(f"iter_{t}")
+
+    def iterations_on_disk(self) -> list[int]:
+        """The t of every iter_<t> folder there is, ascending (a run may hold more than its config asks for)."""
+        found = (re.fullmatch(r"iter_(\d+)", p.name) for p in self.root.glob("iter_*") if p.is_dir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def eval_dir(self, name: str) -> Path:
+        """eval_<name>: the evaluations of models/<name> on its own (eval_m1, eval_sft_baseline)."""
+        return self.path(f"eval_{name}")
 
     def save(self) -> None:
         write_json(self.manifest_path, self.manifest)

@@ -130,7 +130,7 @@ def stage_name(stage_key: str) -> str:
 
 
 def iteration_figures(row: dict) -> dict:
-    """The numbers worth a curve from one iteration's summary row (`loop.iteration_row` plus its monitors)."""
+    """The numbers worth a curve from one iteration's summary row (`health.iteration_row` plus its monitors)."""
     monitors = row.get("monitors") or {}
     hist = row.get("score_histogram") or {}
     scored = sum(v for v in hist.values() if isinstance(v, (int, float)))

@@ -35,14 +35,6 @@ def backend_class(name: str):
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def check_judge_method(cfg) -> None:
-    """judge.method=expected needs score-token probabilities: refuse a backend that has none before any training.
-    (An openai server may still lack top_logprobs; the judge stage finds that out on its first request.)"""
-    from srlm.judge import check_method
-
-    check_method(cfg.judge.method, backend_class(cfg.backend.name))  # the class: nothing is loaded yet
-
-
 def backend_for(cfg, model_path: str) -> Backend:
     """The backend a config asks for, serving `model_path` (loaded here for in-process backends).
 
