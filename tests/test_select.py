@@ -13,9 +13,10 @@ from srlm.backends import make_backend
 from srlm.config import DpoConfig, load_config
 from srlm.errors import ConfigError, SrlmError
 from srlm.io import read_json, write_json
-from srlm.stages import select
+from srlm.stages import checkpoints, select
 from srlm.stages.dpo import run_dpo
-from srlm.stages.select import checkpoint_dir, recover_model_dir, run_selection
+from srlm.stages.checkpoints import checkpoint_dir
+from srlm.stages.select import recover_model_dir, run_selection
 
 PREVIOUS = "m1"
 
@@ -112,7 +113,7 @@ def test_lora_merge_equals_peft_merge_and_unload(tiny_model_dir):
         for name, param in model.named_parameters():
             if "lora_B" in name:  # B starts at zero; a random B makes the merge do something
                 param.normal_(0, 0.5)
-    merged = select.merge_lora_state_dict(model.state_dict(), model.peft_config["default"])
+    merged = checkpoints.merge_lora_state_dict(model.state_dict(), model.peft_config["default"])
     expected = copy.deepcopy(model).merge_and_unload().state_dict()
     assert set(merged) == set(expected)
     assert any(not torch.equal(expected[k], model.get_base_model().state_dict()[k.replace(

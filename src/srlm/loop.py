@@ -185,10 +185,10 @@ def copy_model(source: Path, out_dir: Path) -> dict:
     """loop.m1: the given model's files (weights, config, tokenizer; not its card) copied into models/m1."""
     import shutil
 
-    from srlm.models import fresh_dir, move_into_place
+    from srlm.models import fresh_dir, move_into_place, work_dir
 
     check_model_dir(source)
-    staging = fresh_dir(out_dir.parent / f".{out_dir.name}.copying")
+    staging = fresh_dir(work_dir(out_dir, "copying"))
     for f in source.iterdir():
         if f.is_file() and f.name != "README.md":
             shutil.copy2(f, staging / f.name)

@@ -21,6 +21,46 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Model folders. A model folder (models/m2) appears whole or not at all: everything is written into a hidden sibling
+# work folder first and renamed into place when complete. The siblings srlm uses, named here once:
+WORK_FOLDERS = {
+    "saving": "a model being saved (save_model)",
+    "copying": "a model being copied in (loop.m1)",
+    "trainer": "the trainer's scratch space: its resumable checkpoints (training.scratch_dir)",
+    "gathered": "a model gathered from ZeRO-3 / FSDP shards before its LoRA merge",
+    "checkpoints": "the intermediate checkpoints checkpoint selection chooses from",
+    "selected": "the selected checkpoint on its way into place",
+    "replaced": "the final model a selected checkpoint replaced",
+}
+
+
+def work_dir(model_dir: Path, purpose: str) -> Path:
+    """The hidden sibling of `model_dir` for one of WORK_FOLDERS: models/m2 -> models/.m2.<purpose>."""
+    if purpose not in WORK_FOLDERS:
+        raise ValueError(f"unknown work folder {purpose!r}; one of {', '.join(WORK_FOLDERS)}")
+    model_dir = Path(model_dir)
+    return model_dir.parent / f".{model_dir.name}.{purpose}"
+
+
+def model_bytes(model) -> int:
+    """The size of the model's weights as saved. Under DeepSpeed ZeRO-3 a parameter holds only this rank's partition
+    (numel() is 0); ds_numel is its full size."""
+    return sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
+
+
+def check_free_disk(model, where: Path, *, copies: int = 1, what: str = "saving the model", margin: float = 1.2) -> None:
+    """Refuse to start training when `copies` saved copies of `model` would not fit at `where` (created if missing):
+    learn it now, not after hours."""
+    if copies <= 0:
+        return
+    need = model_bytes(model) * copies * margin
+    Path(where).mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise SrlmError(f"{where}: {free / 2**30:.2f} GiB free, {what} needs about {need / 2**30:.2f} GiB")
+
+
 def fresh_dir(path: Path) -> Path:
     """An empty directory at a fixed path: what a killed process left there is removed first, never mixed in."""
     if path.exists():
@@ -195,6 +235,12 @@ def set_dropout_config(config, dropout: float) -> None:
             setattr(config, name, dropout)
 
 
+def inference_config(config) -> None:
+    """A saved model is for inference: dropout off (training stages set it again) and the KV cache on."""
+    set_dropout_config(config, 0.0)
+    config.use_cache = True
+
+
 def move_into_place(complete: Path, out_dir: Path) -> None:
     """Replace `out_dir` with the finished folder `complete` (a rename: the new model appears whole or not at all)."""
     if out_dir.exists():
@@ -205,7 +251,7 @@ def move_into_place(complete: Path, out_dir: Path) -> None:
 def save_model(model, tokenizer, out_dir: Path) -> None:
     """Save a full checkpoint atomically: into a staging folder, renamed into place when complete."""
     out_dir = Path(out_dir)
-    staging = fresh_dir(out_dir.parent / f".{out_dir.name}.saving")
+    staging = fresh_dir(work_dir(out_dir, "saving"))
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from srlm.config import DpoConfig
-from srlm.stages import select, training
+from srlm.stages import checkpoints, training
 from srlm.stages.pairs import read_pair_file
 
 PAIR_SCHEMA = {"prompt": list, "chosen": list, "rejected": list}
@@ -44,7 +44,7 @@ def run_dpo(
     from datasets import Dataset, load_from_disk
     from trl import DPOConfig, DPOTrainer
 
-    from srlm.models import load_model, resolve_device, resolve_dtype
+    from srlm.models import check_free_disk, load_model, resolve_device, resolve_dtype
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
@@ -63,7 +63,7 @@ def run_dpo(
         # Created after the trainer config, so that under DeepSpeed ZeRO-3 it is built already sharded (see sft.py).
         loaded = load_model(model_path, chat_template=chat_template, trust_remote_code=trust_remote_code, dtype=dtype,
                             device=device, place=False, dropout=cfg.dropout)
-        training.check_free_disk(loaded.model, out_dir)
+        check_free_disk(loaded.model, out_dir.parent)
         train_dataset = Dataset.from_list(pairs)
         if args.world_size > 1:
             # TRL caches the precomputed reference log-probs beside the dataset's files, and every rank reads rank 0's
@@ -85,7 +85,7 @@ def run_dpo(
             peft_config=training.peft_config(cfg.lora),
             callbacks=[training.nan_guard()],
         )
-        select.add_checkpoint_saver(trainer, cfg.checkpoint_every_steps, out_dir, loaded.tokenizer)
+        checkpoints.add_checkpoint_saver(trainer, cfg.checkpoint_every_steps, out_dir, loaded.tokenizer)
         training.train(trainer, scratch, cfg.save_every_steps)
         training.finish_and_save(trainer, loaded.tokenizer, out_dir, base_model=loaded.path, dtype=torch_dtype)
     stats = training.log_history_stats(

@@ -28,41 +28,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
-import time
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from srlm.backends import backend_for
 from srlm.errors import ConfigError, DataError, SrlmError
 from srlm.io import ResumableJsonlWriter, iter_jsonl, read_json, write_json, write_jsonl
-from srlm.models import DROPOUT_KEYS, save_model
+from srlm.models import work_dir
 from srlm.seed import BUILTIN_PREFIX, resolve_data_path
-from srlm.stages.training import model_bytes
+from srlm.stages.checkpoints import TRAINING_FILE, checkpoint_dir
 
-TRAINING_FILE = "training.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
 SELECTION_RULE = ("highest win rate (win + tie/2) against M_t on the selection prompts, each pair judged in both "
                   "orders; equal win rates go to the later step")
 
 
-def checkpoint_dir(out_dir: str | Path) -> Path:
-    """Where the intermediate checkpoints of the model trained into `out_dir` are kept."""
-    out_dir = Path(out_dir)
-    return out_dir.parent / f".{out_dir.name}.checkpoints"
-
-
 def _staged_dir(model_dir: Path) -> Path:
-    return model_dir.parent / f".{model_dir.name}.selected"
+    return work_dir(model_dir, "selected")
 
 
 def _replaced_dir(model_dir: Path) -> Path:
-    return model_dir.parent / f".{model_dir.name}.replaced"
+    return work_dir(model_dir, "replaced")
 
 
 def _discard(path: Path) -> None:
@@ -73,144 +62,6 @@ def _discard(path: Path) -> None:
 def _rename(src: Path, dst: Path) -> None:
     # One place for the renames that move the winner, so that a test can interrupt the move between two of them.
     os.rename(src, dst)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Saving checkpoints during DPO
-
-
-def add_checkpoint_saver(trainer, every_steps: int | None, out_dir: Path, tokenizer) -> None:
-    """Make `trainer` save a full model every `every_steps` optimizer steps into `checkpoint_dir(out_dir)/step-N`.
-
-    The last step is not saved there: it is the final model, which the training stage saves to `out_dir` itself.
-    With `every_steps` None nothing is saved, and checkpoints left by an earlier training into `out_dir` are
-    removed, since they no longer belong to the model there.
-    """
-    ckpt_dir = checkpoint_dir(out_dir)
-    if every_steps is None:
-        if trainer.is_world_process_zero() and ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)
-        return
-    from transformers import TrainerCallback
-
-    class SaveCheckpoints(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
-                _discard(ckpt_dir)  # a killed training's checkpoints are never mixed with this one's
-                ckpt_dir.mkdir()
-                _check_disk(trainer.model, ckpt_dir, (state.max_steps - 1) // every_steps)
-                write_json(ckpt_dir / TRAINING_FILE, {"run_id": uuid.uuid4().hex, "every_steps": every_steps,
-                                                      "max_steps": state.max_steps, "started": time.time()})
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step % every_steps == 0 and state.global_step < state.max_steps:
-                save_merged_checkpoint(trainer, tokenizer, ckpt_dir / f"step-{state.global_step}")
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                info = read_json(ckpt_dir / TRAINING_FILE)
-                write_json(ckpt_dir / TRAINING_FILE, {**info, "final_step": state.global_step})
-
-    trainer.add_callback(SaveCheckpoints())
-
-
-def _check_disk(model, ckpt_dir: Path, count: int, margin: float = 1.2) -> None:
-    """Refuse to train when the checkpoints and the final model would not fit: learn it before, not at step N."""
-    if count <= 0:
-        return
-    need = model_bytes(model) * (count + 1) * margin
-    free = shutil.disk_usage(ckpt_dir).free
-    if free < need:
-        raise SrlmError(f"{ckpt_dir}: {free / 2**30:.2f} GiB free; {count} checkpoints (dpo.checkpoint_every_steps) "
-                        f"and the final model need about {need / 2**30:.2f} GiB")
-
-
-def save_merged_checkpoint(trainer, tokenizer, out_dir: Path) -> None:
-    """Save the model being trained as a plain checkpoint (LoRA merged), without changing it. Call on every rank.
-
-    The weights come from the accelerator, which gathers ZeRO-3 and FSDP shards (every rank must take part);
-    LoRA deltas are added into a copy of the weights, so training continues on the unmerged adapters. Rank 0
-    writes, atomically, through `srlm.models.save_model`; the others wait for it.
-    """
-    accelerator = trainer.accelerator
-    state_dict = accelerator.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model)
-    if trainer.is_world_process_zero():
-        model = accelerator.unwrap_model(trainer.model)
-        peft_config = getattr(model, "peft_config", None)
-        if peft_config:
-            adapter = model.active_adapter
-            state_dict = merge_lora_state_dict(state_dict, peft_config[adapter], adapter)
-            model = model.get_base_model()
-        with _inference_config(model):
-            save_model(_StateDictModel(model, state_dict), tokenizer, out_dir)
-    accelerator.wait_for_everyone()
-
-
-class _StateDictModel:
-    """A model as `save_model` sees it, whose `save_pretrained` writes the given state dict with the model's config."""
-
-    def __init__(self, model, state_dict: dict):
-        self.model, self.state_dict = model, state_dict
-
-    def save_pretrained(self, path, **kwargs):
-        self.model.save_pretrained(path, state_dict=self.state_dict, **kwargs)
-
-
-_MISSING = object()
-
-
-@contextmanager
-def _inference_config(model):
-    """The saved config is for inference (dropout 0, cache on), as the final model's; training's is restored after."""
-    saved = {name: getattr(model.config, name, _MISSING) for name in (*DROPOUT_KEYS, "use_cache")}
-    for name in DROPOUT_KEYS:
-        if saved[name] is not _MISSING:
-            setattr(model.config, name, 0.0)
-    model.config.use_cache = True
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is _MISSING:
-                if name in model.config.__dict__:
-                    delattr(model.config, name)
-            else:
-                setattr(model.config, name, value)
-
-
-def merge_lora_state_dict(state_dict: dict, config, adapter: str = "default") -> dict:
-    """A PEFT LoRA model's state dict -> the plain state dict of the merged model, as `merge_and_unload` would give.
-
-    W' = W + (B @ A) * alpha / r (alpha / sqrt(r) with rsLoRA), computed in float32 and stored in W's dtype on
-    the CPU, one layer at a time, so merging never holds a second copy of the model on the accelerator.
-    """
-    if getattr(config, "use_dora", False) or getattr(config, "rank_pattern", None) or \
-            getattr(config, "alpha_pattern", None):
-        raise SrlmError("saving merged checkpoints supports plain LoRA only (no DoRA, no per-module ranks)")
-    scaling = config.lora_alpha / (math.sqrt(config.r) if getattr(config, "use_rslora", False) else config.r)
-    prefix = "base_model.model."
-    out = {}
-    for key, value in state_dict.items():
-        name = key[len(prefix):] if key.startswith(prefix) else key
-        if ".lora_" in name or ".original_module." in name:
-            continue  # adapter weights (merged below) and the frozen originals of modules_to_save
-        if f".modules_to_save.{adapter}." in name:
-            out[name.replace(f".modules_to_save.{adapter}.", ".")] = value
-            continue
-        if ".base_layer." not in name:
-            out[name] = value
-            continue
-        module = key.rsplit(".base_layer.", 1)[0]
-        lora_a = state_dict.get(f"{module}.lora_A.{adapter}.weight")
-        lora_b = state_dict.get(f"{module}.lora_B.{adapter}.weight")
-        if name.endswith(".base_layer.weight") and lora_a is not None and lora_b is not None:
-            delta = (lora_b.float() @ lora_a.float()) * scaling
-            if getattr(config, "fan_in_fan_out", False):
-                delta = delta.T
-            value = (value.float() + delta).to(value.dtype).cpu()
-        out[name.replace(".base_layer.", ".")] = value
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def run_sft(
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from srlm.models import load_model, resolve_device, resolve_dtype
+    from srlm.models import check_free_disk, load_model, resolve_device, resolve_dtype
 
     ift = read_ift(ift_path, max_ift_examples)
     eft = read_eft(eft_path, max_eft_examples) if eft_path else []
@@ -90,7 +90,7 @@ def run_sft(
         # from_pretrained build it already sharded, instead of every rank holding a full copy.
         loaded = load_model(model_path, chat_template=chat_template, trust_remote_code=trust_remote_code, dtype=dtype,
                             device=device, place=False, dropout=cfg.dropout)
-        training.check_free_disk(loaded.model, out_dir)
+        check_free_disk(loaded.model, out_dir.parent)
         trainer_class = SFTTrainer
         if cfg.group_by_length and cfg.micro_batch_size > 1:  # one example per pass: nothing to pad
             trainer_class = training.length_grouped(SFTTrainer, lambda d: [len(ids) for ids in d["input_ids"]])

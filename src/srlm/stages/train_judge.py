@@ -226,7 +226,7 @@ def run_train_judge(
     `tracking`: the run's tracker for this stage (see `srlm.stages.training.trainer_kwargs`), None = no loggers."""
     from transformers import TrainingArguments
 
-    from srlm.models import load_model, resolve_device, resolve_dtype
+    from srlm.models import check_free_disk, load_model, resolve_device, resolve_dtype
 
     pairs, counts = human_pairs(pairs_path, cfg.max_pairs, length_balance=cfg.length_balance, seed=seed)
     template = load_template(judge_template_file, "direct")
@@ -239,7 +239,7 @@ def run_train_judge(
     if not features:
         raise DataError(f"{pairs_path}: all {len(pairs)} pairs have a judge prompt longer than "
                         f"judge_training.max_length_tokens={cfg.max_length_tokens}")
-    training.check_free_disk(loaded.model, out_dir)
+    check_free_disk(loaded.model, out_dir.parent)
     model = loaded.model
     if cfg.lora.enabled:
         from peft import get_peft_model

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from srlm.config import LoraConfig
 from srlm.errors import SrlmError
-from srlm.models import fresh_dir, move_into_place, save_model, set_dropout_config
+from srlm.models import fresh_dir, inference_config, move_into_place, save_model, work_dir
 
 
 def trainer_kwargs(*, cfg, device: str, dtype, seed: int, output_dir: str, tracking=None) -> dict:
@@ -109,21 +109,6 @@ def peft_config(lora: LoraConfig):
 
 
 
-def model_bytes(model) -> int:
-    """The size of the model's weights as saved. Under DeepSpeed ZeRO-3 a parameter holds only this rank's partition
-    (numel() is 0); ds_numel is its full size."""
-    return sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
-
-
-def check_free_disk(model, out_dir: Path, margin: float = 1.2) -> None:
-    """Refuse to start training when the finished model could not be saved: learn it now, not after hours."""
-    need = model_bytes(model) * margin
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(out_dir.parent).free
-    if free < need:
-        raise SrlmError(f"{out_dir.parent}: {free / 2**30:.2f} GiB free, saving the model needs about {need / 2**30:.2f} GiB")
-
-
 def nan_guard():
     """A callback that stops training at the first non-finite loss, before a broken model can be saved."""
     from transformers import TrainerCallback
@@ -165,12 +150,6 @@ def needs_gathering(trainer) -> bool:
     return bool(trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled)
 
 
-def inference_config(config) -> None:
-    """The saved model is for inference: dropout off (training stages set it again) and the KV cache on."""
-    set_dropout_config(config, 0.0)
-    config.use_cache = True
-
-
 def _save_gathered(trainer, tokenizer, out_dir: Path, *, base_model: str, dtype) -> None:
     """Saving when no rank holds the whole model (DeepSpeed ZeRO-3, FSDP).
 
@@ -181,7 +160,7 @@ def _save_gathered(trainer, tokenizer, out_dir: Path, *, base_model: str, dtype)
     writes is the live one, which `finish_and_save` has already set up for inference.
     """
     out_dir = Path(out_dir)
-    gathered = out_dir.parent / f".{out_dir.name}.gathered"
+    gathered = work_dir(out_dir, "gathered")
     main = trainer.is_world_process_zero()
     if main:
         fresh_dir(gathered)
@@ -242,7 +221,7 @@ def scratch_dir(out_dir: Path, key: str | None = None):
     `last_checkpoint`); a folder from other settings or data is cleared. It is removed once the model is saved,
     and on an interrupt or error when it holds no checkpoint, so nothing empty is left behind.
     """
-    path = out_dir.parent / f".{out_dir.name}.trainer"
+    path = work_dir(out_dir, "trainer")
     # All ranks share the folder; only rank 0 clears and removes it. The process group does not exist yet, so the
     # launcher's RANK says who that is.
     main = int(os.environ.get("RANK", "0")) == 0
