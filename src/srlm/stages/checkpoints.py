@@ -19,7 +19,7 @@ from pathlib import Path
 
 from srlm.errors import SrlmError
 from srlm.io import read_json, write_json
-from srlm.models import DROPOUT_KEYS, check_free_disk, save_model, work_dir
+from srlm.models import DROPOUT_KEYS, check_free_disk, inference_config, save_model, work_dir
 
 TRAINING_FILE = "training.json"
 
@@ -112,10 +112,7 @@ _MISSING = object()
 def _inference_config_while_saving(model):
     """The saved config is for inference (dropout 0, cache on), as the final model's; training's is restored after."""
     saved = {name: getattr(model.config, name, _MISSING) for name in (*DROPOUT_KEYS, "use_cache")}
-    for name in DROPOUT_KEYS:
-        if saved[name] is not _MISSING:
-            setattr(model.config, name, 0.0)
-    model.config.use_cache = True
+    inference_config(model.config)
     try:
         yield
     finally:
