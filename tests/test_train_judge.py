@@ -9,7 +9,7 @@ import json
 import pytest
 
 from srlm.backends import GenerationRequest, Sampling, make_backend
-from srlm.config import JudgeConfig, JudgeTrainingConfig, load_config
+from srlm.config import JudgeConfig, JudgeTrainingConfig, ModelConfig, load_config
 from srlm.errors import ConfigError, DataError
 from srlm.judge import DIRECT_PREFIX, SCORE_TOKENS, builtin_template, expected_score, judge_requests, parse_score, render
 
@@ -165,7 +165,7 @@ def test_training_moves_the_judge_toward_the_human_order(tiny_model_dir, tmp_pat
         scores = [j.scores[0] for j in judge_requests(backend, requests, "direct")]
         return sum(scores[0::2]) / len(rows) - sum(scores[1::2]) / len(rows)
 
-    stats = run_train_judge(str(tiny_model_dir), pairs, tmp_path / "judge", cfg, seed=0, device="cpu")
+    stats = run_train_judge(str(tiny_model_dir), pairs, tmp_path / "judge", cfg, seed=0, model=ModelConfig(device="cpu"))
     assert stats["pairs_trained"] == 8 and stats["skipped_too_long"] == 0 and stats["steps"] == 12
     assert stats["pairs_first_epoch"] == 8 and 0 <= stats["pair_accuracy_first_epoch"] <= 1
     assert stats["loss_last"] < stats["loss_first"] - 0.05
@@ -179,7 +179,7 @@ def test_too_long_pairs_are_skipped_and_counted_or_refused(tiny_model_dir, tmp_p
     pairs = _pairs_file(tmp_path / "p.jsonl", 2)
     with pytest.raises(DataError, match="max_length_tokens=40"):
         run_train_judge(str(tiny_model_dir), pairs, tmp_path / "j", JudgeTrainingConfig(max_length_tokens=40),
-                        seed=0, device="cpu")
+                        seed=0, model=ModelConfig(device="cpu"))
     assert not (tmp_path / "j").exists()
 
 
@@ -200,5 +200,5 @@ def test_length_grouped_pairs_train_each_pair_once(tiny_model_dir, tmp_path):
 
     pairs = _pairs_file(tmp_path / "p.jsonl", 8)
     cfg = JudgeTrainingConfig(batch_size=4, micro_batch_size=2, group_by_length=True)
-    stats = run_train_judge(str(tiny_model_dir), pairs, tmp_path / "j", cfg, seed=0, device="cpu")
+    stats = run_train_judge(str(tiny_model_dir), pairs, tmp_path / "j", cfg, seed=0, model=ModelConfig(device="cpu"))
     assert stats["steps"] == 2 and stats["pairs_first_epoch"] == 8

@@ -50,6 +50,12 @@ class ModelConfig(_Section):
     )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
 
+    def load_options(self) -> dict:
+        """How to load a model (`srlm.models.load_model`'s keywords), whichever model is loaded: a stage trains or
+        serves M_t, not always `name_or_path`."""
+        return dict(chat_template=self.chat_template, trust_remote_code=self.trust_remote_code, dtype=self.dtype,
+                    device=self.device)
+
 
 class LoraConfig(_Section):
     enabled: bool = Field(False, description="Train LoRA adapters instead of all weights; merged into the saved model.")

@@ -140,11 +140,6 @@ class _Generator:
             self.backend = None
 
 
-def _model_kwargs(cfg: Config) -> dict:
-    m = cfg.model
-    return dict(device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template)
-
-
 def _launched(cfg: Config, rd: RunDir, stage_args: list[str], stats_name: str) -> dict:
     """Run a training stage as `accelerate launch ... -m srlm <stage>` on the run's saved config; its stats."""
     from srlm.distributed import run_launched
@@ -172,7 +167,7 @@ def _train_sft(cfg: Config, rd: RunDir, ift_path, eft_path, out_dir: Path, stage
                          out_dir.name)
     return run_sft(cfg.model.name_or_path, ift_path, eft_path, out_dir, cfg.sft, seed=cfg.seed,
                    judge_template_file=cfg.judge.template_file, max_ift_examples=cfg.data.max_ift_examples,
-                   max_eft_examples=cfg.data.max_eft_examples if eft_path else None, **_model_kwargs(cfg),
+                   max_eft_examples=cfg.data.max_eft_examples if eft_path else None, model=cfg.model,
                    tracking=tracking.stage_tracking(cfg.tracking, rd.root, stage))
 
 
@@ -218,7 +213,7 @@ def _train_dpo(cfg: Config, rd: RunDir, model_t: Path, pairs: Path, out_dir: Pat
     if cfg.launch.num_processes > 1:
         return _launched(cfg, rd, ["dpo", "--pairs", str(pairs), "--model", str(model_t), "--out", str(out_dir),
                                    *_tracking_args(cfg, rd, stage)], out_dir.name)
-    return run_dpo(str(model_t), pairs, out_dir, cfg.dpo, seed=cfg.seed, **_model_kwargs(cfg),
+    return run_dpo(str(model_t), pairs, out_dir, cfg.dpo, seed=cfg.seed, model=cfg.model,
                    tracking=tracking.stage_tracking(cfg.tracking, rd.root, stage))
 
 
@@ -287,7 +282,7 @@ def make_m1(cfg: Config, rd: RunDir, summary: dict) -> None:
         summary["train_judge"] = rd.stage(
             "train_judge", stage_fingerprint(cfg, "train_judge"), [m1 / "config.json"],
             lambda: run_train_judge(str(m1_eft), resolve_data_path(cfg.judge_training.pairs), m1, cfg.judge_training,
-                                    seed=cfg.seed, judge_template_file=cfg.judge.template_file, **_model_kwargs(cfg),
+                                    seed=cfg.seed, judge_template_file=cfg.judge.template_file, model=cfg.model,
                                     tracking=tracking.stage_tracking(cfg.tracking, rd.root, "train_judge")),
         )
         cards.record_lineage(rd, "m1_eft", cfg.model.name_or_path, None, None)

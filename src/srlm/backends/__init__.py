@@ -48,8 +48,7 @@ def backend_for(cfg, model_path: str) -> Backend:
         from srlm.models import load_model
 
         m = cfg.model
-        loaded = load_model(model_path, chat_template=m.chat_template, trust_remote_code=m.trust_remote_code,
-                            dtype=m.dtype, device=m.device)
+        loaded = load_model(model_path, **m.load_options())
     options = dict(max_batch_tokens=b.max_batch_tokens, max_batch_size=b.max_batch_size)
     if b.name == "openai":
         if not b.base_url:

@@ -60,12 +60,10 @@ def cmd_sft(args) -> int:
     from srlm.stages.sft import run_sft
 
     cfg = config_from_args(args, model_override(args))
-    m = cfg.model
     eft = None if args.no_eft else resolve_data_path(args.eft or cfg.data.eft)
-    stats = run_sft(m.name_or_path, resolve_data_path(args.ift or cfg.data.ift), eft, Path(args.out), cfg.sft,
-                    seed=cfg.seed, judge_template_file=cfg.judge.template_file, max_ift_examples=cfg.data.max_ift_examples, max_eft_examples=cfg.data.max_eft_examples,
-                    device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template,
-                    tracking=stage_tracking_of(cfg, args))
+    stats = run_sft(cfg.model.name_or_path, resolve_data_path(args.ift or cfg.data.ift), eft, Path(args.out), cfg.sft,
+                    seed=cfg.seed, judge_template_file=cfg.judge.template_file, max_ift_examples=cfg.data.max_ift_examples,
+                    max_eft_examples=cfg.data.max_eft_examples, model=cfg.model, tracking=stage_tracking_of(cfg, args))
     print_stats(stats, args.stats_out)
     return 0
 
@@ -75,14 +73,12 @@ def cmd_train_judge(args) -> int:
     from srlm.stages.train_judge import run_train_judge
 
     cfg = config_from_args(args, model_override(args))
-    m = cfg.model
     pairs = args.pairs or cfg.judge_training.pairs
     if not pairs:
         raise SrlmError("train-judge needs human preference data: --pairs FILE (or judge_training.pairs=...), "
                         "e.g. builtin:hh_eft")
-    stats = run_train_judge(m.name_or_path, resolve_data_path(pairs), Path(args.out), cfg.judge_training, seed=cfg.seed,
-                            judge_template_file=cfg.judge.template_file, device=m.device, dtype=m.dtype,
-                            trust_remote_code=m.trust_remote_code, chat_template=m.chat_template)
+    stats = run_train_judge(cfg.model.name_or_path, resolve_data_path(pairs), Path(args.out), cfg.judge_training,
+                            seed=cfg.seed, judge_template_file=cfg.judge.template_file, model=cfg.model)
     print_stats(stats, args.stats_out)
     print(f"srlm: judge it with judge.method=direct judge.num_samples=1 (the prompt it was trained on), e.g. "
           f"srlm eval judge --model {args.out} --data builtin:hh_test --out judge.json judge.method=direct "
@@ -147,9 +143,7 @@ def cmd_dpo(args) -> int:
     from srlm.stages.dpo import run_dpo
 
     cfg = config_from_args(args, model_override(args))
-    m = cfg.model
-    stats = run_dpo(m.name_or_path, Path(args.pairs), Path(args.out), cfg.dpo, seed=cfg.seed, device=m.device,
-                    dtype=m.dtype, trust_remote_code=m.trust_remote_code, chat_template=m.chat_template,
+    stats = run_dpo(cfg.model.name_or_path, Path(args.pairs), Path(args.out), cfg.dpo, seed=cfg.seed, model=cfg.model,
                     tracking=stage_tracking_of(cfg, args))
     print_stats(stats, args.stats_out)
     return 0

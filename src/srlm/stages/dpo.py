@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from srlm.config import DpoConfig
+from srlm.config import DpoConfig, ModelConfig
 from srlm.stages import checkpoints, training
 from srlm.stages.pairs import read_pair_file
 
@@ -33,10 +33,7 @@ def run_dpo(
     cfg: DpoConfig,
     *,
     seed: int,
-    device: str = "auto",
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
-    chat_template: str | None = None,
+    model: ModelConfig | None = None,
     tracking=None,
 ) -> dict:
     # The whole pair file is checked (messages, roles, content, chosen != rejected) before anything is loaded.
@@ -46,8 +43,9 @@ def run_dpo(
 
     from srlm.models import check_free_disk, load_model, resolve_device, resolve_dtype
 
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
+    load = (model or ModelConfig()).load_options()  # how to load `model_path`: device, dtype, chat template
+    device = resolve_device(load.pop("device"))
+    torch_dtype = resolve_dtype(load["dtype"], device)
     out_dir = Path(out_dir)
     key = training.resume_key("dpo", model_path, pairs, cfg.model_dump(mode="json"), seed) if cfg.save_every_steps else None
     with training.scratch_dir(out_dir, key) as scratch:
@@ -61,8 +59,7 @@ def run_dpo(
             disable_dropout=cfg.dropout == 0,
         )
         # Created after the trainer config, so that under DeepSpeed ZeRO-3 it is built already sharded (see sft.py).
-        loaded = load_model(model_path, chat_template=chat_template, trust_remote_code=trust_remote_code, dtype=dtype,
-                            device=device, place=False, dropout=cfg.dropout)
+        loaded = load_model(model_path, **load, device=device, place=False, dropout=cfg.dropout)
         check_free_disk(loaded.model, out_dir.parent)
         train_dataset = Dataset.from_list(pairs)
         if args.world_size > 1:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from srlm.config import SftConfig
+from srlm.config import ModelConfig, SftConfig
 from srlm.errors import DataError
 from srlm.io import read_jsonl
 from srlm.judge import load_template, parse_score, render
@@ -61,10 +61,7 @@ def run_sft(
     judge_template_file: str | None = None,
     max_ift_examples: int | None = None,
     max_eft_examples: int | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
-    chat_template: str | None = None,
+    model: ModelConfig | None = None,
     tracking=None,
 ) -> dict:
     from datasets import Dataset
@@ -76,8 +73,9 @@ def run_sft(
     eft = read_eft(eft_path, max_eft_examples) if eft_path else []
     examples = build_sft_examples(ift, eft, load_template(judge_template_file), seed)
 
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
+    load = (model or ModelConfig()).load_options()  # how to load `model_path`: device, dtype, chat template
+    device = resolve_device(load.pop("device"))
+    torch_dtype = resolve_dtype(load["dtype"], device)
     out_dir = Path(out_dir)
     key = training.resume_key("sft", model_path, examples, cfg.model_dump(mode="json"), seed) if cfg.save_every_steps else None
     with training.scratch_dir(out_dir, key) as scratch:
@@ -88,8 +86,7 @@ def run_sft(
         )
         # The model is created after the trainer config: under DeepSpeed ZeRO-3 that config is what makes
         # from_pretrained build it already sharded, instead of every rank holding a full copy.
-        loaded = load_model(model_path, chat_template=chat_template, trust_remote_code=trust_remote_code, dtype=dtype,
-                            device=device, place=False, dropout=cfg.dropout)
+        loaded = load_model(model_path, **load, device=device, place=False, dropout=cfg.dropout)
         check_free_disk(loaded.model, out_dir.parent)
         trainer_class = SFTTrainer
         if cfg.group_by_length and cfg.micro_batch_size > 1:  # one example per pass: nothing to pad

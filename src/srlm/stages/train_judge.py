@@ -32,7 +32,7 @@ import inspect
 from pathlib import Path
 
 from srlm.backends.base import GenerationRequest, Sampling, prompt_token_ids
-from srlm.config import JudgeTrainingConfig
+from srlm.config import JudgeTrainingConfig, ModelConfig
 from srlm.errors import DataError
 from srlm.judge import DIRECT_PREFIX, SCORE_TOKENS, load_template, render
 from srlm.stages import training
@@ -216,10 +216,7 @@ def run_train_judge(
     *,
     seed: int,
     judge_template_file: str | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
-    chat_template: str | None = None,
+    model: ModelConfig | None = None,
     tracking=None,
 ) -> dict:
     """Train `model_path`'s judge on the pairs of `pairs_path` into `out_dir`; returns the training stats.
@@ -230,11 +227,11 @@ def run_train_judge(
 
     pairs, counts = human_pairs(pairs_path, cfg.max_pairs, length_balance=cfg.length_balance, seed=seed)
     template = load_template(judge_template_file, "direct")
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
+    load = (model or ModelConfig()).load_options()  # how to load `model_path`: device, dtype, chat template
+    device = resolve_device(load.pop("device"))
+    torch_dtype = resolve_dtype(load["dtype"], device)
     out_dir = Path(out_dir)
-    loaded = load_model(model_path, chat_template=chat_template, trust_remote_code=trust_remote_code, dtype=dtype,
-                        device=device, place=False, dropout=cfg.dropout)
+    loaded = load_model(model_path, **load, device=device, place=False, dropout=cfg.dropout)
     features, digit_ids, too_long = tokenize_pairs(pairs, loaded.tokenizer, template, cfg.max_length_tokens)
     if not features:
         raise DataError(f"{pairs_path}: all {len(pairs)} pairs have a judge prompt longer than "
