@@ -17,7 +17,6 @@ BACKENDS = {
     "openai": "srlm.backends.openai:OpenAIBackend",
     "fake": "srlm.backends.fake:FakeBackend",
 }
-IN_PROCESS = {"hf"}  # backends that need the model loaded into this process (vllm loads it itself)
 
 
 def make_backend(name: str, loaded_model=None, **options) -> Backend:
@@ -36,35 +35,9 @@ def backend_class(name: str):
 
 
 def backend_for(cfg, model_path: str) -> Backend:
-    """The backend a config asks for, serving `model_path` (loaded here for in-process backends).
-
-    For the `openai` backend the server decides which weights answer; `backend.model_name` names them, defaulting
-    to `model_path`. The `vllm` backend starts its own engine on the resolved local path or hub id (a new one for each
-    `model_path`, so each iteration's model is loaded fresh).
-    """
-    loaded = None
-    b = cfg.backend
-    if b.name in IN_PROCESS:
-        from srlm.models import load_model
-
-        m = cfg.model
-        loaded = load_model(model_path, **m.load_options())
-    options = dict(max_batch_tokens=b.max_batch_tokens, max_batch_size=b.max_batch_size)
-    if b.name == "openai":
-        if not b.base_url:
-            raise SrlmError("backend.name=openai needs backend.base_url (e.g. http://127.0.0.1:8000/v1)")
-        options = dict(base_url=b.base_url, model=b.model_name or model_path, api_key_env=b.api_key_env,
-                       max_concurrency=b.max_concurrency, timeout_seconds=b.timeout_seconds, max_retries=b.max_retries)
-    if b.name == "vllm":
-        from srlm.models import resolve_model_path
-
-        m = cfg.model
-        options = dict(model=resolve_model_path(model_path), chat_template=m.chat_template,
-                       trust_remote_code=m.trust_remote_code, dtype=m.dtype, device=m.device, seed=cfg.seed,
-                       tensor_parallel_size=b.tensor_parallel_size, gpu_memory_utilization=b.gpu_memory_utilization,
-                       max_model_len=b.max_model_len, enforce_eager=b.enforce_eager,
-                       data_parallel_size=b.data_parallel_size)
-    return make_backend(b.name, loaded, **options)
+    """The backend a config asks for (`backend.name`), serving `model_path`: each backend class builds itself from
+    the backend and model sections (`from_config`), so what a key means is said in one place per backend."""
+    return backend_class(cfg.backend.name).from_config(model_path, cfg.backend, cfg.model, seed=cfg.seed)
 
 
 __all__ = ["Backend", "backend_for", "Completion", "GenerationRequest", "Sampling", "make_backend", "BACKENDS"]

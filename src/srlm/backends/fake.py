@@ -47,6 +47,10 @@ class FakeBackend:
         self.stats = GenerationStats()
 
     @classmethod
+    def from_config(cls, model_path: str, backend, model, *, seed: int) -> "FakeBackend":
+        return cls.create(None)
+
+    @classmethod
     def create(cls, loaded_model=None, script: Callable | None = None, **_options):
         return cls(script or default_script)
 

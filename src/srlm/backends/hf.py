@@ -220,6 +220,14 @@ class HFBackend:
         self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @classmethod
+    def from_config(cls, model_path: str, backend, model, *, seed: int) -> "HFBackend":
+        """`model_path` loaded into this process as `model` (the model section) says, batched as `backend` says."""
+        from srlm.models import load_model
+
+        return cls.create(load_model(model_path, **model.load_options()), max_batch_tokens=backend.max_batch_tokens,
+                          max_batch_size=backend.max_batch_size)
+
+    @classmethod
     def create(cls, loaded_model, max_batch_tokens: int = 16384, max_batch_size: int = 64, **_options):
         if loaded_model is None:
             raise ValueError("the hf backend needs a loaded model")

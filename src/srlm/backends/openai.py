@@ -138,6 +138,16 @@ class OpenAIBackend:
         self._random = random.Random()  # jitter only: it never changes what is generated
 
     @classmethod
+    def from_config(cls, model_path: str, backend, model, *, seed: int) -> "OpenAIBackend":
+        """A client of the server at `backend.base_url`. The server decides which weights answer;
+        `backend.model_name` names them, defaulting to `model_path`."""
+        if not backend.base_url:
+            raise SrlmError("backend.name=openai needs backend.base_url (e.g. http://127.0.0.1:8000/v1)")
+        return cls.create(base_url=backend.base_url, model=backend.model_name or model_path,
+                          api_key_env=backend.api_key_env, max_concurrency=backend.max_concurrency,
+                          timeout_seconds=backend.timeout_seconds, max_retries=backend.max_retries)
+
+    @classmethod
     def create(
         cls,
         loaded_model=None,

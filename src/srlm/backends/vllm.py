@@ -136,6 +136,18 @@ class VLLMBackend:
         self.stats = GenerationStats(extra={"requests": 0, "cached_prompt_tokens": 0, "greedy_copies": 0})
 
     @classmethod
+    def from_config(cls, model_path: str, backend, model, *, seed: int) -> "VLLMBackend":
+        """An engine of its own on `model_path` resolved to a local path or hub id: a new one for each model, so
+        each iteration's model is loaded fresh."""
+        from srlm.models import resolve_model_path
+
+        return cls.create(model=resolve_model_path(model_path), chat_template=model.chat_template,
+                          trust_remote_code=model.trust_remote_code, dtype=model.dtype, device=model.device, seed=seed,
+                          tensor_parallel_size=backend.tensor_parallel_size,
+                          gpu_memory_utilization=backend.gpu_memory_utilization, max_model_len=backend.max_model_len,
+                          enforce_eager=backend.enforce_eager, data_parallel_size=backend.data_parallel_size)
+
+    @classmethod
     def create(
         cls,
         loaded_model=None,
