@@ -9,7 +9,6 @@ import math
 from typing import Any, Sequence
 
 from srlm.report.collect import SCORE_BINS, _judge_training_steps
-from srlm.report.tables import JUDGE_METRICS
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
 
