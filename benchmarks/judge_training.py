@@ -135,16 +135,17 @@ def collect(out: Path, evidence_items: Path) -> dict:
                 items = _items(out / f"{split}_{name}.items.jsonl")
                 metrics["length_split"] = length_split(groups, items)  # also for files written before srlm had it
                 rows[f"{split} {name}"] = metrics
-    credits = {name: pair_credits(_items(out / f"test_{name}.items.jsonl")) for name in JUDGES}
-    if evidence_items.exists():
-        credits["m1 (evidence run, with justification)"] = pair_credits(_items(evidence_items))
     comparisons = {}
-    for name in [n for n in JUDGES if n.startswith("m1_judge_")]:
-        for other in ("m1", "sft_baseline", "m1 (evidence run, with justification)"):
-            if credits.get(name) and credits.get(other):
-                common = sorted(set(credits[name]) & set(credits[other]))
-                comparisons[f"{name} - {other}"] = paired_difference(
-                    [credits[name][g] for g in common], [credits[other][g] for g in common])
+    for split in ("test", "val"):
+        credits = {name: pair_credits(_items(out / f"{split}_{name}.items.jsonl")) for name in JUDGES}
+        if evidence_items.exists() and split == "test":
+            credits["m1 (evidence run, with justification)"] = pair_credits(_items(evidence_items))
+        for name in [n for n in JUDGES if n.startswith("m1_judge_")]:
+            for other in ("m1", "sft_baseline", "m1 (evidence run, with justification)"):
+                if credits.get(name) and credits.get(other):
+                    common = sorted(set(credits[name]) & set(credits[other]))
+                    comparisons[f"{split}: {name} - {other}"] = paired_difference(
+                        [credits[name][g] for g in common], [credits[other][g] for g in common])
     train_judge = {"m1_judge_trained": _read(out / "train_judge_stats.json")}
     train_judge.update({f"m1_judge_{v}": _read(out / f"train_judge_stats_{v}.json") for v in VARIANTS})
     return {"rows": rows, "comparisons": comparisons,
@@ -169,10 +170,11 @@ def render(result: dict) -> str:
                     if ls.get("length_balanced_accuracy") is not None else "n/a")
         lines.append(f"| {split} | {name} | {format_accuracy(m)} "
                      f"| {format_with_interval(m['length_baseline'], 'pairwise_accuracy')} | {balanced} |")
-    for name, c in result["comparisons"].items():
+    for key, c in result["comparisons"].items():
+        split, name = key.split(": ", 1)
         if c["difference"] is not None:
             low, high = c["difference_ci"]
-            lines.append(f"\n{name} on hh_test: {c['difference']:+.3f} [{low:+.3f}, {high:+.3f}] "
+            lines.append(f"\n{name} on hh_{split}: {c['difference']:+.3f} [{low:+.3f}, {high:+.3f}] "
                          f"(paired bootstrap over {c['n']} pairs; a missing score counts as a tie)")
     for name, stats in result.get("train_judge", {}).items():
         lines.append(f"\ntrain-judge ({name}): {stats['pairs_trained']} pairs of builtin:hh_eft, {stats['steps']} steps, loss "
