@@ -115,14 +115,16 @@ class GenerationBackendConfig(_Section):
     )
 
 
-class SftConfig(_Section):
-    epochs: float = Field(2.0, gt=0, description="Passes over IFT+EFT.")
-    learning_rate: float = Field(5.5e-6, gt=0, description="Peak learning rate (paper: 5.5e-6).")
-    learning_rate_end: float = Field(1.1e-6, ge=0, description="Final learning rate of the cosine decay (paper: 1.1e-6).")
+class TrainingConfig(_Section):
+    """What every training stage (SFT, DPO, train-judge) is set with; each section gives its own defaults."""
+
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    learning_rate_end: float = Field(1e-6, ge=0, description="Final learning rate of the cosine decay.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps of linear warm-up.")
-    batch_size: int = Field(16, ge=1, description="Effective batch size in examples (paper: 16).")
-    micro_batch_size: int = Field(4, ge=1, description="Examples per forward pass; gradients accumulate up to batch_size.")
-    max_length_tokens: int = Field(1024, ge=32, description="Examples are truncated to this many tokens.")
+    batch_size: int = Field(16, ge=1, description="Effective batch size.")
+    micro_batch_size: int = Field(1, ge=1, description="Examples per forward pass; gradients accumulate up to batch_size.")
+    max_length_tokens: int = Field(1024, ge=32, description="Most tokens per example.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Attention dropout during training (paper: 0.1).")
     gradient_checkpointing: bool = Field(
         True, description="Recompute activations in the backward pass: less memory, about 30% more time."
@@ -138,6 +140,15 @@ class SftConfig(_Section):
         "one instead of starting over; null = no checkpoints (a short stage is cheaper to redo).",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class SftConfig(TrainingConfig):
+    epochs: float = Field(2.0, gt=0, description="Passes over IFT+EFT.")
+    learning_rate: float = Field(5.5e-6, gt=0, description="Peak learning rate (paper: 5.5e-6).")
+    learning_rate_end: float = Field(1.1e-6, ge=0, description="Final learning rate of the cosine decay (paper: 1.1e-6).")
+    batch_size: int = Field(16, ge=1, description="Effective batch size in examples (paper: 16).")
+    micro_batch_size: int = Field(4, ge=1, description="Examples per forward pass; gradients accumulate up to batch_size.")
+    max_length_tokens: int = Field(1024, ge=32, description="Examples are truncated to this many tokens.")
 
 
 class JudgeTrainingConfig(SftConfig):
@@ -237,30 +248,14 @@ class PairsConfig(_Section):
     )
 
 
-class DpoConfig(_Section):
+class DpoConfig(TrainingConfig):
     beta: float = Field(0.1, gt=0, description="DPO beta (paper: 0.1).")
     epochs: float = Field(1.0, gt=0, description="Passes over the pairs.")
     learning_rate: float = Field(1e-6, gt=0, description="Peak learning rate (paper: 1e-6).")
     learning_rate_end: float = Field(1e-7, ge=0, description="Final learning rate, reached by cosine decay (paper: 1e-7).")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps of linear warm-up.")
     batch_size: int = Field(16, ge=1, description="Effective batch size in pairs (paper: 16).")
     micro_batch_size: int = Field(2, ge=1, description="Pairs per forward pass.")
     max_length_tokens: int = Field(1024, ge=32, description="Prompt + response truncated to this many tokens.")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Attention dropout during training (paper: 0.1).")
-    gradient_checkpointing: bool = Field(
-        True, description="Recompute activations in the backward pass: less memory, about 30% more time."
-    )
-    group_by_length: bool = Field(
-        True, description="Put examples of similar length in the same batch (transformers' LengthGroupedSampler: "
-        "random groups of up to 50 batches, sorted within): less padding. Used only when micro_batch_size > 1; "
-        "changes the order of examples, nothing else.",
-    )
-    save_every_steps: int | None = Field(
-        None, ge=1, description="Save a trainer checkpoint (weights, optimizer, scheduler, RNG) every this many "
-        "optimizer steps beside the output, so that a killed or interrupted run of this stage resumes from the last "
-        "one instead of starting over; null = no checkpoints (a short stage is cheaper to redo).",
-    )
-    lora: LoraConfig = Field(default_factory=LoraConfig)
     nll_weight: float = Field(
         0.0, ge=0, description="Weight of an extra negative log-likelihood loss on the chosen answer (RPO, Pang et "
         "al. 2024; TRL loss_type ['sigmoid', 'sft']); 0 = plain DPO, the paper's.",
