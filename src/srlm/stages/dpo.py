@@ -41,17 +41,12 @@ def run_dpo(
     from datasets import Dataset, load_from_disk
     from trl import DPOConfig, DPOTrainer
 
-    from srlm.models import check_free_disk, load_model, resolve_device, resolve_dtype
-
-    load = (model or ModelConfig()).load_options()  # how to load `model_path`: device, dtype, chat template
-    device = resolve_device(load.pop("device"))
-    torch_dtype = resolve_dtype(load["dtype"], device)
+    placement = training.Placement.of(model)
     out_dir = Path(out_dir)
-    key = training.resume_key("dpo", model_path, pairs, cfg.model_dump(mode="json"), seed) if cfg.save_every_steps else None
+    key = training.resume_key_if_saving(cfg, "dpo", model_path, pairs, cfg.model_dump(mode="json"), seed)
     with training.scratch_dir(out_dir, key) as scratch:
         args = DPOConfig(
-            **training.trainer_kwargs(cfg=cfg, device=device, dtype=torch_dtype, seed=seed, output_dir=scratch,
-                                     tracking=tracking),
+            **placement.trainer_kwargs(cfg, seed=seed, output_dir=scratch, tracking=tracking),
             beta=cfg.beta,
             # RPO: DPO plus an NLL loss on the chosen answer, weighted by dpo.nll_weight (TRL's combined losses).
             **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.nll_weight]} if cfg.nll_weight > 0 else {}),
@@ -59,8 +54,7 @@ def run_dpo(
             disable_dropout=cfg.dropout == 0,
         )
         # Created after the trainer config, so that under DeepSpeed ZeRO-3 it is built already sharded (see sft.py).
-        loaded = load_model(model_path, **load, device=device, place=False, dropout=cfg.dropout)
-        check_free_disk(loaded.model, out_dir.parent)
+        loaded = placement.load_model(model_path, out_dir, cfg.dropout)
         train_dataset = Dataset.from_list(pairs)
         if args.world_size > 1:
             # TRL caches the precomputed reference log-probs beside the dataset's files, and every rank reads rank 0's
@@ -84,7 +78,7 @@ def run_dpo(
         )
         checkpoints.add_checkpoint_saver(trainer, cfg.checkpoint_every_steps, out_dir, loaded.tokenizer)
         training.train(trainer, scratch, cfg.save_every_steps)
-        training.finish_and_save(trainer, loaded.tokenizer, out_dir, base_model=loaded.path, dtype=torch_dtype)
+        training.finish_and_save(trainer, loaded.tokenizer, out_dir, base_model=loaded.path, dtype=placement.torch_dtype)
     stats = training.log_history_stats(
         trainer.state.log_history,
         {"rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin",

@@ -67,27 +67,21 @@ def run_sft(
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from srlm.models import check_free_disk, load_model, resolve_device, resolve_dtype
-
     ift = read_ift(ift_path, max_ift_examples)
     eft = read_eft(eft_path, max_eft_examples) if eft_path else []
     examples = build_sft_examples(ift, eft, load_template(judge_template_file), seed)
 
-    load = (model or ModelConfig()).load_options()  # how to load `model_path`: device, dtype, chat template
-    device = resolve_device(load.pop("device"))
-    torch_dtype = resolve_dtype(load["dtype"], device)
+    placement = training.Placement.of(model)
     out_dir = Path(out_dir)
-    key = training.resume_key("sft", model_path, examples, cfg.model_dump(mode="json"), seed) if cfg.save_every_steps else None
+    key = training.resume_key_if_saving(cfg, "sft", model_path, examples, cfg.model_dump(mode="json"), seed)
     with training.scratch_dir(out_dir, key) as scratch:
         args = SFTConfig(
-            **training.trainer_kwargs(cfg=cfg, device=device, dtype=torch_dtype, seed=seed, output_dir=scratch,
-                                     tracking=tracking),
+            **placement.trainer_kwargs(cfg, seed=seed, output_dir=scratch, tracking=tracking),
             completion_only_loss=True,
         )
         # The model is created after the trainer config: under DeepSpeed ZeRO-3 that config is what makes
         # from_pretrained build it already sharded, instead of every rank holding a full copy.
-        loaded = load_model(model_path, **load, device=device, place=False, dropout=cfg.dropout)
-        check_free_disk(loaded.model, out_dir.parent)
+        loaded = placement.load_model(model_path, out_dir, cfg.dropout)
         trainer_class = SFTTrainer
         if cfg.group_by_length and cfg.micro_batch_size > 1:  # one example per pass: nothing to pad
             trainer_class = training.length_grouped(SFTTrainer, lambda d: [len(ids) for ids in d["input_ids"]])
@@ -100,6 +94,6 @@ def run_sft(
             callbacks=[training.nan_guard()],
         )
         training.train(trainer, scratch, cfg.save_every_steps)
-        training.finish_and_save(trainer, loaded.tokenizer, out_dir, base_model=loaded.path, dtype=torch_dtype)
+        training.finish_and_save(trainer, loaded.tokenizer, out_dir, base_model=loaded.path, dtype=placement.torch_dtype)
     stats = training.log_history_stats(trainer.state.log_history, {"mean_token_accuracy": "token_accuracy_mean"})
     return {"ift_examples": len(ift), "eft_examples": len(eft), "processes": trainer.args.world_size, **stats}

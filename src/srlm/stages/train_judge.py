@@ -223,20 +223,15 @@ def run_train_judge(
     `tracking`: the run's tracker for this stage (see `srlm.stages.training.trainer_kwargs`), None = no loggers."""
     from transformers import TrainingArguments
 
-    from srlm.models import check_free_disk, load_model, resolve_device, resolve_dtype
-
     pairs, counts = human_pairs(pairs_path, cfg.max_pairs, length_balance=cfg.length_balance, seed=seed)
     template = load_template(judge_template_file, "direct")
-    load = (model or ModelConfig()).load_options()  # how to load `model_path`: device, dtype, chat template
-    device = resolve_device(load.pop("device"))
-    torch_dtype = resolve_dtype(load["dtype"], device)
+    placement = training.Placement.of(model)
     out_dir = Path(out_dir)
-    loaded = load_model(model_path, **load, device=device, place=False, dropout=cfg.dropout)
+    loaded = placement.load_model(model_path, out_dir, cfg.dropout)
     features, digit_ids, too_long = tokenize_pairs(pairs, loaded.tokenizer, template, cfg.max_length_tokens)
     if not features:
         raise DataError(f"{pairs_path}: all {len(pairs)} pairs have a judge prompt longer than "
                         f"judge_training.max_length_tokens={cfg.max_length_tokens}")
-    check_free_disk(loaded.model, out_dir.parent)
     model = loaded.model
     if cfg.lora.enabled:
         from peft import get_peft_model
@@ -246,11 +241,9 @@ def run_train_judge(
         model.enable_input_require_grads()  # PEFT + checkpointing: the frozen embeddings' output must carry grads
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else loaded.tokenizer.eos_token_id
 
-    key = (training.resume_key("train-judge", model_path, features, cfg.model_dump(mode="json"), seed)
-           if cfg.save_every_steps else None)
+    key = training.resume_key_if_saving(cfg, "train-judge", model_path, features, cfg.model_dump(mode="json"), seed)
     with training.scratch_dir(out_dir, key) as scratch:
-        kwargs = training.trainer_kwargs(cfg=cfg, device=device, dtype=torch_dtype, seed=seed, output_dir=scratch,
-                                         tracking=tracking)
+        kwargs = placement.trainer_kwargs(cfg, seed=seed, output_dir=scratch, tracking=tracking)
         kwargs.pop("max_length")  # a TRL argument; pairs were length-checked above
         args = TrainingArguments(**kwargs, remove_unused_columns=False)
         trainer_class = pairwise_trainer_class()
@@ -263,7 +256,7 @@ def run_train_judge(
             callbacks=[training.nan_guard()], digit_ids=digit_ids, score_scale=cfg.score_scale,
         )
         training.train(trainer, scratch, cfg.save_every_steps)
-        training.finish_and_save(trainer, loaded.tokenizer, out_dir, base_model=loaded.path, dtype=torch_dtype)
+        training.finish_and_save(trainer, loaded.tokenizer, out_dir, base_model=loaded.path, dtype=placement.torch_dtype)
     history = trainer.state.log_history
     stats = training.log_history_stats(history, {"pair_accuracy": "pair_accuracy_mean", "score_gap": "score_gap_mean"})
     steps_per_epoch = max(1, -(-len(features) // cfg.batch_size))

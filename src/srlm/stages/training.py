@@ -14,11 +14,45 @@ import math
 import os
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from srlm.config import LoraConfig
+from srlm.config import LoraConfig, ModelConfig
 from srlm.errors import SrlmError
 from srlm.models import fresh_dir, inference_config, move_into_place, save_model, work_dir
+
+
+@dataclass
+class Placement:
+    """Where and how a training stage loads its model: the resolved device, the torch dtype training runs in, and
+    `load_model`'s other keywords (the model section's dtype string, chat template, remote code)."""
+
+    device: str
+    torch_dtype: object
+    load: dict
+
+    @classmethod
+    def of(cls, model) -> "Placement":
+        """From the model section (`ModelConfig`; None = its defaults). The path loaded is the stage's own: a stage
+        trains M_t, not always `model.name_or_path`."""
+        from srlm.models import resolve_device, resolve_dtype
+
+        load = (model or ModelConfig()).load_options()
+        device = resolve_device(load.pop("device"))
+        return cls(device=device, torch_dtype=resolve_dtype(load["dtype"], device), load=load)
+
+    def load_model(self, model_path: str, out_dir: Path, dropout: float):
+        """The model to train, not yet placed (the trainer places it), after the check that the trained model will
+        fit on the disk at `out_dir`."""
+        from srlm.models import check_free_disk, load_model
+
+        loaded = load_model(model_path, **self.load, device=self.device, place=False, dropout=dropout)
+        check_free_disk(loaded.model, Path(out_dir).parent)
+        return loaded
+
+    def trainer_kwargs(self, cfg, *, seed: int, output_dir: str, tracking=None) -> dict:
+        return trainer_kwargs(cfg=cfg, device=self.device, dtype=self.torch_dtype, seed=seed, output_dir=output_dir,
+                              tracking=tracking)
 
 
 def trainer_kwargs(*, cfg, device: str, dtype, seed: int, output_dir: str, tracking=None) -> dict:
@@ -190,6 +224,12 @@ def merge_adapters(base_model: str, adapter_dir: Path, dtype):
 
 
 RESUME_KEY_FILE = "resume_key.txt"
+
+
+def resume_key_if_saving(cfg, *parts) -> str | None:
+    """`resume_key(*parts)` when the stage saves trainer checkpoints (`save_every_steps`), else None (nothing to
+    resume from)."""
+    return resume_key(*parts) if cfg.save_every_steps else None
 
 
 def resume_key(*parts) -> str:
