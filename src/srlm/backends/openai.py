@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import inspect
 import json
 import math
 import os
@@ -148,31 +149,18 @@ class OpenAIBackend:
                           timeout_seconds=backend.timeout_seconds, max_retries=backend.max_retries)
 
     @classmethod
-    def create(
-        cls,
-        loaded_model=None,
-        *,
-        base_url: str | None = None,
-        model: str | None = None,
-        model_name: str | None = None,
-        api_key_env: str | None = "OPENAI_API_KEY",
-        max_concurrency: int = 8,
-        timeout_seconds: float = 60,
-        max_retries: int = 5,
-        backoff_seconds: float = 0.5,
-        max_backoff_seconds: float = 30.0,
-        max_n_per_request: int | None = None,
-        **_options,
-    ) -> "OpenAIBackend":
+    def create(cls, loaded_model=None, *, base_url: str | None = None, model: str | None = None,
+               model_name: str | None = None, api_key_env: str | None = "OPENAI_API_KEY", **options) -> "OpenAIBackend":
         """Build from config keys (`backend.base_url`, `backend.model_name`, ...). `loaded_model` is ignored: the
-        model lives in the server. `model_name` is an alias of `model`. Other options (those of other backends,
-        such as `max_batch_tokens`) are ignored."""
+        model lives in the server. `model_name` is an alias of `model`. The key is read from `api_key_env`. Other
+        options are `__init__`'s keywords (its defaults apply to those not given); options of other backends (such as
+        `max_batch_tokens`) are ignored."""
         if base_url is None:
             raise SrlmError("openai backend: set backend.base_url, e.g. backend.base_url=http://127.0.0.1:8000/v1")
         api_key = os.environ.get(api_key_env) if api_key_env else None
-        return cls(base_url, model or model_name, api_key, api_key_env=api_key_env, max_concurrency=max_concurrency,
-                   timeout_seconds=timeout_seconds, max_retries=max_retries, backoff_seconds=backoff_seconds,
-                   max_backoff_seconds=max_backoff_seconds, max_n_per_request=max_n_per_request)
+        mine = inspect.signature(cls.__init__).parameters
+        return cls(base_url, model or model_name, api_key, api_key_env=api_key_env,
+                   **{key: value for key, value in options.items() if key in mine})
 
     def __repr__(self) -> str:
         key = f"key from ${self.api_key_env}" if self._key.reveal() else "no key"
