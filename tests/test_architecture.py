@@ -12,10 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 
 # Known to be over the limits, with the size they may not grow past (each a part of the redesign still to do).
-LONG_MODULES = {"srlm/evaluation/metrics.py": 638, "srlm/config.py": 610,
+LONG_MODULES = {"srlm/evaluation/metrics.py": 638, "srlm/config.py": 603,
                 "srlm/backends/vllm.py": 581, "srlm/cli/evaluation.py": 551, "srlm/evaluation/prompt_sets.py": 519}
 LONG_FUNCTIONS = {"srlm/cli/__init__.py:build_parser": 113, "srlm/cli/evaluation.py:add_eval_commands": 121,
-                  "srlm/data/oasst.py:build_from_oasst": 98, "srlm/evaluation/human_data.py:read_oasst_trees": 103,
                   "srlm/evaluation/judge_eval.py:evaluate_judge": 88,
                   "srlm/stages/prompts.py:run_prompts": 86}
 

@@ -39,7 +39,7 @@ import math
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from srlm.data.formats import iter_source
 from srlm.errors import DataError
@@ -52,10 +52,10 @@ DEFAULT_IFT_SHARE_OF_RANKED = 0.6
 class Message:
     """One OASST message, validated; `children` is filled in by `build_trees`."""
 
-    message_id: str
+    message_id: str | None  # None only where a reader allows ids to be missing (`parse_message(require_id=False)`)
     parent_id: str | None
     text: str
-    role: str
+    role: str  # as stored: "prompter" or "assistant" (or whatever `parse_message(roles=...)` allowed)
     lang: str | None
     rank: int | None
     deleted: bool
@@ -63,78 +63,127 @@ class Message:
     review_result: bool | None
     children: list["Message"] = field(default_factory=list)
 
+    @property
+    def chat_role(self) -> str:
+        """The role as chat messages name it: "user" for OASST's "prompter"."""
+        return CHAT_ROLES.get(self.role, self.role)
+
 
 # --------------------------------------------------------------------------------------------------------------
-# Reading: tree export or flat table -> validated Message rows
+# Reading one message and one nested tree. The one OASST parser: `srlm.evaluation.human_data` reads its trees with
+# `walk_tree` too. Every check raises DataError(f"{label(field path)} must be ..."), where `label` words the place the
+# reader's way: `field_label` here ("file:3: field 'prompt.replies[0].rank'"), "file:3: prompt.replies[0].rank:" there.
+
+Label = Callable[[str], str]
+
+# OpenAssistant calls the user "prompter"; chat messages call it "user".
+CHAT_ROLES = {"prompter": "user", "assistant": "assistant"}
 
 
-def _bool(value: Any, where: str, name: str, default: bool | None) -> bool | None:
+def field_label(where: str) -> Label:
+    """This module's wording: "<where>: field '<path>'"."""
+    return lambda path: f"{where}: field '{path}'"
+
+
+def parse_flag(value: Any, name: str, default: bool | None) -> bool | None:
+    """A true/false/null field (`deleted`, `synthetic`, `review_result`); null and missing give `default`."""
     if value is None:
         return default
     if isinstance(value, bool):
         return value
-    raise DataError(f"{where}: field '{name}' must be true, false or null, got {value!r}")
+    raise DataError(f"{name} must be true, false or null, got {value!r}")
 
 
-def _rank(value: Any, where: str, name: str) -> int | None:
+def parse_rank(value: Any, name: str) -> int | None:
+    """A human rank (0 = best) or None for an unranked message."""
     if value is None:
         return None
     # Parquet and pandas round-trips turn integer ranks into floats (0.0); accept whole numbers only.
     whole = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
     if isinstance(value, bool) or not whole or value < 0:
-        raise DataError(f"{where}: field '{name}' must be a non-negative whole number or null, got {value!r}")
+        raise DataError(f"{name} must be a non-negative whole number or null, got {value!r}")
     return int(value)
 
 
-def _message(raw: Any, where: str, *, prefix: str = "") -> Message:
-    """Validate one message dict. `prefix` locates a message nested in a tree ("prompt.replies[1]")."""
+def parse_string(value: Any, name: str, *, required: bool) -> str | None:
+    """A string field: `required` ones must be non-empty strings, the others strings or null."""
+    if required and (not isinstance(value, str) or not value):
+        raise DataError(f"{name} must be a non-empty string, got {value!r}")
+    if value is not None and not isinstance(value, str):
+        raise DataError(f"{name} must be a string or null, got {value!r:.60}")
+    return value
+
+
+def parse_message(
+    raw: Any, path: str, label: Label, *, roles: Mapping[str, str] = CHAT_ROLES, require_id: bool = True,
+    require_text: bool = False,
+) -> Message:
+    """Validate one message dict. `path` locates a message nested in a tree ("prompt.replies[1]"), "" a flat row.
+
+    `roles`: the roles accepted. `require_id`: a missing or empty `message_id` is an error (else None).
+    `require_text`: a missing `text` is an error (else it reads as "" and later checks drop the message as empty).
+    The stored `parent_id` is returned as it is; a tree reader decides what it means beside the nesting.
+    """
     if not isinstance(raw, dict):
-        raise DataError(f"{where}: field '{prefix or 'message'}' must be an object, got {type(raw).__name__}")
+        raise DataError(f"{label(path or 'message')} must be an object, got {type(raw).__name__}")
 
     def name(key: str) -> str:
-        return f"{prefix}.{key}" if prefix else key
+        return label(f"{path}.{key}" if path else key)
 
-    for key in ("message_id", "role"):
-        if not isinstance(raw.get(key), str) or not raw[key]:
-            raise DataError(f"{where}: field '{name(key)}' must be a non-empty string, got {raw.get(key)!r}")
-    if raw["role"] not in ("prompter", "assistant"):
-        raise DataError(f"{where}: field '{name('role')}' must be 'prompter' or 'assistant', got {raw['role']!r}")
-    text = raw.get("text")
-    if text is not None and not isinstance(text, str):
-        raise DataError(f"{where}: field '{name('text')}' must be a string, got {type(text).__name__}")
-    parent_id = raw.get("parent_id")
-    if parent_id is not None and not isinstance(parent_id, str):
-        raise DataError(f"{where}: field '{name('parent_id')}' must be a string or null, got {parent_id!r}")
+    message_id = parse_string(raw.get("message_id"), name("message_id"), required=require_id)
+    role = parse_string(raw.get("role"), name("role"), required=True)
+    if role not in roles:
+        raise DataError(f"{name('role')} must be {' or '.join(map(repr, roles))}, got {role!r}")
+    if require_text and "text" not in raw:
+        raise DataError(f"{label(path or 'message')} missing field 'text'")
+    text = parse_string(raw.get("text"), name("text"), required=False)
+    if require_text and text is None:
+        raise DataError(f"{name('text')} must be a string, got null")
+    parent_id = parse_string(raw.get("parent_id"), name("parent_id"), required=False)
     lang = raw.get("lang")
     return Message(
-        message_id=raw["message_id"],
+        message_id=message_id,
         parent_id=parent_id or None,  # an empty string also marks a root
         text=text or "",
-        role=raw["role"],
+        role=role,
         lang=lang if isinstance(lang, str) and lang else None,
-        rank=_rank(raw.get("rank"), where, name("rank")),
-        deleted=bool(_bool(raw.get("deleted"), where, name("deleted"), False)),
-        synthetic=bool(_bool(raw.get("synthetic"), where, name("synthetic"), False)),
-        review_result=_bool(raw.get("review_result"), where, name("review_result"), None),
+        rank=parse_rank(raw.get("rank"), name("rank")),
+        deleted=bool(parse_flag(raw.get("deleted"), name("deleted"), False)),
+        synthetic=bool(parse_flag(raw.get("synthetic"), name("synthetic"), False)),
+        review_result=parse_flag(raw.get("review_result"), name("review_result"), None),
     )
 
 
-def _flatten_tree(record: dict, where: str) -> list[Message]:
-    """The messages of one tree-export record, parents before children, with `parent_id` set from the nesting."""
-    out: list[Message] = []
-    stack: list[tuple[Any, str, str | None]] = [(record["prompt"], "prompt", None)]
+@dataclass
+class TreeNode:
+    """One message of a nested tree, met by `walk_tree`: where it is, above it, and its replies (parsed)."""
+
+    message: Message
+    path: str  # "prompt.replies[1]", for error messages
+    parent: "TreeNode | None"
+    replies: list[Message]
+
+
+def walk_tree(prompt: Any, label: Label, **parse: Any) -> Iterator[TreeNode]:
+    """Every message of one nested tree (`prompt` and its `replies`, at any depth), parents before children and
+    replies in stored order, each parsed by `parse_message(..., **parse)` when its parent is reached.
+
+    An explicit stack, so long conversations meet no recursion limit.
+    """
+    stack: list[tuple[Any, Message, str, TreeNode | None]] = [
+        (prompt, parse_message(prompt, "prompt", label, **parse), "prompt", None)
+    ]
     while stack:
-        raw, prefix, parent_id = stack.pop()
-        message = _message(raw, where, prefix=prefix)
-        message.parent_id = parent_id  # the nesting is the truth, whatever a stored parent_id says
-        out.append(message)
-        replies = raw.get("replies") or []
-        if not isinstance(replies, list):
-            raise DataError(f"{where}: field '{prefix}.replies' must be a list")
+        raw, message, path, parent = stack.pop()
+        raw_replies = [] if raw.get("replies") is None else raw["replies"]
+        if not isinstance(raw_replies, list):
+            raise DataError(f"{label(path + '.replies')} must be a list, got {type(raw_replies).__name__}")
+        paths = [f"{path}.replies[{index}]" for index in range(len(raw_replies))]
+        replies = [parse_message(child, at, label, **parse) for child, at in zip(raw_replies, paths)]
+        node = TreeNode(message, path, parent, replies)
+        yield node
         # Reversed so that popping from the stack visits replies in their stored order.
-        for index in reversed(range(len(replies))):
-            stack.append((replies[index], f"{prefix}.replies[{index}]", message.message_id))
-    return out
+        stack.extend(reversed([(raw_replies[i], replies[i], paths[i], node) for i in range(len(replies))]))
 
 
 def read_oasst_messages(source: str | Path, *, split: str | None = None) -> Iterator[Message]:
@@ -143,9 +192,12 @@ def read_oasst_messages(source: str | Path, *, split: str | None = None) -> Iter
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
         if isinstance(record.get("prompt"), dict):  # tree export: {"message_tree_id", "tree_state", "prompt": {...}}
-            yield from _flatten_tree(record, where)
+            for node in walk_tree(record["prompt"], field_label(where)):
+                # The nesting is the truth, whatever a stored parent_id says.
+                node.message.parent_id = node.parent.message.message_id if node.parent else None
+                yield node.message
         elif "message_id" in record:  # flat message table
-            yield _message(record, where)
+            yield parse_message(record, "", field_label(where))
         else:
             raise DataError(
                 f"{where}: field 'message_id' missing: neither an OASST message row nor a tree (a 'prompt' object)"
@@ -268,18 +320,12 @@ def _new_counts() -> dict[str, int]:
         "prompts_dropped_no_rank0_reply",  # neither a rank-0 reply (IFT) nor >= 2 ranked ones (EFT)
         "prompts_dropped_all_ranks_tied",  # >= 2 ranked replies, all tied, and no rank-0 reply for IFT
         # The next three count distinct prompt texts (see normalise_prompt), the unit the splits are made of.
-        "prompts_ift_only",
-        "prompts_eft_only",
-        "prompts_either",
+        "prompts_ift_only", "prompts_eft_only", "prompts_either",
         "ift_dropped_duplicate_prompt",
         # A repeated question whose text was assigned to one side, in a tree that can only serve the other side.
         "prompts_dropped_copy_on_other_side",
         "eft_groups_with_rank_ties",
-        "ift",
-        "eft_train",
-        "eft_eval",
-        "eft_train_replies",
-        "eft_eval_replies",
+        "ift", "eft_train", "eft_eval", "eft_train_replies", "eft_eval_replies",
     ]
     return {key: 0 for key in keys}
 
@@ -304,13 +350,18 @@ def _first_fraction(keys: Iterable[str], fraction: float, seed: int, salt: str) 
     return set(ordered[: round(fraction * len(ordered))])
 
 
-def _dense_ranks(replies: Sequence[Message]) -> list[tuple[Message, int]]:
-    """(reply, rank) best first, ranks renumbered 0, 1, 2, ... with ties kept (scipy's dense ranking)."""
+def renumber_ranks(ranks: Sequence[int], method: str) -> list[int]:
+    """Ranks renumbered from 0 (best), ties kept, by scipy's `rankdata`: "dense" gives 0, 1, 2, ... over the
+    distinct ranks; "min" gives each the number of ranks strictly better than it (1, 1, 3 -> 0, 0, 2)."""
     from scipy.stats import rankdata
 
+    return [int(rank) - 1 for rank in rankdata(ranks, method=method)] if len(ranks) else []
+
+
+def _dense_ranks(replies: Sequence[Message]) -> list[tuple[Message, int]]:
+    """(reply, rank) best first, ranks renumbered densely 0, 1, 2, ... with ties kept."""
     ordered = sorted(replies, key=lambda reply: (reply.rank, reply.message_id))
-    dense = rankdata([reply.rank for reply in ordered], method="dense") if ordered else []
-    return [(reply, int(rank) - 1) for reply, rank in zip(ordered, dense)]
+    return list(zip(ordered, renumber_ranks([reply.rank for reply in ordered], "dense")))
 
 
 def build_from_oasst(
@@ -360,6 +411,25 @@ def build_from_oasst(
     eft_keys = eft_able - ift_keys
     eval_keys = _first_fraction(eft_keys, eft_eval_fraction, seed, "oasst-eft-eval")
 
+    ift, eft_train, eft_eval = _assign(candidates, ift_keys, eval_keys, counts)
+    counts["ift"] = len(ift)
+    counts["eft_train"] = len(eft_train)
+    counts["eft_eval"] = len(eft_eval)
+    counts["eft_train_replies"] = sum(len(g["replies"]) for g in eft_train)
+    counts["eft_eval_replies"] = sum(len(g["replies"]) for g in eft_eval)
+
+    out = Path(out_dir)
+    write_jsonl(out / "ift.jsonl", ift)
+    write_jsonl(out / "eft_source_train.jsonl", eft_train)
+    write_jsonl(out / "eft_source_eval.jsonl", eft_eval)
+    write_json(out / "counts.json", counts)
+    return counts
+
+
+def _assign(
+    candidates: list[_Candidate], ift_keys: set[str], eval_keys: set[str], counts: dict[str, int]
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """(IFT records, EFT train groups, EFT eval groups): each candidate on the side its prompt text was given."""
     ift: list[dict] = []
     eft_train: list[dict] = []
     eft_eval: list[dict] = []
@@ -396,21 +466,8 @@ def build_from_oasst(
                     for reply, rank in _dense_ranks(c.ranked)
                 ],
             }
-            target = eft_eval if c.key in eval_keys else eft_train
-            target.append(group)
-
-    counts["ift"] = len(ift)
-    counts["eft_train"] = len(eft_train)
-    counts["eft_eval"] = len(eft_eval)
-    counts["eft_train_replies"] = sum(len(g["replies"]) for g in eft_train)
-    counts["eft_eval_replies"] = sum(len(g["replies"]) for g in eft_eval)
-
-    out = Path(out_dir)
-    write_jsonl(out / "ift.jsonl", ift)
-    write_jsonl(out / "eft_source_train.jsonl", eft_train)
-    write_jsonl(out / "eft_source_eval.jsonl", eft_eval)
-    write_json(out / "counts.json", counts)
-    return counts
+            (eft_eval if c.key in eval_keys else eft_train).append(group)
+    return ift, eft_train, eft_eval
 
 
 def _candidate(root: Message, langs: frozenset[str] | None, include_synthetic: bool, counts: dict) -> _Candidate | None:

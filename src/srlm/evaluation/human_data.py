@@ -20,13 +20,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
+from srlm.data.oasst import CHAT_ROLES, Label, Message, TreeNode, renumber_ranks, walk_tree
 from srlm.errors import DataError
 from srlm.io import iter_json_lines, stable_id
 
-# OpenAssistant calls the user "prompter"; chat templates want "user".
-_OASST_ROLES = {"prompter": "user", "user": "user", "assistant": "assistant"}
+# The roles an OASST tree may carry here: OpenAssistant's, and "user" for trees already in chat roles.
+_OASST_ROLES = CHAT_ROLES | {"user": "user"}
 
 
 @dataclass
@@ -71,17 +72,6 @@ def _group_id(context: list[dict], replies: list[dict]) -> str:
     )
 
 
-def _relative_ranks(ranks: list[int]) -> list[int]:
-    """Ranks renumbered so that the best kept reply is 0: rank = how many kept replies are strictly better.
-
-    Filtering (unranked or synthetic replies) can remove the rank-0 reply; renumbering keeps "rank 0 = best" true
-    and keeps ties as ties.
-    """
-    from scipy.stats import rankdata
-
-    return [int(r) - 1 for r in rankdata(ranks, method="min")] if ranks else []
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Reading JSONL, plain or gzip, with line numbers
 # ----------------------------------------------------------------------------------------------------------------
@@ -97,20 +87,9 @@ def _iter_numbered_records(path: Path) -> Iterator[tuple[int, dict]]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _oasst_field(message: dict, name: str, where: str, expected: type | tuple[type, ...], *, required: bool = True) -> Any:
-    """A field of an OASST message, type-checked. `where` is "file:line: prompt.replies[2]"-style."""
-    if name not in message:
-        if required:
-            raise DataError(f"{where}: missing field '{name}'")
-        return None
-    value = message[name]
-    types = expected if isinstance(expected, tuple) else (expected,)
-    if value is not None and (isinstance(value, bool) and bool not in types or not isinstance(value, types)):
-        names = " or ".join(t.__name__ for t in types)
-        raise DataError(f"{where}.{name}: must be {names}, got {type(value).__name__} {json.dumps(value)[:60]}")
-    if value is None and required:
-        raise DataError(f"{where}.{name}: is null")
-    return value
+def _label(at: str) -> Label:
+    """This module's wording of a place in a tree: "file:line: prompt.replies[2].rank:"."""
+    return lambda path: f"{at}: {path}:"
 
 
 def read_oasst_trees(
@@ -121,6 +100,7 @@ def read_oasst_trees(
     Each line is {"message_tree_id", "prompt": message}, where a message has "text", "role" ("prompter" or
     "assistant"), "replies" (child messages) and, on ranked replies, "rank" (0 = best). Every user message whose
     assistant replies carry ranks makes a group, at any depth; its context is the path from the root to it.
+    Messages are parsed by `srlm.data.oasst.walk_tree`, the one OASST parser (message ids may be missing here).
 
     Left out, and counted in `counts`:
     - skipped_unranked: assistant replies without a rank (rank missing or null);
@@ -133,10 +113,11 @@ def read_oasst_trees(
     Also counted: trees, messages, synthetic_messages, groups, replies, ordered_pairs (reply pairs with different
     human ranks), first_turn_groups (groups answering the first user turn).
 
-    Ranks are renumbered among the kept replies so that the best is 0 (see `_relative_ranks`).
-    Raises DataError for malformed trees: a missing or mistyped field, a rank that is not a non-negative integer,
-    an unknown role, a message id seen twice in one tree (a cycle or a duplicate), or a parent_id that does not
-    name the enclosing message.
+    Ranks are renumbered among the kept replies so that the best is 0: rank = how many kept replies are strictly
+    better ("min" ranking), so filtering away the rank-0 reply keeps "rank 0 = best" true and ties stay ties.
+    Raises DataError for malformed trees: a missing or mistyped field, a rank that is not a non-negative whole
+    number, an unknown role, a message id seen twice in one tree (a cycle or a duplicate), or a parent_id that does
+    not name the enclosing message.
     """
     path = Path(path)
     if min_replies < 1:
@@ -150,67 +131,28 @@ def read_oasst_trees(
         root = tree.get("prompt")
         if not isinstance(root, dict):
             raise DataError(f"{at}: field 'prompt' must be a message object, got {type(root).__name__}")
-        tree_id = tree.get("message_tree_id")
         counts["trees"] += 1
-        seen_message_ids: set[str] = set()
-
-        # Depth-first walk with an explicit stack (no recursion limit on long conversations). Each entry:
-        # (message, its field path for messages, the conversation before it, why an ancestor excludes it or None,
-        #  the enclosing message's id).
-        stack: list[tuple[dict, str, list[dict], str | None, str | None]] = [(root, "prompt", [], None, None)]
-        while stack:
-            message, field_path, history, excluded_by, parent_message_id = stack.pop()
-            where = f"{at}: {field_path}"
-            text, role, replies, message_id = _check_message(message, where, seen_message_ids, parent_message_id)
-            counts["messages"] += 1
-            synthetic = bool(_oasst_field(message, "synthetic", where, bool, required=False))
-            counts["synthetic_messages"] += synthetic
-            # Why this message cannot be part of a human-only conversation, if it cannot.
-            own_exclusion = _exclusion_reason(message, where, include_synthetic)
-            excluded_here = excluded_by or own_exclusion
-            conversation = history + [{"role": role, "content": text}]
-
-            children = []
-            for index, child in enumerate(replies):
-                child_path = f"{field_path}.replies[{index}]"
-                if not isinstance(child, dict):
-                    raise DataError(f"{at}: {child_path}: expected a message object, got {type(child).__name__}")
-                children.append((child, child_path))
-            for child, child_path in reversed(children):  # reversed: the stack then visits them in file order
-                stack.append((child, child_path, conversation, excluded_here, message_id))
-
-            if role != "user":
-                continue
-            assistant_children = [
-                (child, child_path) for child, child_path in children
-                if _OASST_ROLES.get(child.get("role")) == "assistant"
-            ]
-            if not assistant_children:
-                continue
-            if excluded_here:
-                counts[f"skipped_{excluded_here}_context"] += 1
-                continue
-            group = _oasst_group(assistant_children, conversation, at, counts, include_synthetic)
-            if len(group) < min_replies:
+        for message, conversation, replies in _user_turns(root, at, include_synthetic, counts):
+            if len(replies) < min_replies:
                 counts["skipped_too_few_replies"] += 1
                 continue
-            ranks = _relative_ranks([reply["rank"] for reply in group])
-            kept = [dict(reply, rank=rank) for reply, rank in zip(group, ranks)]
-            ranked_group = RankedGroup(
+            ranks = renumber_ranks([reply["rank"] for reply in replies], "min")
+            kept = [dict(reply, rank=rank) for reply, rank in zip(replies, ranks)]
+            group = RankedGroup(
                 group_id=_group_id(conversation, kept),
                 context=[dict(turn) for turn in conversation],  # copies: groups must not share mutable messages
                 replies=kept,
                 source=at,
-                meta={"message_tree_id": tree_id, "parent_message_id": message_id},
+                meta={"message_tree_id": tree.get("message_tree_id"), "parent_message_id": message.message_id},
             )
-            if ranked_group.group_id in seen_group_ids:
+            if group.group_id in seen_group_ids:
                 counts["skipped_duplicate"] += 1
                 continue
-            seen_group_ids.add(ranked_group.group_id)
-            groups.append(ranked_group)
+            seen_group_ids.add(group.group_id)
+            groups.append(group)
             counts["groups"] += 1
             counts["replies"] += len(kept)
-            counts["ordered_pairs"] += ranked_group.n_ordered_pairs
+            counts["ordered_pairs"] += group.n_ordered_pairs
             counts["first_turn_groups"] += len(conversation) == 1
 
     if counts["trees"] == 0:
@@ -218,60 +160,76 @@ def read_oasst_trees(
     return ReadResult(groups, _with_all_keys(counts, _OASST_COUNT_KEYS))
 
 
-def _check_message(
-    message: dict, where: str, seen_message_ids: set[str], parent_message_id: str | None
-) -> tuple[str, str, list, str | None]:
-    """(text, chat role, replies, message_id) of an OASST message, after checking its fields and its place in the tree.
+def _user_turns(
+    root: dict, at: str, include_synthetic: bool, counts: Counter
+) -> Iterator[tuple[Message, list[dict], list[dict]]]:
+    """(user message, conversation up to and including it, its usable ranked replies) for each user turn of one
+    tree that has assistant replies and a human-only context; counts messages and what it leaves out."""
+    label = _label(at)
+    seen_message_ids: set[str] = set()
+    # Per message met so far (by field path): the conversation up to it, and why it or an ancestor is excluded.
+    above: dict[str, tuple[list[dict], str | None]] = {}
+    for node in walk_tree(root, label, roles=_OASST_ROLES, require_id=False, require_text=True):
+        message = node.message
+        _check_place(node, label, seen_message_ids)
+        counts["messages"] += 1
+        counts["synthetic_messages"] += message.synthetic
+        history, excluded_by = above[node.parent.path] if node.parent else ([], None)
+        excluded_here = excluded_by or _exclusion_reason(message, include_synthetic)
+        conversation = history + [{"role": message.chat_role, "content": message.text}]
+        above[node.path] = (conversation, excluded_here)
+
+        assistant_replies = [reply for reply in node.replies if reply.chat_role == "assistant"]
+        if message.chat_role != "user" or not assistant_replies:
+            continue
+        if excluded_here:
+            counts[f"skipped_{excluded_here}_context"] += 1
+            continue
+        yield message, conversation, _usable_replies(assistant_replies, conversation, counts, include_synthetic)
+
+
+def _check_place(node: TreeNode, label: Label, seen_message_ids: set[str]) -> None:
+    """A message's place in its tree: its id not met before in the tree, its parent_id naming the enclosing message.
 
     A nested JSON tree cannot loop by itself; a cycle in the source data shows up as a message id reappearing
     below itself (or a parent_id naming another message), and either is an error.
     """
-    text = _oasst_field(message, "text", where, str)
-    role_name = _oasst_field(message, "role", where, str)
-    if role_name not in _OASST_ROLES:
-        raise DataError(f"{where}.role: unknown role {role_name!r}, expected 'prompter' or 'assistant'")
-    replies = _oasst_field(message, "replies", where, list, required=False) or []
-    message_id = _oasst_field(message, "message_id", where, str, required=False)
-    parent_id = _oasst_field(message, "parent_id", where, str, required=False)
+    message_id = node.message.message_id
     if message_id is not None:
         if message_id in seen_message_ids:
-            raise DataError(f"{where}.message_id: {message_id} appears twice in the tree (a cycle or a duplicate)")
+            raise DataError(
+                f"{label(node.path + '.message_id')} {message_id} appears twice in the tree (a cycle or a duplicate)"
+            )
         seen_message_ids.add(message_id)
-    if parent_id is not None and parent_message_id is not None and parent_id != parent_message_id:
-        raise DataError(f"{where}.parent_id: {parent_id} does not match the enclosing message {parent_message_id}")
-    return text, _OASST_ROLES[role_name], replies, message_id
+    enclosing = node.parent.message.message_id if node.parent else None
+    parent_id = node.message.parent_id
+    if parent_id is not None and enclosing is not None and parent_id != enclosing:
+        raise DataError(
+            f"{label(node.path + '.parent_id')} {parent_id} does not match the enclosing message {enclosing}"
+        )
 
 
-def _exclusion_reason(message: dict, where: str, include_synthetic: bool) -> str | None:
+def _exclusion_reason(message: Message, include_synthetic: bool) -> str | None:
     """'deleted' or 'synthetic' when this message (and so everything below it) is not usable human data."""
-    deleted = _oasst_field(message, "deleted", where, bool, required=False)
-    review_result = _oasst_field(message, "review_result", where, bool, required=False)
-    if deleted or review_result is False:
+    if message.deleted or message.review_result is False:
         return "deleted"
-    if not include_synthetic and _oasst_field(message, "synthetic", where, bool, required=False):
+    if message.synthetic and not include_synthetic:
         return "synthetic"
     return None
 
 
-def _oasst_group(
-    assistant_children: list[tuple[dict, str]], conversation: list[dict], at: str, counts: Counter, include_synthetic: bool
+def _usable_replies(
+    assistant_replies: list[Message], conversation: list[dict], counts: Counter, include_synthetic: bool
 ) -> list[dict]:
     """The usable ranked replies among a user turn's assistant replies; the others are counted by reason."""
     usable = []
-    for child, child_path in assistant_children:
-        where = f"{at}: {child_path}"
-        text = _oasst_field(child, "text", where, str)
-        reason = _exclusion_reason(child, where, include_synthetic)
-        rank = child.get("rank")
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
-            raise DataError(f"{where}.rank: must be a non-negative integer or null, got {json.dumps(rank)[:60]}")
-        if reason is None and rank is None:
-            reason = "unranked"
+    for reply in assistant_replies:
+        reason = _exclusion_reason(reply, include_synthetic) or ("unranked" if reply.rank is None else None)
         if reason is not None:
             counts[f"skipped_{reason}"] += 1
             continue
-        reply_id = child.get("message_id") or stable_id(json.dumps(conversation, ensure_ascii=False), text)
-        usable.append({"text": text, "rank": rank, "reply_id": reply_id})
+        reply_id = reply.message_id or stable_id(json.dumps(conversation, ensure_ascii=False), reply.text)
+        usable.append({"text": reply.text, "rank": reply.rank, "reply_id": reply_id})
     return usable
 
 
