@@ -13,9 +13,8 @@ SRC = ROOT / "src"
 
 # Known to be over the limits, with the size they may not grow past (each a part of the redesign still to do).
 LONG_MODULES = {"srlm/evaluation/metrics.py": 638, "srlm/config.py": 603,
-                "srlm/backends/vllm.py": 581, "srlm/cli/evaluation.py": 551, "srlm/evaluation/prompt_sets.py": 519}
-LONG_FUNCTIONS = {"srlm/cli/__init__.py:build_parser": 113, "srlm/cli/evaluation.py:add_eval_commands": 121,
-                  "srlm/evaluation/judge_eval.py:evaluate_judge": 88,
+                "srlm/backends/vllm.py": 581, "srlm/evaluation/prompt_sets.py": 519}
+LONG_FUNCTIONS = {"srlm/evaluation/judge_eval.py:evaluate_judge": 88,
                   "srlm/stages/prompts.py:run_prompts": 86}
 
 

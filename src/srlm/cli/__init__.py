@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from srlm import __version__
-from srlm.cli.common import (add_config_args, add_tracking_args, config_from_args, generation_backend,
-                             model_override, print_stats, stage_tracking_of)
+from srlm.cli.common import (Command, add_commands, arg, config_from_args, generation_backend, model_override,
+                             one_of, print_stats, stage_tracking_of)
 from srlm.errors import SrlmError
 
 RUN_HELP = """Run the whole self-rewarding loop: SFT (M1), then loop.iterations x (prompts, respond, judge, pairs, DPO).
@@ -149,7 +149,139 @@ def cmd_dpo(args) -> int:
     return 0
 
 
-# -- parser ------------------------------------------------------------------------------------------------------
+# -- the commands: what each takes, as data, and the parser built from them ---------------------------------------
+# Each Command names its handler above; tracking=True adds --tracking-run-dir/--tracking-stage, and every command but
+# those with config=False ends with --recipe/--config and key=value overrides (srlm.cli.common).
+
+STATS_OUT = arg("--stats-out", help="also write the training stats (JSON) to this file")
+
+# The loop and its stages, in the order `srlm --help` lists them; `srlm data`, `srlm eval` and `srlm report` follow.
+COMMANDS = (
+    Command(
+        "run", cmd_run,
+        help="the whole loop: SFT, then iterations of prompts/respond/judge/pairs/DPO",
+        description=RUN_HELP,
+        args=(
+            arg("--run-dir", required=True, help="folder for every output of the run (created if missing)"),
+        ),
+    ),
+    Command(
+        "recipes", cmd_recipes, config=False,
+        help="list the shipped recipes",
+        description="List the shipped recipes.",
+        args=(
+            arg("-v", "--verbose", action="store_true", help="also print each recipe's file path"),
+        ),
+    ),
+    Command(
+        "config", cmd_config,
+        help="print a resolved config, or every config key with its default and meaning",
+        description="Print the fully resolved config (recipe + overrides), or with --keys every key.",
+        args=(
+            arg("--keys", action="store_true", help="list every config key, its default and what it does"),
+        ),
+    ),
+    Command(
+        "sft", cmd_sft, tracking=True,
+        help="supervised fine-tuning on IFT (+ EFT) data: gives M1 (or the SFT baseline)",
+        description="SFT with the loss on response tokens only. IFT: {prompt, response}; EFT: {prompt, response, "
+        "judgement ending in 'Score: N'}. --no-eft trains the IFT-only baseline.",
+        args=(
+            arg("--ift", help="IFT JSONL (default: data.ift of the config, the shipped demo set)"),
+            one_of(arg("--eft", help="EFT JSONL (default: data.eft of the config)"),
+                   arg("--no-eft", action="store_true", help="IFT only: the paper's SFT baseline")),
+            arg("--model", help="base model: hub id, local directory or 'embedded' (default: model.name_or_path)"),
+            arg("--out", required=True, help="output model directory"),
+            STATS_OUT,
+        ),
+    ),
+    Command(
+        "push", cmd_push, config=False,
+        help="upload one model of a run, with its model card, to the Hugging Face Hub",
+        description="Upload RUN_DIR/models/MODEL (weights, config, tokenizer and README.md, the card srlm wrote) to "
+        "the Hub with huggingface_hub's upload_folder. Needs a token (HF_TOKEN or `hf auth login`); offline it stops "
+        "at once.",
+        args=(
+            arg("run_dir", metavar="RUN_DIR", help="a run directory written by `srlm run`"),
+            arg("--model", required=True, help="the model's folder name under RUN_DIR/models, e.g. m3"),
+            arg("--repo-id", required=True, help="the Hub repository, e.g. your-name/smollm2-135m-srlm-m3"),
+            arg("--private", action="store_true", help="create the repository as private"),
+        ),
+    ),
+    Command(
+        "train-judge", cmd_train_judge,
+        help="train a model's judge on human preference pairs (Bradley-Terry on its expected score; not in the "
+        "paper)",
+        description="Pairwise judge training: for each human pair the model's expected score (judge.method=direct's "
+        "prompt) of the preferred reply is pushed above the other's. Judge the result with judge.method=direct "
+        "judge.num_samples=1.",
+        args=(
+            arg("--model", help="the model whose judge to train, e.g. M1 (default: model.name_or_path)"),
+            arg("--pairs", help="preference pairs, HH-RLHF dialogues, OASST trees or ranked groups "
+                "(default: judge_training.pairs), e.g. builtin:hh_eft"),
+            arg("--out", required=True, help="output model directory"),
+            STATS_OUT,
+        ),
+    ),
+    Command(
+        "prompts", cmd_prompts,
+        help="generate new prompts by few-shot self-instruction, with Self-Instruct filters",
+        description="Few-shot self-instruction (6 seed + 2 generated demos, T 0.6, top-p 0.9) with ROUGE-L, length "
+        "and keyword filters. Writes OUT and OUT's .attempts.jsonl log.",
+        args=(
+            arg("--seed-prompts", required=True, help="JSONL with a 'prompt' field (e.g. IFT data)"),
+            arg("--pool", action="append", default=[], help="earlier generated prompts (JSONL); repeatable"),
+            arg("--iteration", type=int, default=1, help="iteration number recorded in each prompt (default 1)"),
+            arg("--model", help="generator model (default: model.name_or_path)"),
+            arg("--out", required=True, help="output prompts JSONL"),
+        ),
+    ),
+    Command(
+        "respond", cmd_respond,
+        help="sample N candidate responses per prompt",
+        description="N candidates per prompt (respond.num_samples, default 4; T 0.7, top-p 0.9). Resumable: rerun "
+        "the same command after an interruption.",
+        args=(
+            arg("--prompts", required=True, help="JSONL with a 'prompt' field ('prompt_id' optional)"),
+            arg("--model", help="model (default: model.name_or_path)"),
+            arg("--out", required=True, help="output responses JSONL"),
+        ),
+    ),
+    Command(
+        "judge", cmd_judge,
+        help="score each response with the additive 5-point judge, K samples averaged",
+        description="K judgements per response (judge.num_samples, default 3), parse failures kept as missing "
+        "values, parse rate reported. Resumable.",
+        args=(
+            arg("--responses", required=True, help="responses JSONL from `srlm respond`"),
+            arg("--model", help="judge model (default: model.name_or_path)"),
+            arg("--out", required=True, help="output judgements JSONL"),
+        ),
+    ),
+    Command(
+        "pairs", cmd_pairs,
+        help="best vs worst response per prompt, ties dropped: DPO pairs",
+        description="One pair per prompt (highest vs lowest mean score); ties and prompts with fewer than 2 scored "
+        "responses dropped and counted; optional pairs.min_score_gap and pairs.length_control_rho. Output is TRL's "
+        "conversational preference format.",
+        args=(
+            arg("--responses", required=True, help="responses JSONL"),
+            arg("--judgements", required=True, help="judgements JSONL"),
+            arg("--out", required=True, help="output pairs JSONL"),
+        ),
+    ),
+    Command(
+        "dpo", cmd_dpo, tracking=True,
+        help="DPO from a model with itself as reference: M_t -> M_t+1",
+        description="DPO (beta 0.1) with the starting model as reference; saves a full checkpoint.",
+        args=(
+            arg("--pairs", required=True, help="pairs JSONL from `srlm pairs`"),
+            arg("--model", help="M_t (default: model.name_or_path)"),
+            arg("--out", required=True, help="output model directory (M_t+1)"),
+            STATS_OUT,
+        ),
+    ),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,109 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"srlm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("run", help="the whole loop: SFT, then iterations of prompts/respond/judge/pairs/DPO",
-                       description=RUN_HELP)
-    p.add_argument("--run-dir", required=True, help="folder for every output of the run (created if missing)")
-    add_config_args(p)
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("recipes", help="list the shipped recipes", description="List the shipped recipes.")
-    p.add_argument("-v", "--verbose", action="store_true", help="also print each recipe's file path")
-    p.set_defaults(func=cmd_recipes)
-
-    p = sub.add_parser("config", help="print a resolved config, or every config key with its default and meaning",
-                       description="Print the fully resolved config (recipe + overrides), or with --keys every key.")
-    p.add_argument("--keys", action="store_true", help="list every config key, its default and what it does")
-    add_config_args(p)
-    p.set_defaults(func=cmd_config)
-
-    p = sub.add_parser("sft", help="supervised fine-tuning on IFT (+ EFT) data: gives M1 (or the SFT baseline)",
-                       description="SFT with the loss on response tokens only. IFT: {prompt, response}; "
-                       "EFT: {prompt, response, judgement ending in 'Score: N'}. --no-eft trains the IFT-only baseline.")
-    p.add_argument("--ift", help="IFT JSONL (default: data.ift of the config, the shipped demo set)")
-    eft_choice = p.add_mutually_exclusive_group()
-    eft_choice.add_argument("--eft", help="EFT JSONL (default: data.eft of the config)")
-    eft_choice.add_argument("--no-eft", action="store_true", help="IFT only: the paper's SFT baseline")
-    p.add_argument("--model", help="base model: hub id, local directory or 'embedded' (default: model.name_or_path)")
-    p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--stats-out", help="also write the training stats (JSON) to this file")
-    add_tracking_args(p)
-    add_config_args(p)
-    p.set_defaults(func=cmd_sft)
-
-    p = sub.add_parser("push", help="upload one model of a run, with its model card, to the Hugging Face Hub",
-                       description="Upload RUN_DIR/models/MODEL (weights, config, tokenizer and README.md, the card "
-                       "srlm wrote) to the Hub with huggingface_hub's upload_folder. Needs a token (HF_TOKEN or "
-                       "`hf auth login`); offline it stops at once.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `srlm run`")
-    p.add_argument("--model", required=True, help="the model's folder name under RUN_DIR/models, e.g. m3")
-    p.add_argument("--repo-id", required=True, help="the Hub repository, e.g. your-name/smollm2-135m-srlm-m3")
-    p.add_argument("--private", action="store_true", help="create the repository as private")
-    p.set_defaults(func=cmd_push)
-
-    p = sub.add_parser("train-judge", help="train a model's judge on human preference pairs (Bradley-Terry on its "
-                       "expected score; not in the paper)",
-                       description="Pairwise judge training: for each human pair the model's expected score (judge."
-                       "method=direct's prompt) of the preferred reply is pushed above the other's. Judge the result "
-                       "with judge.method=direct judge.num_samples=1.")
-    p.add_argument("--model", help="the model whose judge to train, e.g. M1 (default: model.name_or_path)")
-    p.add_argument("--pairs", help="preference pairs, HH-RLHF dialogues, OASST trees or ranked groups "
-                   "(default: judge_training.pairs), e.g. builtin:hh_eft")
-    p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--stats-out", help="also write the training stats (JSON) to this file")
-    add_config_args(p)
-    p.set_defaults(func=cmd_train_judge)
-
-    p = sub.add_parser("prompts", help="generate new prompts by few-shot self-instruction, with Self-Instruct filters",
-                       description="Few-shot self-instruction (6 seed + 2 generated demos, T 0.6, top-p 0.9) with "
-                       "ROUGE-L, length and keyword filters. Writes OUT and OUT's .attempts.jsonl log.")
-    p.add_argument("--seed-prompts", required=True, help="JSONL with a 'prompt' field (e.g. IFT data)")
-    p.add_argument("--pool", action="append", default=[], help="earlier generated prompts (JSONL); repeatable")
-    p.add_argument("--iteration", type=int, default=1, help="iteration number recorded in each prompt (default 1)")
-    p.add_argument("--model", help="generator model (default: model.name_or_path)")
-    p.add_argument("--out", required=True, help="output prompts JSONL")
-    add_config_args(p)
-    p.set_defaults(func=cmd_prompts)
-
-    p = sub.add_parser("respond", help="sample N candidate responses per prompt",
-                       description="N candidates per prompt (respond.num_samples, default 4; T 0.7, top-p 0.9). "
-                       "Resumable: rerun the same command after an interruption.")
-    p.add_argument("--prompts", required=True, help="JSONL with a 'prompt' field ('prompt_id' optional)")
-    p.add_argument("--model", help="model (default: model.name_or_path)")
-    p.add_argument("--out", required=True, help="output responses JSONL")
-    add_config_args(p)
-    p.set_defaults(func=cmd_respond)
-
-    p = sub.add_parser("judge", help="score each response with the additive 5-point judge, K samples averaged",
-                       description="K judgements per response (judge.num_samples, default 3), parse failures kept as "
-                       "missing values, parse rate reported. Resumable.")
-    p.add_argument("--responses", required=True, help="responses JSONL from `srlm respond`")
-    p.add_argument("--model", help="judge model (default: model.name_or_path)")
-    p.add_argument("--out", required=True, help="output judgements JSONL")
-    add_config_args(p)
-    p.set_defaults(func=cmd_judge)
-
-    p = sub.add_parser("pairs", help="best vs worst response per prompt, ties dropped: DPO pairs",
-                       description="One pair per prompt (highest vs lowest mean score); ties and prompts with fewer "
-                       "than 2 scored responses dropped and counted; optional pairs.min_score_gap and "
-                       "pairs.length_control_rho. Output is TRL's conversational preference format.")
-    p.add_argument("--responses", required=True, help="responses JSONL")
-    p.add_argument("--judgements", required=True, help="judgements JSONL")
-    p.add_argument("--out", required=True, help="output pairs JSONL")
-    add_config_args(p)
-    p.set_defaults(func=cmd_pairs)
-
-    p = sub.add_parser("dpo", help="DPO from a model with itself as reference: M_t -> M_t+1",
-                       description="DPO (beta 0.1) with the starting model as reference; saves a full checkpoint.")
-    p.add_argument("--pairs", required=True, help="pairs JSONL from `srlm pairs`")
-    p.add_argument("--model", help="M_t (default: model.name_or_path)")
-    p.add_argument("--out", required=True, help="output model directory (M_t+1)")
-    p.add_argument("--stats-out", help="also write the training stats (JSON) to this file")
-    add_tracking_args(p)
-    add_config_args(p)
-    p.set_defaults(func=cmd_dpo)
-
+    add_commands(sub, COMMANDS)
     _add_optional_commands(sub)
     return parser
 

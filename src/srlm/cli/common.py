@@ -1,12 +1,91 @@
-"""What every `srlm` subcommand shares: the config arguments (`--recipe`/`--config` + key=value), the config they
-resolve to, `--model`, the generation backend of a config, and printing a stage's stats."""
+"""What every `srlm` subcommand shares: the commands as data (`Command`, `arg`, `one_of`) and what registers them
+(`add_commands`, `add_group`), the config arguments (`--recipe`/`--config` + key=value), the config they resolve to,
+`--model`, the generation backend of a config, and printing a stage's stats."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+
+# -- commands as data --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One `parser.add_argument(*flags, **options)` call, written down instead of made."""
+
+    flags: tuple[str, ...]
+    options: dict
+
+    def add_to(self, parser) -> None:
+        parser.add_argument(*self.flags, **self.options)
+
+
+def arg(*flags: str, **options) -> Arg:
+    """An argument of a `Command`: the same words as `add_argument`, e.g. arg("--out", required=True, help=...)."""
+    return Arg(flags, options)
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """Arguments of which a command line may give at most one (argparse's mutually exclusive group)."""
+
+    args: tuple[Arg, ...]
+
+    def add_to(self, parser) -> None:
+        group = parser.add_mutually_exclusive_group()
+        for argument in self.args:
+            argument.add_to(group)
+
+
+def one_of(*args: Arg) -> OneOf:
+    return OneOf(args)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `srlm` subcommand: its name, the handler `main` calls with the parsed arguments, the help `srlm --help`
+    lists it with, the description its own --help opens with, and its arguments in the order --help shows them."""
+
+    name: str
+    handler: Callable[[argparse.Namespace], int]
+    help: str
+    description: str
+    args: tuple[Arg | OneOf, ...] = ()
+    tracking: bool = False  # then --tracking-run-dir and --tracking-stage (add_tracking_args)
+    config: bool = True  # last, --recipe/--config and key=value overrides (add_config_args)
+    raw_description: bool = False  # the description keeps its line breaks (for example blocks)
+
+
+def add_commands(subparsers: argparse._SubParsersAction, commands: tuple[Command, ...]) -> None:
+    """Register each command of `commands` on `subparsers`, in order."""
+    for command in commands:
+        formatter = argparse.RawDescriptionHelpFormatter if command.raw_description else argparse.HelpFormatter
+        parser = subparsers.add_parser(command.name, help=command.help, description=command.description,
+                                       formatter_class=formatter)
+        for argument in command.args:
+            argument.add_to(parser)
+        if command.tracking:
+            add_tracking_args(parser)
+        if command.config:
+            add_config_args(parser)
+        parser.set_defaults(func=command.handler)
+
+
+def add_group(subparsers: argparse._SubParsersAction, name: str, *, help: str, description: str, dest: str,
+              metavar: str, commands: tuple[Command, ...]) -> argparse.ArgumentParser:
+    """A command whose work is done by subcommands of its own (`srlm data ...`, `srlm eval ...`); returns its parser."""
+    group = subparsers.add_parser(name, help=help, description=description)
+    add_commands(group.add_subparsers(dest=dest, metavar=metavar, required=True), commands)
+    return group
+
+
+# -- what the commands share -------------------------------------------------------------------------------------
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

@@ -1,10 +1,10 @@
 """The `srlm data` subcommands: `oasst`, `eft`, `convert` and `decontaminate`.
 
-`add_data_commands(subparsers)` registers them on the main CLI's subparsers. Each handler takes the parsed
-arguments, prints what it did as a small table and returns the exit status; a `DataError` is left to propagate,
-since the main CLI prints those as one-line messages. The library functions are imported inside the handlers
-(they are cheap, but what they import later, `datasets`, `pyarrow`, `rouge_score`, is not), so that
-`srlm --help` stays fast.
+`add_data_commands(subparsers)` registers them, as declared in `DATA_COMMANDS`, on the main CLI's subparsers. Each
+handler takes the parsed arguments, prints what it did as a small table and returns the exit status; a `DataError`
+is left to propagate, since the main CLI prints those as one-line messages. The library functions are imported
+inside the handlers (they are cheap, but what they import later, `datasets`, `pyarrow`, `rouge_score`, is not), so
+that `srlm --help` stays fast.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from typing import Iterable
 
 # Cheap to import: these modules import only the standard library and srlm.io at module level.
 from srlm.argtypes import fraction, non_negative_int, positive_int, threshold
+from srlm.cli.common import Command, add_group, arg, config_from_args, generation_backend, model_override
 from srlm.data.formats import FORMATS
 from srlm.data.oasst import DEFAULT_IFT_SHARE_OF_RANKED
-
-_FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
 def _print_table(title: str, rows: Iterable[tuple[str, object]]) -> None:
@@ -27,10 +26,6 @@ def _print_table(title: str, rows: Iterable[tuple[str, object]]) -> None:
     print(title)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
-
-
-
-
 
 
 def _langs(text: str) -> tuple[str, ...] | None:
@@ -67,7 +62,6 @@ def run_oasst(args: argparse.Namespace) -> int:
 
 
 def run_eft(args: argparse.Namespace) -> int:
-    from srlm.cli.common import config_from_args, generation_backend, model_override
     from srlm.data.eft import counts_path_for, format_counts, run_data_eft
 
     cfg = config_from_args(args, model_override(args))
@@ -213,80 +207,84 @@ example:
 """
 
 
+# `srlm data COMMAND`, in the order `srlm data --help` lists them (config=False: no --recipe/--config/key=value).
+DATA_COMMANDS = (
+    Command(
+        "oasst", run_oasst, config=False, raw_description=True,
+        help="OpenAssistant -> IFT + ranked EFT groups",
+        description=_OASST_HELP,
+        args=(
+            arg("input", metavar="INPUT", help="tree export, flat message table (JSONL/Parquet) or Hub id"),
+            arg("--out", required=True, metavar="DIR", help="folder for the output files"),
+            arg("--langs", type=_langs, default=("en",), metavar="CODES",
+                help="first-turn languages, comma-separated, or 'all' (default: en)"),
+            arg("--include-synthetic", action="store_true", help="also use model-written (synthetic) messages"),
+            arg("--eval-fraction", type=fraction, default=0.25, metavar="F",
+                help="share of EFT prompts held out for eval (default: 0.25)"),
+            arg("--ift-share", type=fraction, default=DEFAULT_IFT_SHARE_OF_RANKED, metavar="F",
+                help="share of the prompts usable for both IFT and EFT that go to IFT "
+                     "(default: %(default)s, near the paper's 3,200 IFT : 2,171 EFT)"),
+            arg("--seed", type=int, default=0, metavar="N",
+                help="seed of the IFT/EFT and train/eval splits (default: 0)"),
+            arg("--limit", type=positive_int, default=None, metavar="N",
+                help="use only the first N trees (quick runs)"),
+            arg("--split", default=None, help="Hub split to read (default: all splits)"),
+        ),
+    ),
+    Command(
+        "eft", run_eft, raw_description=True,
+        help="teacher-judged, human-agreeing judge demonstrations (EFT) from ranked groups",
+        description=_EFT_HELP,
+        args=(
+            arg("--source", required=True, metavar="FILE",
+                help="ranked groups from `srlm data oasst` (eft_source_train.jsonl)"),
+            arg("--out", required=True, metavar="FILE", help="output EFT JSONL"),
+            arg("--model", default=None, metavar="TEACHER",
+                help="teacher model: hub id, local directory or 'embedded' (default: model.name_or_path)"),
+            # The default is srlm.data.eft.DEFAULT_MAX_PER_SCORE_SHARE, written out so `srlm --help` need not import
+            # it.
+            arg("--max-per-score-share", type=threshold, default=0.4, metavar="F",
+                help="most share of the kept examples one score value may have; 1 = no rebalancing (default: 0.4)"),
+            arg("--limit", type=positive_int, default=None, metavar="N",
+                help="use only the first N groups (quick runs)"),
+        ),
+    ),
+    Command(
+        "convert", run_convert, config=False, raw_description=True,
+        help="convert Alpaca/ShareGPT/OpenAI/... to srlm JSONL",
+        description=_CONVERT_HELP,
+        args=(
+            arg("input", metavar="INPUT", help="data file or Hub id"),
+            arg("--out", required=True, metavar="FILE", help="output JSONL"),
+            arg("--kind", required=True, choices=("ift", "prompts"), help="prompt/response pairs or prompts only"),
+            arg("--format", default="auto", choices=("auto", *FORMATS),
+                help="input format (default: auto, detected from the first record)"),
+            arg("--split", default="train", help="Hub split to read (default: train)"),
+        ),
+    ),
+    Command(
+        "decontaminate", run_decontaminate, config=False, raw_description=True,
+        help="drop records whose prompt matches an evaluation prompt",
+        description=_DECONTAMINATE_HELP,
+        args=(
+            arg("input", metavar="INPUT", help="srlm JSONL whose records have a prompt field"),
+            arg("--eval", action="append", required=True, metavar="FILE", help="evaluation prompts (repeatable)"),
+            arg("--out", required=True, metavar="FILE", help="output JSONL with the kept records"),
+            arg("--threshold", type=threshold, default=0.8, metavar="T",
+                help="ROUGE-L F1 at or above which a prompt is a near match (default: 0.8)"),
+            arg("--ngram", type=non_negative_int, default=13, metavar="N",
+                help="a shared run of N words is also a near match; 0 turns it off (default: 13)"),
+            arg("--field", default="prompt", help="the record field holding the prompt (default: prompt)"),
+            arg("--report", default=None, metavar="FILE",
+                help="where to write the matches (default: OUT's name + .decontamination.json)"),
+            arg("--split", default="train", help="Hub split for --eval ids (default: train)"),
+        ),
+    ),
+)
+
+
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `data` and its subcommands on the main CLI's `subparsers`; returns the `data` parser."""
-    data = subparsers.add_parser(
-        "data",
-        help="build, convert and decontaminate seed data",
-        description="Prepare seed data: build IFT/EFT from OpenAssistant, convert common formats, decontaminate.",
-    )
-    commands = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
-
-    oasst = commands.add_parser(
-        "oasst", help="OpenAssistant -> IFT + ranked EFT groups", description=_OASST_HELP, formatter_class=_FORMATTER
-    )
-    arg = oasst.add_argument
-    arg("input", metavar="INPUT", help="tree export, flat message table (JSONL/Parquet) or Hub id")
-    arg("--out", required=True, metavar="DIR", help="folder for the output files")
-    arg("--langs", type=_langs, default=("en",), metavar="CODES",
-        help="first-turn languages, comma-separated, or 'all' (default: en)")
-    arg("--include-synthetic", action="store_true", help="also use model-written (synthetic) messages")
-    arg("--eval-fraction", type=fraction, default=0.25, metavar="F",
-        help="share of EFT prompts held out for eval (default: 0.25)")
-    arg("--ift-share", type=fraction, default=DEFAULT_IFT_SHARE_OF_RANKED, metavar="F",
-        help="share of the prompts usable for both IFT and EFT that go to IFT "
-             "(default: %(default)s, near the paper's 3,200 IFT : 2,171 EFT)")
-    arg("--seed", type=int, default=0, metavar="N", help="seed of the IFT/EFT and train/eval splits (default: 0)")
-    arg("--limit", type=positive_int, default=None, metavar="N", help="use only the first N trees (quick runs)")
-    arg("--split", default=None, help="Hub split to read (default: all splits)")
-    oasst.set_defaults(func=run_oasst)
-
-    from srlm.cli.common import add_config_args
-
-    eft = commands.add_parser(
-        "eft", help="teacher-judged, human-agreeing judge demonstrations (EFT) from ranked groups",
-        description=_EFT_HELP, formatter_class=_FORMATTER,
-    )
-    arg = eft.add_argument
-    arg("--source", required=True, metavar="FILE", help="ranked groups from `srlm data oasst` (eft_source_train.jsonl)")
-    arg("--out", required=True, metavar="FILE", help="output EFT JSONL")
-    arg("--model", default=None, metavar="TEACHER",
-        help="teacher model: hub id, local directory or 'embedded' (default: model.name_or_path)")
-    # The default is srlm.data.eft.DEFAULT_MAX_PER_SCORE_SHARE, written out so `srlm --help` need not import it.
-    arg("--max-per-score-share", type=threshold, default=0.4, metavar="F",
-        help="most share of the kept examples one score value may have; 1 = no rebalancing (default: 0.4)")
-    arg("--limit", type=positive_int, default=None, metavar="N", help="use only the first N groups (quick runs)")
-    add_config_args(eft)
-    eft.set_defaults(func=run_eft)
-
-    convert = commands.add_parser(
-        "convert", help="convert Alpaca/ShareGPT/OpenAI/... to srlm JSONL", description=_CONVERT_HELP,
-        formatter_class=_FORMATTER,
-    )
-    arg = convert.add_argument
-    arg("input", metavar="INPUT", help="data file or Hub id")
-    arg("--out", required=True, metavar="FILE", help="output JSONL")
-    arg("--kind", required=True, choices=("ift", "prompts"), help="prompt/response pairs or prompts only")
-    arg("--format", default="auto", choices=("auto", *FORMATS),
-        help="input format (default: auto, detected from the first record)")
-    arg("--split", default="train", help="Hub split to read (default: train)")
-    convert.set_defaults(func=run_convert)
-
-    decon = commands.add_parser(
-        "decontaminate", help="drop records whose prompt matches an evaluation prompt",
-        description=_DECONTAMINATE_HELP, formatter_class=_FORMATTER,
-    )
-    arg = decon.add_argument
-    arg("input", metavar="INPUT", help="srlm JSONL whose records have a prompt field")
-    arg("--eval", action="append", required=True, metavar="FILE", help="evaluation prompts (repeatable)")
-    arg("--out", required=True, metavar="FILE", help="output JSONL with the kept records")
-    arg("--threshold", type=threshold, default=0.8, metavar="T",
-        help="ROUGE-L F1 at or above which a prompt is a near match (default: 0.8)")
-    arg("--ngram", type=non_negative_int, default=13, metavar="N",
-        help="a shared run of N words is also a near match; 0 turns it off (default: 13)")
-    arg("--field", default="prompt", help="the record field holding the prompt (default: prompt)")
-    arg("--report", default=None, metavar="FILE",
-        help="where to write the matches (default: OUT's name + .decontamination.json)")
-    arg("--split", default="train", help="Hub split for --eval ids (default: train)")
-    decon.set_defaults(func=run_decontaminate)
-    return data
+    return add_group(subparsers, "data", help="build, convert and decontaminate seed data",
+                     description="Prepare seed data: build IFT/EFT from OpenAssistant, convert common formats, "
+                     "decontaminate.", dest="data_command", metavar="COMMAND", commands=DATA_COMMANDS)
