@@ -376,3 +376,46 @@ def test_a_run_can_start_from_an_m1_made_elsewhere(tiny_model_dir, tmp_path, cap
     with pytest.raises(SrlmError, match="judge_training.pairs would train nothing"):
         run_loop(small_config(tiny_model_dir, *given, f"judge_training.pairs={tiny_model_dir}/config.json"),
                  tmp_path / "third")
+
+
+@pytest.mark.parametrize("policy", ["anchored", "consistency_weighted"])
+def test_pair_policies_run_in_the_loop(tiny_model_dir, tmp_path, monkeypatch, capsys, policy):
+    import srlm.loop
+    import srlm.stages.pairs
+
+    smoothing_seen = []
+    real_run_dpo = srlm.loop.run_dpo
+
+    def run_dpo(model_path, pairs, out_dir, cfg, **kwargs):
+        smoothing_seen.append(cfg.label_smoothing)
+        return real_run_dpo(model_path, pairs, out_dir, cfg, **kwargs)
+
+    monkeypatch.setattr(srlm.loop, "run_dpo", run_dpo)
+    # The scripted judge scores an answer the same whichever model it stands for (tau = 1); a made-up consistency
+    # shows that the label smoothing it implies reaches DPO.
+    monkeypatch.setattr(srlm.stages.pairs, "consistency_rate",
+                        lambda by_prompt, previous: {"consistency_rate": 0.8, "prompts_compared": len(by_prompt),
+                                                     "prompts_undefined": 0})
+    run_dir = tmp_path / "run"
+    summary = run_loop(small_config(tiny_model_dir, f"pairs.policy={policy}"), run_dir)
+    first, second = summary["iterations"]
+    assert first["policy"] == second["policy"] == policy
+    it1, it2 = run_dir / "iter_1", run_dir / "iter_2"
+    if policy == "anchored":
+        assert first["anchored"] is False and second["anchored"] is True  # iteration 1: M1 is the anchor
+        assert not (it1 / "anchor_responses.jsonl").exists()
+        anchor_texts = {r["response"] for r in read_jsonl(it2 / "anchor_responses.jsonl")}
+        assert len(read_jsonl(it2 / "anchor_judgements.jsonl")) == len(anchor_texts) > 0
+        pairs = read_jsonl(it2 / "pairs.jsonl")
+        assert pairs and all(p["rejected_from"] == "anchor" and p["rejected"][0]["content"] in anchor_texts
+                             for p in pairs)
+        assert smoothing_seen == [0.0, 0.0]
+    else:
+        assert first["consistency_rate"] is None and first["dpo_label_smoothing"] == 0.0  # no M_0
+        assert (it2 / "previous_judgements.jsonl").exists() and not (it1 / "previous_judgements.jsonl").exists()
+        assert second["consistency_rate"] == 0.8 and second["dpo_label_smoothing"] == 0.2
+        assert smoothing_seen == [0.0, 0.2]
+    assert "pair policy" in capsys.readouterr().out
+    # a rerun finds every stage, the policy's own included, done
+    run_loop(small_config(tiny_model_dir, f"pairs.policy={policy}"), run_dir)
+    assert "running" not in capsys.readouterr().out.replace("srlm: report", "")

@@ -73,3 +73,64 @@ def test_run_pairs_rejects_missing_judgements(tmp_path):
     with pytest.raises(DataError, match=r"j.jsonl:1: field 'score' must be a number or null"):
         run_pairs(tmp_path / "r.jsonl", tmp_path / "j.jsonl", tmp_path / "p.jsonl", PairsConfig(), seed=0)
     assert not (tmp_path / "p.jsonl").exists()
+
+
+# -- pair policies -------------------------------------------------------------------------------------------------
+
+
+def _files(tmp_path, name, scores, text=lambda pid, k: f"answer {k} to {pid}"):
+    """A responses file and its judgements: scores = {prompt_id: [score per answer]}."""
+    responses, judgements = [], []
+    for pid, vals in scores.items():
+        for k, score in enumerate(vals):
+            rid = f"{pid}-{k}"  # the same ids in every file, as respond makes them from prompt and sample index
+            responses.append({"prompt_id": pid, "response_id": rid, "prompt": f"question {pid}", "response": text(pid, k)})
+            judgements.append({"response_id": rid, "score": score})
+    write_jsonl(tmp_path / f"{name}_r.jsonl", responses)
+    write_jsonl(tmp_path / f"{name}_j.jsonl", judgements)
+    return tmp_path / f"{name}_r.jsonl", tmp_path / f"{name}_j.jsonl"
+
+
+def test_anchored_rejects_the_worst_anchor_answer(tmp_path):
+    current = _files(tmp_path, "now", {"p1": [3.0, 4.0], "p2": [2.0, 2.5], "p3": [4.0, 4.0], "p4": [None, None]})
+    anchor = _files(tmp_path, "m1", {"p1": [1.0, 2.0], "p2": [3.0, 2.5], "p3": [2.0, 2.0], "p4": [1.0, 1.0]},
+                    text=lambda pid, k: f"M1's answer {k} to {pid}")
+    cfg = PairsConfig(policy="anchored")
+    stats = run_pairs(*current, tmp_path / "pairs.jsonl", cfg, seed=0, anchor_responses=anchor[0],
+                      anchor_judgements=anchor[1])
+    pairs = {p["prompt_id"]: p for p in read_jsonl(tmp_path / "pairs.jsonl")}
+    # p1: M_t's best (4.0) against M1's worst (1.0); p2: M_t's best 2.5 does not beat M1's worst 2.5: dropped
+    assert pairs["p1"]["chosen"][0]["content"] == "answer 1 to p1"
+    assert pairs["p1"]["rejected"][0]["content"] == "M1's answer 0 to p1"
+    assert pairs["p1"]["rejected_from"] == "anchor" and pairs["p1"]["rejected_id"] == "anchor/p1-0"
+    assert (pairs["p1"]["chosen_score"], pairs["p1"]["rejected_score"]) == (4.0, 1.0)
+    assert set(pairs) == {"p1", "p3"}  # p3: 4.0 over M1's 2.0, although M_t's own answers tie
+    assert stats["dropped"] == {"anchor_not_worse": 1, "no_scored_response": 1}
+    assert stats["policy"] == "anchored" and stats["anchored"] is True
+    # without anchor files (iteration 1, where M_t is M1): the paper's pairs
+    plain = run_pairs(*current, tmp_path / "plain.jsonl", cfg, seed=0)
+    assert plain["anchored"] is False and plain["dropped"] == {"tie": 1, "fewer_than_2_scored": 1}
+
+
+def test_consistency_weighted_sets_label_smoothing_from_kendall_tau(tmp_path):
+    from scipy.stats import kendalltau
+
+    current = _files(tmp_path, "now", {"p1": [1.0, 2.0, 3.0], "p2": [3.0, 1.0, 2.0], "p3": [2.0, 2.0, 2.0]})
+    _, previous = _files(tmp_path, "before", {"p1": [1.0, 2.0, 3.0], "p2": [2.0, 1.0, 3.0], "p3": [1.0, 2.0, 3.0]})
+    stats = run_pairs(*current, tmp_path / "pairs.jsonl", PairsConfig(policy="consistency_weighted"), seed=0,
+                      previous_judgements=previous)
+    tau_p2 = kendalltau([3.0, 1.0, 2.0], [2.0, 1.0, 3.0]).statistic  # the two judges disagree on one order of p2
+    expected = ((1.0 + 1) / 2 + (tau_p2 + 1) / 2) / 2  # p3 is left out: M_t gave its answers one score
+    assert stats["prompts_compared"] == 2 and stats["prompts_undefined"] == 1
+    assert stats["consistency_rate"] == pytest.approx(expected, abs=1e-4)
+    assert stats["dpo_label_smoothing"] == pytest.approx(1 - expected, abs=1e-4)
+    assert stats["pairs"] == 2  # the pairs themselves are best_worst's
+    agree = run_pairs(*current, tmp_path / "pairs2.jsonl", PairsConfig(policy="consistency_weighted"), seed=0,
+                      previous_judgements=current[1])
+    assert agree["consistency_rate"] == 1.0 and agree["dpo_label_smoothing"] == 0.0
+    _, opposite = _files(tmp_path, "opposite", {"p1": [3.0, 2.0, 1.0], "p2": [1.0, 3.0, 2.0], "p3": [3.0, 2.0, 1.0]})
+    flipped = run_pairs(*current, tmp_path / "pairs4.jsonl", PairsConfig(policy="consistency_weighted"), seed=0,
+                        previous_judgements=opposite)
+    assert flipped["consistency_rate"] == 0.0 and flipped["dpo_label_smoothing"] == 0.49  # Robust DPO needs < 0.5
+    first = run_pairs(*current, tmp_path / "pairs3.jsonl", PairsConfig(policy="consistency_weighted"), seed=0)
+    assert first["consistency_rate"] is None and first["dpo_label_smoothing"] == 0.0  # iteration 1: no M_0

@@ -15,7 +15,8 @@ import pytest
 from srlm import tracking
 from srlm.config import Config, load_config, save_config
 from srlm.errors import ConfigError, SrlmError
-from srlm.loop import STAGE_SECTIONS, preview_changes, run_loop, stage_fingerprint
+from srlm.loop import run_loop
+from srlm.stage_settings import STAGE_SECTIONS, preview_changes, stage_fingerprint
 from srlm.rundir import RunDir
 from srlm.stages.select import selection_fingerprint
 from srlm.stages.training import trainer_kwargs

@@ -241,6 +241,13 @@ class JudgeConfig(_Section):
 
 
 class PairsConfig(_Section):
+    policy: Literal["best_worst", "anchored", "consistency_weighted"] = Field(
+        "best_worst", description="How pairs are made (srlm.stages.pairs): 'best_worst' = the paper, M_t's best vs "
+        "worst answer; 'anchored' = M_t's best vs the worst of M1's answers to the same prompt (Temporal "
+        "Self-Rewarding; M1 answers and M_t judges each iteration's prompts once more); 'consistency_weighted' = "
+        "best vs worst, DPO label smoothing 1 - C where C is how alike M_t and M_t-1 rank the candidates (CREAM; "
+        "M_t-1 judges them once more).",
+    )
     min_score_gap: float = Field(0.0, ge=0, description="Drop a prompt whose best and worst average scores differ by less.")
     length_control_rho: float = Field(
         0.0, ge=0, le=1, description="Meta-Rewarding length control: 0 = plain best vs worst; rho > 0 picks the "
@@ -256,6 +263,10 @@ class DpoConfig(TrainingConfig):
     batch_size: int = Field(16, ge=1, description="Effective batch size in pairs (paper: 16).")
     micro_batch_size: int = Field(2, ge=1, description="Pairs per forward pass.")
     max_length_tokens: int = Field(1024, ge=32, description="Prompt + response truncated to this many tokens.")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="TRL's label smoothing (Robust DPO: the chance a pair's label is flipped). "
+        "pairs.policy=consistency_weighted sets it for each iteration from the judges' consistency.",
+    )
     nll_weight: float = Field(
         0.0, ge=0, description="Weight of an extra negative log-likelihood loss on the chosen answer (RPO, Pang et "
         "al. 2024; TRL loss_type ['sigmoid', 'sft']); 0 = plain DPO, the paper's.",
@@ -469,11 +480,13 @@ ADDED_KEYS: dict[str, dict[str, object]] = {
                 "enforce_eager": False, "data_parallel_size": 1},
     "judge": {"method": "sample_mean"},
     "sft": {"group_by_length": True, "save_every_steps": None},
-    "dpo": {"group_by_length": True, "checkpoint_every_steps": None, "nll_weight": 0.0, "save_every_steps": None},
+    "dpo": {"group_by_length": True, "checkpoint_every_steps": None, "nll_weight": 0.0, "save_every_steps": None,
+            "label_smoothing": 0.0},
     "eval": {"winrate_method": "pairwise", "select_checkpoint": False, "selection_prompts": None, "selection_limit": 32,
              "selection_judge": "previous", "ifeval_prompts": None, "ifeval_limit": None, "ifeval_max_new_tokens": 384,
              "harness_tasks": [], "harness_limit": None, "harness_include_path": None},
     "loop": {"require_judge_signal": False, "m1": None},
+    "pairs": {"policy": "best_worst"},
     "judge_training": {"length_balance": False},
 }
 

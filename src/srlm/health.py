@@ -54,6 +54,10 @@ def collapse_warnings(monitors: dict, first: dict | None) -> list[str]:
     return warnings
 
 
+# What a pair policy (pairs.policy) adds to the pairs stage's stats, carried into the row (srlm.stages.pairs).
+POLICY_FIELDS = ("policy", "anchored", "consistency_rate", "prompts_compared", "dpo_label_smoothing")
+
+
 def iteration_row(stats: dict, seconds: float) -> dict:
     p, r, j, pr, dpo = (stats[k] for k in ("prompts_stage", "respond_stage", "judge_stage", "pairs_stage", "dpo_stage"))
     return {
@@ -73,6 +77,7 @@ def iteration_row(stats: dict, seconds: float) -> dict:
         "rejected_len_mean": pr["rejected_len_mean"],
         "chosen_score_mean": pr["chosen_score_mean"],
         "rejected_score_mean": pr["rejected_score_mean"],
+        **{key: pr[key] for key in POLICY_FIELDS if key in pr},
         "dpo_reward_accuracy": dpo.get("reward_accuracy_last"),
         "dpo_reward_margin": dpo.get("reward_margin_last"),
         "dpo_loss_first": dpo.get("loss_first"),
@@ -116,6 +121,8 @@ def print_iteration_table(row: dict) -> None:
         ("DPO reward margin (last step)", row["dpo_reward_margin"]),
         ("seconds", row["seconds"]),
     ]
+    if row.get("policy", "best_worst") != "best_worst":
+        lines.insert(7, ("pair policy", _policy_cell(row)))
     evaluation = row.get("eval", {})
     for key, other in (("winrate_vs_previous", row["iteration"]), ("winrate_vs_m1", 1)):
         if key in evaluation:
@@ -152,6 +159,16 @@ def print_iteration_table(row: dict) -> None:
     for key, value in lines:
         print(f"  {key.ljust(width)}  {value}")
     print("=" * (width + 40) + "\n", flush=True)
+
+
+def _policy_cell(row: dict) -> str:
+    if row["policy"] == "anchored":
+        return "anchored: rejected from M1's answers" if row.get("anchored") else "anchored (iteration 1: M1 is the anchor)"
+    rate = row.get("consistency_rate")
+    if rate is None:
+        return "consistency_weighted (no previous judge: plain DPO)"
+    return (f"consistency_weighted: M_t vs M_t-1 consistency {rate} over {row.get('prompts_compared')} prompts, "
+            f"DPO label smoothing {row.get('dpo_label_smoothing')}")
 
 
 def _accuracy_cell(metrics: dict | None) -> str:

@@ -10,6 +10,9 @@
 
 Each line is a stage from `srlm.stages`, run through `RunDir.stage`, which skips what is finished and resumes what
 was interrupted. After each iteration a table of its health metrics is printed and `summary.json` is rewritten.
+Off the paper's path, behind keys: M1's judge trained on human pairs (judge_training.pairs), an M1 made elsewhere
+(loop.m1), pair policies that need more answers or judgements (pairs.policy: `run_policy_stages`), checkpoint
+selection (eval.select_checkpoint), and the side stages (evaluations, the SFT baseline).
 """
 
 from __future__ import annotations
@@ -37,85 +40,8 @@ from srlm.stages.respond import run_respond
 from srlm.stages.select import check_selection_config, recover_model_dir, run_selection, selection_fingerprint
 from srlm.stages.sft import run_sft
 from srlm.stages.train_judge import run_train_judge
+from srlm.stage_settings import preview_changes, stage_fingerprint
 from srlm.seed import resolve_data_path  # also imported from here by callers: `srlm.loop.resolve_data_path`
-
-
-# The config sections each stage reads: a stage reruns when one of them changed (or a main-line stage before it
-# reran). Groups are hashed separately and joined, as they always have been, so fingerprints stay what they were.
-STAGE_SECTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "sft": (("seed", "model", "data", "sft"), ("judge",)),
-    "eval_m1": (("eval", "judge"),),
-    "eval_m1_ifeval": (("seed", "eval"),),
-    "eval_m1_harness": (("seed", "eval"),),
-    "prompts": (("seed", "prompts", "backend"),),
-    "respond": (("seed", "respond", "backend"),),
-    "judge": (("seed", "judge", "backend"),),
-    "pairs": (("seed", "pairs"),),
-    "dpo": (("seed", "dpo"),),
-    "eval": (("seed", "eval", "judge"),),
-    "sft_baseline": (("seed", "model", "data", "sft"),),
-    "train_judge": (("seed", "judge_training"), ("judge",)),
-}
-MAIN_LINE = ("sft", "train_judge", "prompts", "respond", "judge", "pairs", "dpo")
-
-
-def stage_fingerprint(cfg: Config, stage: str) -> str:
-    return "".join(cfg.fingerprint(*group) for group in STAGE_SECTIONS[stage])
-
-
-def changed_settings(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
-    """(dotted key, old value, new value) for every setting that differs between two dumped configs."""
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += changed_settings(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changes.append((f"{prefix}{key}", a, b))
-    return changes
-
-
-def preview_changes(cfg: Config, rd: RunDir) -> None:
-    """On a run directory that has run before with other settings: say which keys changed and which finished
-    stages will rerun, before anything is touched, and keep the old config as config.previous.yaml."""
-    import yaml
-
-    from srlm.config import ADDED_KEYS, ADDED_SECTIONS
-
-    old_path = rd.root / "config.yaml"
-    if not old_path.is_file():
-        return
-    try:
-        old = yaml.safe_load(old_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        old = {}
-    new = cfg.model_dump(mode="json")
-    for section in ADDED_SECTIONS:  # whole sections added since that config was written, still at their defaults
-        if section not in old and new.get(section) == Config.model_fields[section].default_factory().model_dump(mode="json"):
-            old[section] = new[section]
-    for section, added in ADDED_KEYS.items():  # keys added since that config was written, still at their defaults
-        for key, default in added.items():
-            if isinstance(old.get(section), dict) and key not in old[section] and new.get(section, {}).get(key) == default:
-                old[section][key] = default
-    changes = changed_settings(old, new)
-    if not changes:
-        return
-    print("srlm: settings changed since this run directory last ran:", flush=True)
-    for key, a, b in changes:
-        print(f"  {key}: {a!r} -> {b!r}")
-    changed_sections = {key.split(".")[0] for key, _, _ in changes}
-    done = {k for k, v in rd.manifest["stages"].items() if v.get("status") == "done"}
-    rerun, main_changed = [], False
-    for stage in MAIN_LINE:
-        main_changed = main_changed or any(changed_sections & set(g) for g in STAGE_SECTIONS[stage])
-        if main_changed:
-            rerun += [k for k in sorted(done) if k == stage or k.endswith(f"/{stage}")]
-    side = [k for k in sorted(done) if k not in rerun and k.split("/")[-1] not in MAIN_LINE
-            and (main_changed or any(changed_sections & set(g)
-                                     for g in STAGE_SECTIONS.get(k.split("/")[-1].replace("eval_sft_baseline", "eval_m1"), ())))]
-    print(f"  finished stages that will rerun: {', '.join(rerun + side) or 'none'}", flush=True)
-    (rd.root / "config.previous.yaml").write_text(old_path.read_text(encoding="utf-8"), encoding="utf-8")
-    print(f"  the previous config is kept in {rd.root / 'config.previous.yaml'}", flush=True)
 
 
 def seed_prompt_texts(cfg: Config) -> list[str]:
@@ -177,17 +103,11 @@ def check_model_dir(source: Path) -> None:
 
 
 def copy_model(source: Path, out_dir: Path) -> dict:
-    """loop.m1: the given model's files (weights, config, tokenizer; not its card) copied into models/m1."""
-    import shutil
-
-    from srlm.models import fresh_dir, move_into_place, work_dir
+    """loop.m1: the given model copied into models/m1."""
+    from srlm.models import copy_model_files
 
     check_model_dir(source)
-    staging = fresh_dir(work_dir(out_dir, "copying"))
-    for f in source.iterdir():
-        if f.is_file() and f.name != "README.md":
-            shutil.copy2(f, staging / f.name)
-    move_into_place(staging, out_dir)
+    copy_model_files(source, out_dir)
     return {"copied_from": str(source)}
 
 
@@ -208,12 +128,14 @@ def check_judge_training(cfg: Config) -> None:
                             "`srlm train-judge` and start the loop from it)")
 
 
-def _train_dpo(cfg: Config, rd: RunDir, model_t: Path, pairs: Path, out_dir: Path) -> dict:
+def _train_dpo(cfg: Config, rd: RunDir, model_t: Path, pairs: Path, out_dir: Path, dpo_cfg=None) -> dict:
     stage = tracking.stage_name(f"{Path(pairs).parent.name}/dpo")  # iter_t/pairs.jsonl -> iter_t_dpo
+    dpo_cfg = dpo_cfg or cfg.dpo
     if cfg.launch.num_processes > 1:
         return _launched(cfg, rd, ["dpo", "--pairs", str(pairs), "--model", str(model_t), "--out", str(out_dir),
-                                   *_tracking_args(cfg, rd, stage)], out_dir.name)
-    return run_dpo(str(model_t), pairs, out_dir, cfg.dpo, seed=cfg.seed, model=cfg.model,
+                                   *_tracking_args(cfg, rd, stage), f"dpo.label_smoothing={dpo_cfg.label_smoothing}"],
+                         out_dir.name)
+    return run_dpo(str(model_t), pairs, out_dir, dpo_cfg, seed=cfg.seed, model=cfg.model,
                    tracking=tracking.stage_tracking(cfg.tracking, rd.root, stage))
 
 
@@ -331,12 +253,14 @@ def run_iteration(cfg: Config, rd: RunDir, t: int, seeds: list[str], judge_of: d
                           seed=cfg.seed, chunk_prompts=cfg.backend.chunk_prompts),
     )
     actor.close()  # free the generation model before training
+    policy_inputs = run_policy_stages(cfg, rd, t, actor, stats)
     early = collapse_monitors({"score_histogram": stats["judge_stage"].get("score_histogram")})
     for warning in collapse_warnings(early, None):  # said now: with every answer at 5 there may be no pairs
         print(f"srlm: warning: iteration {t}: {warning}", flush=True)
     stats["pairs_stage"] = rd.stage(
         f"iter_{t}/pairs", stage_fingerprint(cfg, "pairs"), [d / "pairs.jsonl"],
-        lambda: run_pairs(d / "responses.jsonl", d / "judgements.jsonl", d / "pairs.jsonl", cfg.pairs, seed=cfg.seed),
+        lambda: run_pairs(d / "responses.jsonl", d / "judgements.jsonl", d / "pairs.jsonl", cfg.pairs, seed=cfg.seed,
+                          **policy_inputs),
     )
     if stats["pairs_stage"]["pairs"] == 0:
         raise SrlmError(
@@ -354,6 +278,39 @@ def run_iteration(cfg: Config, rd: RunDir, t: int, seeds: list[str], judge_of: d
         )
         judge_of[t + 1] = stats["eval"].get("judge_accuracy")
     return iteration_row(stats, rd.seconds(f"iter_{t}/"))
+
+
+def run_policy_stages(cfg: Config, rd: RunDir, t: int, actor: _Generator, stats: dict) -> dict:
+    """What pairs.policy needs beyond M_t's judgements of its own answers, from iteration 2 on (in iteration 1
+    M_t is M1 and there is no M_0): `anchored`, M1's answers to this iteration's prompts judged by M_t;
+    `consistency_weighted`, M_t-1's judgements of M_t's answers. Returns the pair stage's extra inputs."""
+    d = rd.iter_dir(t)
+    chunk = cfg.backend.chunk_prompts
+    if cfg.pairs.policy == "anchored" and t > 1:
+        anchor = _Generator(cfg, str(rd.model_dir(1)))
+        stats["anchor_respond_stage"] = rd.stage(
+            f"iter_{t}/anchor_respond", stage_fingerprint(cfg, "respond"), [d / "anchor_responses.jsonl"],
+            lambda: run_respond(d / "prompts.jsonl", d / "anchor_responses.jsonl", anchor.get(), cfg.respond,
+                                seed=cfg.seed, chunk_prompts=chunk),
+        )
+        anchor.close()
+        stats["anchor_judge_stage"] = rd.stage(
+            f"iter_{t}/anchor_judge", stage_fingerprint(cfg, "judge"), [d / "anchor_judgements.jsonl"],
+            lambda: run_judge(d / "anchor_responses.jsonl", d / "anchor_judgements.jsonl", actor.get(), cfg.judge,
+                              seed=cfg.seed, chunk_prompts=chunk),
+        )
+        actor.close()
+        return {"anchor_responses": d / "anchor_responses.jsonl", "anchor_judgements": d / "anchor_judgements.jsonl"}
+    if cfg.pairs.policy == "consistency_weighted" and t > 1:
+        previous = _Generator(cfg, str(rd.model_dir(t - 1)))
+        stats["previous_judge_stage"] = rd.stage(
+            f"iter_{t}/previous_judge", stage_fingerprint(cfg, "judge"), [d / "previous_judgements.jsonl"],
+            lambda: run_judge(d / "responses.jsonl", d / "previous_judgements.jsonl", previous.get(), cfg.judge,
+                              seed=cfg.seed, chunk_prompts=chunk),
+        )
+        previous.close()
+        return {"previous_judgements": d / "previous_judgements.jsonl"}
+    return {}
 
 
 def generate_prompts(cfg: Config, rd: RunDir, t: int, seeds: list[str], actor: _Generator) -> dict:
@@ -381,10 +338,14 @@ def train_next_model(cfg: Config, rd: RunDir, t: int, stats: dict) -> None:
     # off again must train again, so the setting is part of the DPO stage's fingerprint (only when on, so runs
     # without it keep theirs).
     selecting = cfg.eval.select_checkpoint
+    # pairs.policy=consistency_weighted: this iteration's label smoothing comes from its pairs stage (the stages
+    # before it are in the chain of fingerprints, so it needs no part in DPO's own).
+    smoothing = stats["pairs_stage"].get("dpo_label_smoothing")
+    dpo_cfg = cfg.dpo.model_copy(update={"label_smoothing": smoothing}) if smoothing else cfg.dpo
     stats["dpo_stage"] = rd.stage(
         f"iter_{t}/dpo", stage_fingerprint(cfg, "dpo") + ("+select" if selecting else ""),
         [model_next / "config.json"],
-        lambda: _train_dpo(cfg, rd, model_t, d / "pairs.jsonl", model_next),
+        lambda: _train_dpo(cfg, rd, model_t, d / "pairs.jsonl", model_next, dpo_cfg),
     )
     if selecting:
         # Part of the main line: the checkpoint picked here is M_t+1, which everything after builds on.

@@ -248,6 +248,16 @@ def move_into_place(complete: Path, out_dir: Path) -> None:
     complete.rename(out_dir)
 
 
+def copy_model_files(source: Path, out_dir: Path) -> None:
+    """A model folder's files (weights, config, tokenizer; not its card, which says where it came from) copied to
+    `out_dir`, which appears whole when the copy is complete."""
+    staging = fresh_dir(work_dir(out_dir, "copying"))
+    for f in Path(source).iterdir():
+        if f.is_file() and f.name != "README.md":
+            shutil.copy2(f, staging / f.name)
+    move_into_place(staging, Path(out_dir))
+
+
 def save_model(model, tokenizer, out_dir: Path) -> None:
     """Save a full checkpoint atomically: into a staging folder, renamed into place when complete."""
     out_dir = Path(out_dir)

@@ -135,7 +135,14 @@ def cmd_pairs(args) -> int:
     from srlm.stages.pairs import run_pairs
 
     cfg = config_from_args(args)
-    print_stats(run_pairs(Path(args.responses), Path(args.judgements), Path(args.out), cfg.pairs, seed=cfg.seed))
+    anchored = (args.anchor_responses, args.anchor_judgements)
+    if cfg.pairs.policy == "anchored" and None in anchored and anchored != (None, None):
+        raise SrlmError("pairs.policy=anchored takes --anchor-responses and --anchor-judgements together (the anchor "
+                        "model's answers and the judge's judgements of them), or neither")
+    inputs = {"anchor_responses": args.anchor_responses, "anchor_judgements": args.anchor_judgements,
+              "previous_judgements": args.previous_judgements}
+    print_stats(run_pairs(Path(args.responses), Path(args.judgements), Path(args.out), cfg.pairs, seed=cfg.seed,
+                          **{k: Path(v) for k, v in inputs.items() if v}))
     return 0
 
 
@@ -268,6 +275,11 @@ COMMANDS = (
             arg("--responses", required=True, help="responses JSONL"),
             arg("--judgements", required=True, help="judgements JSONL"),
             arg("--out", required=True, help="output pairs JSONL"),
+            arg("--anchor-responses", help="pairs.policy=anchored: the anchor model's (M1's) responses to the same "
+                "prompts, the rejected side"),
+            arg("--anchor-judgements", help="pairs.policy=anchored: the judge's judgements of --anchor-responses"),
+            arg("--previous-judgements", help="pairs.policy=consistency_weighted: the previous model's judgements "
+                "of the same responses"),
         ),
     ),
     Command(
@@ -307,7 +319,8 @@ def _add_optional_commands(sub) -> None:
 
 
 # Options that name files or folders a command reads, and those it writes (attribute names of the parsed args).
-INPUT_ARGS = ("prompts", "responses", "judgements", "pairs", "ift", "eft", "seed_prompts", "pool", "data", "answers",
+INPUT_ARGS = ("prompts", "responses", "judgements", "anchor_responses", "anchor_judgements",
+              "previous_judgements", "pairs", "ift", "eft", "seed_prompts", "pool", "data", "answers",
               "reference", "outputs_a", "outputs_b", "source", "input", "eval", "model", "model_a", "model_b",
               "judge_model", "set", "config", "template")
 OUTPUT_ARGS = ("out", "stats_out", "report")

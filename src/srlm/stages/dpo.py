@@ -48,6 +48,7 @@ def run_dpo(
         args = DPOConfig(
             **placement.trainer_kwargs(cfg, seed=seed, output_dir=scratch, tracking=tracking),
             beta=cfg.beta,
+            label_smoothing=cfg.label_smoothing,
             # RPO: DPO plus an NLL loss on the chosen answer, weighted by dpo.nll_weight (TRL's combined losses).
             **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.nll_weight]} if cfg.nll_weight > 0 else {}),
             precompute_ref_log_probs=True,

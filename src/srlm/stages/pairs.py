@@ -16,6 +16,17 @@ Length control (Meta-Rewarding, Wu et al. 2024), with rho in [0, 1]: chosen is t
 in [(1-rho) S_max + rho S_min, S_max], rejected the *longest* in [S_min, (1-rho) S_min + rho S_max]. rho = 0 is the
 plain rule above (ties still broken at random).
 
+Policies (`pairs.policy`; off the paper's path, each measured in benchmarks/README.md):
+- `best_worst` (the paper): as above.
+- `anchored` (Temporal Self-Rewarding, Wang et al. 2025, its "anchored rejection"): the rejected answer is the
+  worst of M1's answers to the same prompt (`anchor_responses.jsonl`, judged by M_t), the chosen the best of M_t's;
+  a prompt where M_t's best does not beat M1's worst is dropped (`anchor_not_worse`). In iteration 1 M_t is M1,
+  and the pairs are best_worst's.
+- `consistency_weighted` (CREAM, Wang et al. 2025): best_worst pairs, and M_t-1 judges the same candidates; the
+  Kendall tau of the two judges' scores per prompt, as (tau + 1) / 2 averaged, is the consistency C, and DPO trains
+  with TRL's label smoothing 1 - C (CREAM's C * DPO(chosen, rejected) + (1 - C) * DPO(rejected, chosen)). In
+  iteration 1 there is no M_0: C = 1, plain DPO.
+
 Output: TRL's conversational preference format (`prompt`, `chosen`, `rejected` as message lists), so DPO reads it as
 it is, plus ids, scores and lengths (characters) for the report.
 
@@ -92,7 +103,50 @@ def read_scores(judgements_path: Path) -> dict[str, float | None]:
     return score_of
 
 
-def run_pairs(responses_path: Path, judgements_path: Path, out_path: Path, cfg: PairsConfig, *, seed: int) -> dict:
+def select_anchored_pair(candidates: list[dict], anchors: list[dict], cfg: PairsConfig,
+                         rng: random.Random) -> tuple[dict, dict] | str:
+    """Temporal Self-Rewarding's anchored rejection: chosen is the best-scored of M_t's candidates, rejected the
+    worst-scored of the anchor model's (M1's) answers to the same prompt, both scored by M_t's judge; or the reason
+    for dropping the prompt. Keeps the rejected side as bad as M1's answers, so the pairs' gap does not shrink as
+    M_t's own answers grow alike."""
+    scored = [c for c in candidates if c["score"] is not None]
+    anchored = [a for a in anchors if a["score"] is not None]
+    if not scored:
+        return "no_scored_response"
+    if not anchored:
+        return "no_scored_anchor"
+    high, low = max(c["score"] for c in scored), min(a["score"] for a in anchored)
+    if high <= low:
+        return "anchor_not_worse"
+    if high - low < cfg.min_score_gap:
+        return "gap_below_min"
+    chosen = rng.choice([c for c in scored if c["score"] == high])
+    return chosen, rng.choice([a for a in anchored if a["score"] == low])
+
+
+def consistency_rate(by_prompt: dict[str, list[dict]], previous: dict[str, float | None]) -> dict:
+    """CREAM's consistency of two judges (M_t now, M_t-1 before) over the same candidates: for each prompt the
+    Kendall tau (tau-b, scipy) between the two judges' scores of its answers, mapped to [0, 1] as (tau + 1) / 2 and
+    averaged over the prompts where it is defined (two or more answers scored by both, neither judge giving them all
+    one score). 1 = the two judges rank every prompt's answers alike."""
+    from scipy.stats import kendalltau
+
+    rates, undefined = [], 0
+    for candidates in by_prompt.values():
+        both = [(c["score"], previous.get(c["response_id"])) for c in candidates]
+        both = [(now, before) for now, before in both if now is not None and before is not None]
+        tau = kendalltau(*zip(*both)).statistic if len(both) >= 2 else float("nan")
+        if tau != tau:  # NaN: fewer than two answers, or a judge gave them all one score
+            undefined += 1
+            continue
+        rates.append((tau + 1) / 2)
+    rate = sum(rates) / len(rates) if rates else None
+    return {"consistency_rate": None if rate is None else round(rate, 4), "prompts_compared": len(rates),
+            "prompts_undefined": undefined}
+
+
+def scored_candidates(responses_path: Path, judgements_path: Path) -> tuple[dict[str, list[dict]], int]:
+    """(prompt_id -> its responses, each with its `score`; the number of empty responses, whose score is None)."""
     responses = read_responses(responses_path)
     score_of = read_scores(judgements_path)
     missing = [r["response_id"] for r in responses if r["response_id"] not in score_of]
@@ -108,10 +162,27 @@ def run_pairs(responses_path: Path, judgements_path: Path, out_path: Path, cfg: 
             empty += 1
             score = None  # an empty answer is never a pair's chosen or rejected text
         by_prompt[r["prompt_id"]].append({**r, "score": score})
+    return by_prompt, empty
 
+
+def run_pairs(responses_path: Path, judgements_path: Path, out_path: Path, cfg: PairsConfig, *, seed: int,
+              anchor_responses: Path | None = None, anchor_judgements: Path | None = None,
+              previous_judgements: Path | None = None) -> dict:
+    """Pairs by `cfg.policy`. `anchored` needs the anchor model's responses and M_t's judgements of them (without
+    them, in iteration 1 where M_t is the anchor, the pairs are best_worst's); `consistency_weighted` takes the
+    previous model's judgements of the same responses (without them: consistency 1, plain DPO)."""
+    by_prompt, empty = scored_candidates(responses_path, judgements_path)
+    anchors = None
+    if cfg.policy == "anchored" and anchor_responses is not None:
+        anchors, _ = scored_candidates(anchor_responses, anchor_judgements)
+        # The anchor's answers were sampled with the same seeds and prompt ids, so their ids repeat M_t's.
+        anchors = {pid: [{**a, "response_id": f"anchor/{a['response_id']}"} for a in answers]
+                   for pid, answers in anchors.items()}
     pairs, drops = [], Counter()
     for prompt_id, candidates in by_prompt.items():
-        picked = select_pair(candidates, cfg, random.Random(stable_seed(seed, "pairs", prompt_id)))
+        rng = random.Random(stable_seed(seed, "pairs", prompt_id))
+        picked = (select_pair(candidates, cfg, rng) if anchors is None
+                  else select_anchored_pair(candidates, anchors.get(prompt_id, []), cfg, rng))
         if isinstance(picked, str):
             drops[picked] += 1
             continue
@@ -132,13 +203,25 @@ def run_pairs(responses_path: Path, judgements_path: Path, out_path: Path, cfg: 
                 "rejected_score": rejected["score"],
                 "chosen_len": len(chosen["response"]),
                 "rejected_len": len(rejected["response"]),
+                **({"rejected_from": "anchor"} if anchors is not None else {}),
             }
         )
     write_jsonl(out_path, pairs)
     def mean(values: list[float], digits: int) -> float | None:
         return round(sum(values) / len(values), digits) if values else None
 
+    policy = {"policy": cfg.policy}
+    if cfg.policy == "anchored":
+        policy["anchored"] = anchors is not None  # False in iteration 1: M1 is its own anchor
+    if cfg.policy == "consistency_weighted":
+        consistency = (consistency_rate(by_prompt, read_scores(previous_judgements)) if previous_judgements
+                       else {"consistency_rate": None, "prompts_compared": 0, "prompts_undefined": 0})
+        rate = consistency["consistency_rate"]
+        # CREAM's loss C * DPO(chosen, rejected) + (1 - C) * DPO(rejected, chosen) is TRL's label smoothing 1 - C.
+        # Robust DPO's label smoothing must stay below 0.5 (a flip more likely than not is another preference).
+        policy.update(consistency, dpo_label_smoothing=0.0 if rate is None else round(min(1 - rate, 0.49), 4))
     return {
+        **policy,
         "prompts": len(by_prompt),
         "empty_responses": empty,
         "pairs": len(pairs),
