@@ -419,3 +419,23 @@ def test_pair_policies_run_in_the_loop(tiny_model_dir, tmp_path, monkeypatch, ca
     # a rerun finds every stage, the policy's own included, done
     run_loop(small_config(tiny_model_dir, f"pairs.policy={policy}"), run_dir)
     assert "running" not in capsys.readouterr().out.replace("srlm: report", "")
+
+
+def test_meta_judging_in_the_loop_trains_on_judge_pairs_too(tiny_model_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    # the scripted judge writes a different score per sample (3 judgements per response), so judgements differ
+    summary = run_loop(small_config(tiny_model_dir, "meta.enabled=true", "meta.max_judgements=3"), run_dir)
+    for t, row in enumerate(summary["iterations"], start=1):
+        d = run_dir / f"iter_{t}"
+        meta = row["meta"]
+        assert meta["comparisons"] == len(read_jsonl(d / "judge_pairs.jsonl.verdicts.jsonl")) > 0
+        judge_pairs = read_jsonl(d / "judge_pairs.jsonl")
+        assert meta["judge_pairs"] == len(judge_pairs)
+        assert all(p["kind"] == "judge" and "Score" in p["chosen"][0]["content"] for p in judge_pairs)
+        trained = read_jsonl(d / "dpo_pairs.jsonl")
+        actor = read_jsonl(d / "pairs.jsonl")
+        # every actor pair, and judge pairs up to half of the whole (meta.judge_pair_share=0.5)
+        assert trained[: len(actor)] == actor and len(actor) < len(trained) <= 2 * len(actor)
+        assert row["dpo_pairs"] == len(trained)
+        assert meta["position_bias_rate"] is None or 0 <= meta["position_bias_rate"] <= 1
+    assert "meta-judge" in capsys.readouterr().out

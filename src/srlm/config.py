@@ -240,6 +240,27 @@ class JudgeConfig(_Section):
         return self
 
 
+class MetaConfig(_Section):
+    """Meta-Rewarding's meta-judge (Wu et al. 2024; not in the paper): M_t also judges its own judgements, and the
+    better and worse judgement of a response become a preference pair for the judge (srlm metajudge)."""
+
+    enabled: bool = Field(False, description="Meta-judge each iteration's judgements and train the judge on them too.")
+    max_judgements: int = Field(
+        4, ge=2, description="Compare at most this many parsed judgements per response (every ordered pair: k(k-1) "
+        "meta-judgements).",
+    )
+    judge_pair_share: float = Field(
+        0.5, ge=0, lt=1, description="Judge pairs make up at most this share of an iteration's DPO pairs (the rest "
+        "are the actor's pairs); 0 = measure the meta-judge but train on no judge pair.",
+    )
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature of the meta-judge (0 = greedy).")
+    max_new_tokens: int = Field(128, ge=8, description="Most tokens per meta-judgement (comparison + verdict).")
+    template_file: str | None = Field(
+        None, description="Meta-judge template with {judge_prompt}, {judgement_a} and {judgement_b}; null = built-in.",
+    )
+    max_prompt_tokens: int = Field(3072, ge=8, description="Meta-judge prompts longer than this are skipped and counted.")
+
+
 class PairsConfig(_Section):
     policy: Literal["best_worst", "anchored", "consistency_weighted"] = Field(
         "best_worst", description="How pairs are made (srlm.stages.pairs): 'best_worst' = the paper, M_t's best vs "
@@ -448,6 +469,7 @@ class Config(_Section):
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     dpo: DpoConfig = Field(default_factory=DpoConfig)
     judge_training: JudgeTrainingConfig = Field(default_factory=JudgeTrainingConfig)
+    meta: MetaConfig = Field(default_factory=MetaConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
@@ -459,6 +481,14 @@ class Config(_Section):
         if not 0 <= value < 2**31:
             raise ValueError("seed must be in [0, 2**31)")
         return value
+
+    @model_validator(mode="after")
+    def _meta_judge_needs_judgements_to_compare(self):
+        if self.meta.enabled and (self.judge.method == "direct" or self.judge.num_samples < 2):
+            raise ValueError("meta.enabled=true compares a response's judgements with each other: it needs two or more "
+                             "written judgements per response (judge.num_samples >= 2, judge.method sample_mean or "
+                             "expected)")
+        return self
 
     def fingerprint(self, *sections: str) -> str:
         """A hash of the named sections (all if none): a stage reruns when the part of the config it reads changed."""
@@ -493,7 +523,7 @@ ADDED_KEYS: dict[str, dict[str, object]] = {
 
 # Sections added after run directories already existed: left out of the whole-config fingerprint while every key
 # holds its default (a stage's fingerprint names the sections it reads, so those never see them).
-ADDED_SECTIONS = {"judge_training", "tracking"}
+ADDED_SECTIONS = {"judge_training", "tracking", "meta"}
 
 
 def _default_section(name: str) -> dict:
@@ -570,6 +600,8 @@ def _format_validation_error(exc: ValidationError, origin: str) -> str:
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{key}'")
+        elif not key:  # a rule across sections: its message names the keys
+            lines.append(err["msg"].removeprefix("Value error, "))
         else:
             lines.append(f"config key '{key}': {err['msg']} (got {err.get('input')!r})")
     return f"{origin}: " + "; ".join(lines)

@@ -58,6 +58,11 @@ def collapse_warnings(monitors: dict, first: dict | None) -> list[str]:
 POLICY_FIELDS = ("policy", "anchored", "consistency_rate", "prompts_compared", "dpo_label_smoothing")
 
 
+# The meta-judge's figures (meta.enabled; srlm.stages.metajudge) carried into the row.
+META_FIELDS = ("comparisons", "meta_parse_rate", "meta_tie_rate", "position_bias_rate", "judge_pairs",
+               "pairs_with_equal_scores")
+
+
 def iteration_row(stats: dict, seconds: float) -> dict:
     p, r, j, pr, dpo = (stats[k] for k in ("prompts_stage", "respond_stage", "judge_stage", "pairs_stage", "dpo_stage"))
     return {
@@ -84,6 +89,9 @@ def iteration_row(stats: dict, seconds: float) -> dict:
         "dpo_loss_last": dpo.get("loss_last"),
         "dpo_steps": dpo.get("per_step", []),
         **({"judge_accuracy": _accuracy_row(stats["judge_accuracy"])} if stats.get("judge_accuracy") else {}),
+        **({"meta": {key: stats["metajudge_stage"].get(key) for key in META_FIELDS}}
+           if stats.get("metajudge_stage") else {}),
+        "dpo_pairs": dpo.get("pairs"),
         "seconds": seconds,
         **({"eval": stats["eval"]} if stats.get("eval") else {}),
         **({"selection": _selection_row(stats["selection"])} if stats.get("selection") else {}),
@@ -123,6 +131,11 @@ def print_iteration_table(row: dict) -> None:
     ]
     if row.get("policy", "best_worst") != "best_worst":
         lines.insert(7, ("pair policy", _policy_cell(row)))
+    if row.get("meta"):
+        m = row["meta"]
+        lines.insert(7, ("meta-judge", f"{m['judge_pairs']} judge pairs from {m['comparisons']} comparisons; parse "
+                                       f"rate {_pct(m['meta_parse_rate'])}, position bias {_pct(m['position_bias_rate'])}; "
+                                       f"DPO on {row.get('dpo_pairs')} pairs"))
     evaluation = row.get("eval", {})
     for key, other in (("winrate_vs_previous", row["iteration"]), ("winrate_vs_m1", 1)):
         if key in evaluation:

@@ -34,6 +34,7 @@ from srlm.stages import training
 from srlm.stages.dpo import run_dpo
 from srlm.stages.evaluate import harness_eval, ifeval_accuracy, judge_accuracy, run_iteration_eval
 from srlm.stages.judge import run_judge
+from srlm.stages.metajudge import mix_pairs, run_metajudge
 from srlm.stages.pairs import run_pairs
 from srlm.stages.prompts import run_prompts
 from srlm.stages.respond import run_respond
@@ -252,6 +253,12 @@ def run_iteration(cfg: Config, rd: RunDir, t: int, seeds: list[str], judge_of: d
         lambda: run_judge(d / "responses.jsonl", d / "judgements.jsonl", actor.get(), cfg.judge,
                           seed=cfg.seed, chunk_prompts=cfg.backend.chunk_prompts),
     )
+    if cfg.meta.enabled:  # M_t, as meta-judge, compares its own judgements: pairs for the judge
+        stats["metajudge_stage"] = rd.stage(
+            f"iter_{t}/metajudge", stage_fingerprint(cfg, "metajudge"), [d / "judge_pairs.jsonl"],
+            lambda: run_metajudge(d / "responses.jsonl", d / "judgements.jsonl", d / "judge_pairs.jsonl", actor.get(),
+                                  cfg.meta, cfg.judge, seed=cfg.seed),
+        )
     actor.close()  # free the generation model before training
     policy_inputs = run_policy_stages(cfg, rd, t, actor, stats)
     early = collapse_monitors({"score_histogram": stats["judge_stage"].get("score_histogram")})
@@ -345,7 +352,7 @@ def train_next_model(cfg: Config, rd: RunDir, t: int, stats: dict) -> None:
     stats["dpo_stage"] = rd.stage(
         f"iter_{t}/dpo", stage_fingerprint(cfg, "dpo") + ("+select" if selecting else ""),
         [model_next / "config.json"],
-        lambda: _train_dpo(cfg, rd, model_t, d / "pairs.jsonl", model_next, dpo_cfg),
+        lambda: _train_dpo(cfg, rd, model_t, training_pairs(cfg, rd, t), model_next, dpo_cfg),
     )
     if selecting:
         # Part of the main line: the checkpoint picked here is M_t+1, which everything after builds on.
@@ -356,6 +363,17 @@ def train_next_model(cfg: Config, rd: RunDir, t: int, stats: dict) -> None:
     # Which model this one was trained from and against: M_t for both (TRL's reference is the starting model).
     cards.record_lineage(rd, f"m{t + 1}", model_t, model_t,
                          cards.data_record(f"iter_{t}/pairs.jsonl", str(d / "pairs.jsonl")))
+
+
+def training_pairs(cfg: Config, rd: RunDir, t: int) -> Path:
+    """The pair file iteration t's DPO trains on: the actor's pairs, and with meta.enabled the judge's pairs mixed in
+    (up to meta.judge_pair_share of the whole) as iter_t/dpo_pairs.jsonl."""
+    d = rd.iter_dir(t)
+    if not cfg.meta.enabled:
+        return d / "pairs.jsonl"
+    mix_pairs(d / "pairs.jsonl", d / "judge_pairs.jsonl", d / "dpo_pairs.jsonl", cfg.meta.judge_pair_share,
+              seed=cfg.seed)
+    return d / "dpo_pairs.jsonl"
 
 
 def record_iteration(cfg: Config, rd: RunDir, summary: dict, row: dict) -> None:

@@ -22,6 +22,7 @@ STAGE_SECTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
     "respond": (("seed", "respond", "backend"),),
     "judge": (("seed", "judge", "backend"),),
     "pairs": (("seed", "pairs"),),
+    "metajudge": (("seed", "meta", "judge", "backend"),),
     "dpo": (("seed", "dpo"),),
     "eval": (("seed", "eval", "judge"),),
     "sft_baseline": (("seed", "model", "data", "sft"),),

@@ -2,7 +2,7 @@
 
 By default it plays every role of the loop well enough to exercise it: it continues a Self-Instruct task list with
 new numbered tasks, answers a chat prompt with a text whose length depends on the request, and answers a judge
-prompt with a short justification ending in `Score: N`. A test can pass its own `script(request, index) -> str`. The environment variable `SRLM_FAKE_DELAY_SECONDS`
+prompt with a short justification ending in `Score: N`, and a meta-judge prompt with `Winner: A|B|tie`. A test can pass its own `script(request, index) -> str`. The environment variable `SRLM_FAKE_DELAY_SECONDS`
 makes each request take that long, so that tests can kill a run in the middle of a generation stage.
 """
 
@@ -33,6 +33,8 @@ def default_script(request: GenerationRequest, index: int) -> str:
             tasks.append(f"{_VERBS[k % len(_VERBS)]} {_TOPICS[(k // 7) % len(_TOPICS)]} for reader {k % 997}.")
         return f" {tasks[0]}\n10. {tasks[1]}\n11. {tasks[2]}\n"
     last = request.messages[-1]["content"]
+    if "# Judgement (a)" in last:  # the built-in meta-judge template: a verdict between two judgements
+        return f"Judgement ({'ab'[key % 2]}) follows the rubric more closely.\nWinner: {('A', 'B', 'tie')[key % 3]}"
     if "Score: <total points>" in last:  # the built-in judge template's output instruction
         return f"The response is on topic and partly useful; clarity could improve.\nScore: {key % 6}"
     words = ["word"] * (5 + key % 40)

@@ -131,6 +131,16 @@ def cmd_judge(args) -> int:
     return 0
 
 
+def cmd_metajudge(args) -> int:
+    from srlm.stages.metajudge import run_metajudge
+
+    cfg = config_from_args(args, model_override(args))
+    stats = run_metajudge(Path(args.responses), Path(args.judgements), Path(args.out), generation_backend(cfg),
+                          cfg.meta, cfg.judge, seed=cfg.seed)
+    print_stats(stats)
+    return 0
+
+
 def cmd_pairs(args) -> int:
     from srlm.stages.pairs import run_pairs
 
@@ -263,6 +273,18 @@ COMMANDS = (
             arg("--responses", required=True, help="responses JSONL from `srlm respond`"),
             arg("--model", help="judge model (default: model.name_or_path)"),
             arg("--out", required=True, help="output judgements JSONL"),
+        ),
+    ),
+    Command(
+        "metajudge", cmd_metajudge,
+        help="the model judges its own judgements: judge preference pairs (Meta-Rewarding)",
+        description="Every two parsed judgements of a response compared in both orders by the meta-judge (meta.*), "
+        "position bias weighted out; the better and worse judgement become a pair in TRL's format. Resumable.",
+        args=(
+            arg("--responses", required=True, help="responses JSONL from `srlm respond`"),
+            arg("--judgements", required=True, help="judgements JSONL from `srlm judge` (two or more per response)"),
+            arg("--model", help="meta-judge model (default: model.name_or_path)"),
+            arg("--out", required=True, help="output judge pairs JSONL"),
         ),
     ),
     Command(

@@ -1,0 +1,197 @@
+"""Stage `metajudge`: the model judges its own judgements, and the better and worse judgement of a response become
+a preference pair for the judge (Meta-Rewarding, Wu et al. 2024; not in the paper).
+
+    srlm metajudge --responses responses.jsonl --judgements judgements.jsonl --out judge_pairs.jsonl [key=value ...]
+
+For each response with two or more parsed judgements (at most `meta.max_judgements`, the first ones), every ordered
+pair of them is shown to the meta-judge (`templates/meta_judge.txt`: the judging task as the judge saw it, then
+judgement (a) and judgement (b); our own wording of the paper's prompt), so each pair is seen in both orders. The
+verdict is read as `Winner: A / B / tie` (`srlm.evaluation.winrate.parse_verdict`).
+
+Position bias, weighted out as the paper does: over all the stage's verdicts, let w1 and w2 be the wins taken in
+the first and the second position; a win in the first position counts w2 / (w1 + w2) and one in the second
+w1 / (w1 + w2), so a meta-judge that favours a position gains nothing from it. A judgement's score is its weighted
+wins (the paper ranks by Elo over the same battle matrix; with four judgements or fewer per response the two orders
+agree almost always, and wins need no fitting). The judgement with the highest score is chosen, the lowest rejected;
+a response whose top and bottom scores are equal gives no pair (`tie`), nor do two judgements of the same text.
+
+Output: TRL's conversational preference format, as the actor's pairs: `prompt` is the judge prompt, `chosen` and
+`rejected` the two judgements; plus the response id, both judgements' scores, and `kind: judge`. Each verdict is
+kept in `<out>.verdicts.jsonl` (resumable), and the stats give the meta-judge's parse rate and position-bias rate
+(the share of pairs seen in both orders where the same position won both times).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from itertools import permutations
+from pathlib import Path
+
+from srlm.backends.base import GenerationRequest, Sampling
+from srlm.config import JudgeConfig, MetaConfig
+from srlm.errors import DataError
+from srlm.evaluation.winrate import parse_verdict
+from srlm.io import ResumableJsonlWriter, iter_jsonl, iter_jsonl_numbered, stable_id, stable_seed, write_jsonl
+from srlm.judge import load_template, read_template_file, render, shipped_template
+from srlm.progress import chunks, progress
+from srlm.stages.judge import read_responses
+
+META_SLOTS = ("{judge_prompt}", "{judgement_a}", "{judgement_b}")
+
+
+def load_meta_template(template_file: str | None = None) -> str:
+    if template_file is None:
+        return shipped_template("meta_judge.txt")
+    return read_template_file(template_file, META_SLOTS, "meta-judge template")
+
+
+def render_meta(template: str, judge_prompt: str, judgement_a: str, judgement_b: str) -> str:
+    """The slots filled in one pass, so that a slot name inside a judgement stays text."""
+    values = {"judge_prompt": judge_prompt, "judgement_a": judgement_a, "judgement_b": judgement_b}
+    return re.sub(r"\{(judge_prompt|judgement_a|judgement_b)\}", lambda m: values[m.group(1)], template)
+
+
+def read_judgements(path: Path) -> dict[str, list[dict]]:
+    """response_id -> its parsed judgements [{text, score}] from a judgements file (`srlm judge`'s output)."""
+    out = {}
+    for line, record in iter_jsonl_numbered(path, {"response_id": str}):
+        judgements = record.get("judgements")
+        if not isinstance(judgements, list):
+            raise DataError(f"{path}:{line}: field 'judgements' must be a list (the output of `srlm judge`)")
+        out[record["response_id"]] = [j for j in judgements if isinstance(j, dict) and j.get("score") is not None
+                                      and isinstance(j.get("text"), str) and j["text"].strip()]
+    if not out:
+        raise DataError(f"{path}: no records")
+    return out
+
+
+def battles(responses: list[dict], judged: dict[str, list[dict]], cfg: MetaConfig, judge_template: str,
+            meta_template: str, seed: int) -> list[dict]:
+    """One record per ordered pair of a response's judgements: ids, positions, and the meta-judge request text."""
+    out = []
+    for r in responses:
+        judgements = judged.get(r["response_id"], [])[: cfg.max_judgements]
+        if len(judgements) < 2:
+            continue
+        judge_prompt = render(judge_template, r["prompt"], r["response"])
+        for a, b in permutations(range(len(judgements)), 2):
+            battle_id = stable_id("meta", r["response_id"], a, b)
+            out.append({"battle_id": battle_id, "response_id": r["response_id"], "a": a, "b": b,
+                        "judge_prompt": judge_prompt,
+                        "text": render_meta(meta_template, judge_prompt, judgements[a]["text"], judgements[b]["text"]),
+                        "seed": stable_seed(seed, "meta", battle_id)})
+    return out
+
+
+def position_weights(verdicts: list[dict]) -> tuple[float, float, dict]:
+    """(weight of a first-position win, of a second-position win, the counts behind them)."""
+    first = sum(1 for v in verdicts if v["verdict"] == "A")
+    second = sum(1 for v in verdicts if v["verdict"] == "B")
+    if first + second == 0:
+        return 0.5, 0.5, {"first_position_wins": 0, "second_position_wins": 0}
+    return second / (first + second), first / (first + second), {"first_position_wins": first,
+                                                                 "second_position_wins": second}
+
+
+def position_bias_rate(verdicts: list[dict]) -> float | None:
+    """Of the judgement pairs seen in both orders with both verdicts decisive, the share where one position won
+    both times (the verdict followed the position, not the judgement)."""
+    by_order = {(v["response_id"], v["a"], v["b"]): v["verdict"] for v in verdicts}
+    both, same_position = 0, 0
+    for (rid, a, b), verdict in by_order.items():
+        if a < b and verdict in ("A", "B") and by_order.get((rid, b, a)) in ("A", "B"):
+            both += 1
+            same_position += verdict == by_order[(rid, b, a)]
+    return round(same_position / both, 4) if both else None
+
+
+def judge_pairs(responses: list[dict], judged: dict[str, list[dict]], verdicts: list[dict], cfg: MetaConfig,
+                w_first: float, w_second: float, judge_prompt_of: dict[str, str]) -> tuple[list[dict], Counter]:
+    """The chosen and rejected judgement of each response, by weighted wins; drops counted by reason."""
+    by_response: dict[str, list[dict]] = {}
+    for v in verdicts:
+        by_response.setdefault(v["response_id"], []).append(v)
+    pairs, drops = [], Counter()
+    for r in responses:
+        judgements = judged.get(r["response_id"], [])[: cfg.max_judgements]
+        if len(judgements) < 2:
+            drops["fewer_than_2_judgements"] += 1
+            continue
+        wins = [0.0] * len(judgements)
+        for v in by_response.get(r["response_id"], []):
+            if v["verdict"] == "A":
+                wins[v["a"]] += w_first
+            elif v["verdict"] == "B":
+                wins[v["b"]] += w_second
+        best, worst = max(range(len(wins)), key=lambda i: (wins[i], -i)), min(range(len(wins)), key=lambda i: (wins[i], i))
+        if wins[best] == wins[worst]:
+            drops["tie"] += 1
+            continue
+        chosen, rejected = judgements[best], judgements[worst]
+        if chosen["text"] == rejected["text"]:
+            drops["identical_texts"] += 1
+            continue
+        pairs.append({
+            "pair_id": stable_id("judge_pair", r["response_id"], best, worst), "kind": "judge",
+            "response_id": r["response_id"], "prompt_id": r["prompt_id"],
+            "prompt": [{"role": "user", "content": judge_prompt_of[r["response_id"]]}],
+            "chosen": [{"role": "assistant", "content": chosen["text"]}],
+            "rejected": [{"role": "assistant", "content": rejected["text"]}],
+            "chosen_score": chosen["score"], "rejected_score": rejected["score"],
+            "chosen_wins": round(wins[best], 4), "rejected_wins": round(wins[worst], 4),
+        })
+    return pairs, drops
+
+
+def run_metajudge(responses_path: Path, judgements_path: Path, out_path: Path, backend, cfg: MetaConfig,
+                  judge_cfg: JudgeConfig, *, seed: int, chunk_size: int = 64) -> dict:
+    responses = [r for r in read_responses(responses_path) if r["response"].strip()]
+    judged = read_judgements(judgements_path)
+    sampling = Sampling(n=1, temperature=cfg.temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens)
+    todo_all = battles(responses, judged, cfg, load_template(judge_cfg.template_file, judge_cfg.method),
+                       load_meta_template(cfg.template_file), seed)
+    requests = {b["battle_id"]: GenerationRequest(b["battle_id"], sampling, b["seed"],
+                                                  messages=[{"role": "user", "content": b["text"]}]) for b in todo_all}
+    too_long = {bid for bid, req in requests.items() if backend.count_prompt_tokens(req) > cfg.max_prompt_tokens}
+    writer = ResumableJsonlWriter(Path(f"{out_path}.verdicts.jsonl"), id_field="battle_id")
+    todo = [b for b in todo_all if b["battle_id"] not in writer.done_ids and b["battle_id"] not in too_long]
+    with progress(len(todo_all) - len(too_long), "metajudge", initial=len(todo_all) - len(too_long) - len(todo),
+                  unit="comparison") as bar:
+        for chunk in chunks(todo, chunk_size):
+            outputs = backend.generate([requests[b["battle_id"]] for b in chunk], on_done=bar.update)
+            writer.append({"battle_id": b["battle_id"], "response_id": b["response_id"], "a": b["a"], "b": b["b"],
+                           "text": outs[0].text, "verdict": parse_verdict(outs[0].text)}
+                          for b, outs in zip(chunk, outputs))
+    verdicts = writer.finish(order_key=lambda v: v["battle_id"])
+    w_first, w_second, position_counts = position_weights(verdicts)
+    judge_prompt_of = {b["response_id"]: b["judge_prompt"] for b in todo_all}
+    pairs, drops = judge_pairs(responses, judged, verdicts, cfg, w_first, w_second, judge_prompt_of)
+    write_jsonl(out_path, pairs)
+    parsed = sum(1 for v in verdicts if v["verdict"] is not None)
+    return {
+        "responses_compared": len({b["response_id"] for b in todo_all}),
+        "comparisons": len(verdicts),
+        "skipped_too_long": len(too_long),
+        "meta_parse_rate": round(parsed / len(verdicts), 4) if verdicts else None,
+        "meta_tie_rate": round(sum(1 for v in verdicts if v["verdict"] == "tie") / len(verdicts), 4) if verdicts else None,
+        "position_bias_rate": position_bias_rate(verdicts),
+        **position_counts,
+        "judge_pairs": len(pairs),
+        "dropped": dict(sorted(drops.items())),
+        "pairs_with_equal_scores": sum(1 for p in pairs if p["chosen_score"] == p["rejected_score"]),
+    }
+
+
+def mix_pairs(actor_pairs: Path, judge_pairs_path: Path, out_path: Path, share: float, seed: int) -> dict:
+    """The DPO pairs of an iteration with meta-judging: every actor pair, and judge pairs up to `share` of the
+    whole (a seeded sample when there are more)."""
+    import random
+
+    actor = [r for _, r in iter_jsonl_numbered(actor_pairs)]
+    judge = list(iter_jsonl(judge_pairs_path))  # may be empty: a meta-judge that never decided gives no judge pair
+    most = int(share / (1 - share) * len(actor)) if share > 0 else 0
+    if len(judge) > most:
+        judge = sorted(random.Random(seed).sample(judge, most), key=lambda p: p["pair_id"])
+    write_jsonl(out_path, actor + judge)
+    return {"actor_pairs": len(actor), "judge_pairs_trained": len(judge)}

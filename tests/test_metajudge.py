@@ -1,0 +1,83 @@
+"""The meta-judge stage (Meta-Rewarding): judgements compared in both orders by a scripted meta-judge, position
+bias weighted out, the better and worse judgement of each response written as a judge preference pair."""
+
+from __future__ import annotations
+
+import pytest
+
+from srlm.backends.fake import FakeBackend
+from srlm.config import JudgeConfig, MetaConfig, load_config
+from srlm.errors import ConfigError
+from srlm.io import read_jsonl, write_jsonl
+from srlm.stages.metajudge import mix_pairs, run_metajudge
+
+
+def _files(tmp_path, texts_per_response):
+    responses, judgements = [], []
+    for i, texts in enumerate(texts_per_response):
+        rid = f"r{i}"
+        responses.append({"prompt_id": f"p{i}", "response_id": rid, "prompt": f"Question {i}?",
+                          "response": f"An answer to question {i}."})
+        judgements.append({"prompt_id": f"p{i}", "response_id": rid, "score": 3.0, "scores": [3.0] * len(texts),
+                           "judgements": [{"text": t, "score": float(k + 1) if t else None}
+                                          for k, t in enumerate(texts)]})
+    write_jsonl(tmp_path / "responses.jsonl", responses)
+    write_jsonl(tmp_path / "judgements.jsonl", judgements)
+    return tmp_path / "responses.jsonl", tmp_path / "judgements.jsonl"
+
+
+def _judgement(prompt: str, which: str) -> str:
+    start = prompt.index(f"# Judgement ({which})")
+    end = prompt.index("# Judgement (b)") if which == "a" else prompt.index("Compare the two judgements")
+    return prompt[start:end]
+
+
+def prefers_careful(request, index):
+    prompt = request.messages[-1]["content"]
+    a, b = "careful" in _judgement(prompt, "a"), "careful" in _judgement(prompt, "b")
+    return "Judgement (a) checks every point." + ("\nWinner: A" if a and not b else "\nWinner: B" if b and not a
+                                                  else "\nWinner: tie")
+
+
+def test_the_careful_judgement_is_chosen_and_the_order_does_not_matter(tmp_path):
+    responses, judgements = _files(tmp_path, [["a sloppy look. Score: 1", "a careful check. Score: 3",
+                                               "another sloppy look. Score: 5"],
+                                              ["a careful check. Score: 2", "a careless one. Score: 4"],
+                                              ["only one judgement. Score: 3", ""]])  # r2: one parsed: no pair
+    stats = run_metajudge(responses, judgements, tmp_path / "judge_pairs.jsonl", FakeBackend(prefers_careful),
+                          MetaConfig(enabled=True), JudgeConfig(), seed=0)
+    pairs = {p["response_id"]: p for p in read_jsonl(tmp_path / "judge_pairs.jsonl")}
+    assert set(pairs) == {"r0", "r1"}
+    assert pairs["r0"]["chosen"][0]["content"] == "a careful check. Score: 3"
+    assert pairs["r0"]["rejected"][0]["content"] == "a sloppy look. Score: 1"  # the two sloppy ones tie: the first
+    assert pairs["r1"]["chosen"][0]["content"] == "a careful check. Score: 2"
+    assert pairs["r1"]["kind"] == "judge" and "Question 1?" in pairs["r1"]["prompt"][0]["content"]
+    assert stats["comparisons"] == 6 + 2 and stats["meta_parse_rate"] == 1.0
+    assert stats["position_bias_rate"] == 0.0  # the script follows the judgement, never the position
+    assert stats["dropped"] == {"fewer_than_2_judgements": 1} and stats["judge_pairs"] == 2
+    assert len(read_jsonl(tmp_path / "judge_pairs.jsonl.verdicts.jsonl")) == 8
+
+
+def test_a_meta_judge_that_always_picks_the_first_position_teaches_nothing(tmp_path):
+    responses, judgements = _files(tmp_path, [["one. Score: 1", "two. Score: 2", "three. Score: 3"]])
+    stats = run_metajudge(responses, judgements, tmp_path / "judge_pairs.jsonl",
+                          FakeBackend(lambda request, index: "Winner: A"), MetaConfig(enabled=True), JudgeConfig(), seed=0)
+    # every win is in the first position, so a first-position win weighs 0: no judgement beats another
+    assert stats["position_bias_rate"] == 1.0 and stats["first_position_wins"] == 6
+    assert stats["judge_pairs"] == 0 and stats["dropped"] == {"tie": 1}
+
+
+def test_mix_caps_the_judge_pairs_share(tmp_path):
+    write_jsonl(tmp_path / "actor.jsonl", [{"pair_id": f"a{i}"} for i in range(4)])
+    write_jsonl(tmp_path / "judge.jsonl", [{"pair_id": f"j{i}"} for i in range(10)])
+    stats = mix_pairs(tmp_path / "actor.jsonl", tmp_path / "judge.jsonl", tmp_path / "mixed.jsonl", 0.5, seed=0)
+    assert stats == {"actor_pairs": 4, "judge_pairs_trained": 4}
+    assert len(read_jsonl(tmp_path / "mixed.jsonl")) == 8
+    assert mix_pairs(tmp_path / "actor.jsonl", tmp_path / "judge.jsonl", tmp_path / "m0.jsonl", 0.0,
+                     seed=0)["judge_pairs_trained"] == 0
+
+
+def test_meta_judging_needs_written_judgements_to_compare():
+    with pytest.raises(ConfigError, match="judge.num_samples >= 2"):
+        load_config("quickstart", overrides=["meta.enabled=true"])  # quickstart: one judgement per response
+    load_config("quickstart", overrides=["meta.enabled=true", "judge.num_samples=3"])
