@@ -136,8 +136,11 @@ def collect(out: Path, evidence_items: Path) -> dict:
                 metrics["length_split"] = length_split(groups, items)  # also for files written before srlm had it
                 rows[f"{split} {name}"] = metrics
     comparisons = {}
-    for split in ("test", "val"):
-        credits = {name: pair_credits(_items(out / f"{split}_{name}.items.jsonl")) for name in JUDGES}
+    for split in ("test", "val", "test+val"):
+        # test+val: both held-out splits pooled (600 pairs; neither was used to train or choose any judge here)
+        credits = {name: {g: c for part in split.split("+")
+                          for g, c in pair_credits(_items(out / f"{part}_{name}.items.jsonl")).items()}
+                   for name in JUDGES}
         if evidence_items.exists() and split == "test":
             credits["m1 (evidence run, with justification)"] = pair_credits(_items(evidence_items))
         for name in [n for n in JUDGES if n.startswith("m1_judge_")]:
@@ -174,7 +177,8 @@ def render(result: dict) -> str:
         split, name = key.split(": ", 1)
         if c["difference"] is not None:
             low, high = c["difference_ci"]
-            lines.append(f"\n{name} on hh_{split}: {c['difference']:+.3f} [{low:+.3f}, {high:+.3f}] "
+            where = "hh_test and hh_val pooled" if split == "test+val" else f"hh_{split}"
+            lines.append(f"\n{name} on {where}: {c['difference']:+.3f} [{low:+.3f}, {high:+.3f}] "
                          f"(paired bootstrap over {c['n']} pairs; a missing score counts as a tie)")
     for name, stats in result.get("train_judge", {}).items():
         lines.append(f"\ntrain-judge ({name}): {stats['pairs_trained']} pairs of builtin:hh_eft, {stats['steps']} steps, loss "
