@@ -4,12 +4,18 @@
 
 Both sides sample at T 0.7, top-p 0.9 on the embedded SmolLM2-135M-Instruct and are compared by generated tokens
 per second (the two produce different texts of different lengths, so wall time alone would not be fair).
+
+The bound, measured in the same run (benchmarks/bound.py): every linear layer of the model timed at the decode
+batch the backend starts with (prompts x samples, at most 256 rows) and at half of it (sequences finish and the
+batch shrinks), as tokens per second; the backend's rate is printed as a fraction of it. Attention's matmuls are
+not in the bound; their share at the mean context is printed beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from bound import attention_gflop_per_token, describe, linear_gflop_per_token
 from common import Timer, prompts, report
 
 
@@ -53,15 +59,28 @@ def main() -> None:
             base_tokens += int((new != tok.pad_token_id).sum())
 
     fast_tps, slow_tps = fast_tokens / fast.seconds, base_tokens / slow.seconds
+    batch = min(args.prompts * args.samples, 256)
+    bound, bound_half = describe(lm.model, batch), describe(lm.model, max(1, batch // 2))
+    context = backend.stats.extra.get("prefill_tokens", 0) / max(1, args.prompts) + args.max_new_tokens / 2
+    attention_share = attention_gflop_per_token(lm.model.config, int(context)) / linear_gflop_per_token(lm.model)
     result = {"benchmark": "generation", "prompts": args.prompts, "samples": args.samples,
               "max_new_tokens": args.max_new_tokens, "hf_backend_tokens_per_s": round(fast_tps, 2),
               "per_prompt_generate_tokens_per_s": round(slow_tps, 2), "speedup": round(fast_tps / slow_tps, 2),
               "hf_backend_seconds": round(fast.seconds, 1), "baseline_seconds": round(slow.seconds, 1),
-              "baseline_prompts": len(baseline_texts)}
+              "baseline_prompts": len(baseline_texts), "bound": bound, "bound_half_batch": bound_half,
+              "fraction_of_bound": round(fast_tps / bound["bound_tokens_per_s"], 3),
+              "fraction_of_half_batch_bound": round(fast_tps / bound_half["bound_tokens_per_s"], 3),
+              "attention_flops_vs_linear": round(attention_share, 3)}
     report("generation: hf backend vs per-prompt model.generate", [
         ("hf backend tokens/s", fast_tps, f"({fast_tokens} tokens in {fast.seconds:.1f} s)"),
         ("per-prompt generate tokens/s", slow_tps, f"({base_tokens} tokens in {slow.seconds:.1f} s)"),
         ("speedup", fast_tps / slow_tps, "x"),
+        (f"bound: linear layers at batch {batch}, tokens/s", bound["bound_tokens_per_s"],
+         f"({bound['linear_gflops_at_these_shapes']} GFLOP/s at these shapes; square matmul "
+         f"{bound['square_matmul_gflops']} GFLOP/s)"),
+        ("hf backend as a fraction of that bound", fast_tps / bound["bound_tokens_per_s"],
+         f"(of the batch-{batch // 2} bound: {fast_tps / bound_half['bound_tokens_per_s']:.2f})"),
+        ("attention FLOPs / linear FLOPs (not in the bound)", attention_share, f"(mean context {context:.0f})"),
     ], result, args.json)
 
 

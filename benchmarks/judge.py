@@ -4,12 +4,18 @@ naive way (each of the K samples a separate full `model.generate` call), on the 
     python benchmarks/judge.py [--responses 32] [--samples 3] [--max-new-tokens 80] [--json]
 
 Compared by judgements per second. Both sides sample at T 0.7, top-p 0.9 with the built-in additive judge prompt.
+
+The bound, measured in the same run (benchmarks/bound.py): the time the judge's tokens would take in the model's
+linear layers alone, prefilled tokens timed at a 512-row prefill chunk and generated tokens at the decode batch
+(responses x samples, at most 256 rows); srlm's judging time is printed as a fraction of it (the bound's seconds
+over the measured seconds).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from bound import describe
 from common import Timer, prompts, report
 
 
@@ -37,6 +43,7 @@ def main() -> None:
     answers = [o[0].text for o in backend.generate(
         [GenerationRequest(f"a{i}", answer_sampling, i, messages=[{"role": "user", "content": q}])
          for i, q in enumerate(questions)])]
+    answers_prefill = backend.stats.extra["prefill_tokens"]
     judge_prompts = [render(builtin_template(), q, a) for q, a in zip(questions, answers)]
 
     sampling = Sampling(n=args.samples, temperature=0.7, top_p=0.9, max_new_tokens=args.max_new_tokens)
@@ -62,15 +69,28 @@ def main() -> None:
                 slow_parsed += parse_score(text) is not None
 
     fast_rate, slow_rate = fast_judgements / fast.seconds, slow_judgements / slow.seconds
+    prefill_tokens = backend.stats.extra["prefill_tokens"]  # counted over the answers' generation too: subtract it
+    generated = sum(c.num_tokens for o in outputs for c in o)
+    prefill_bound, decode_bound = describe(lm.model, 512), describe(lm.model, min(args.responses * args.samples, 256))
+    judge_prefill = prefill_tokens - answers_prefill
+    bound_seconds = (judge_prefill * prefill_bound["linear_seconds_per_row"]
+                     + generated * decode_bound["linear_seconds_per_row"])
     result = {"benchmark": "judge", "responses": args.responses, "samples": args.samples,
               "judgements_per_s": round(fast_rate, 3), "naive_judgements_per_s": round(slow_rate, 3),
               "speedup": round(fast_rate / slow_rate, 2), "prefill_tokens": backend.stats.extra["prefill_tokens"],
               "parse_rate": round(fast_parsed / fast_judgements, 3),
-              "naive_parse_rate": round(slow_parsed / max(1, slow_judgements), 3)}
+              "naive_parse_rate": round(slow_parsed / max(1, slow_judgements), 3),
+              "judge_prefill_tokens": judge_prefill, "generated_tokens": generated, "bound_seconds": round(bound_seconds, 2),
+              "fraction_of_bound": round(bound_seconds / fast.seconds, 3), "bound_prefill": prefill_bound,
+              "bound_decode": decode_bound}
     report("judge: shared-prefix K-sample judging vs K separate generate calls", [
         ("srlm judgements/s", fast_rate, f"({fast_judgements} in {fast.seconds:.1f} s)"),
         ("naive judgements/s", slow_rate, f"({slow_judgements} in {slow.seconds:.1f} s)"),
         ("speedup", fast_rate / slow_rate, "x"),
+        ("bound: linear layers alone, seconds", bound_seconds,
+         f"({judge_prefill} prefilled and {generated} generated tokens; "
+         f"{prefill_bound['linear_gflops_at_these_shapes']} / {decode_bound['linear_gflops_at_these_shapes']} GFLOP/s)"),
+        ("srlm judging as a fraction of that bound", bound_seconds / fast.seconds, ""),
     ], result, args.json)
 
 
