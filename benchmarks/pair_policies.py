@@ -10,6 +10,9 @@ trains M1; the others start from that same M1 (`loop.m1`), so they differ only i
 - length_controlled      best vs worst with Meta-Rewarding's length control, pairs.length_control_rho=0.2
 - anchored               Temporal Self-Rewarding: rejected from M1's answers (from iteration 2)
 - consistency_weighted   CREAM: DPO label smoothing from M_t vs M_t-1 judge consistency (from iteration 2)
+- meta_judge             Meta-Rewarding: M_t also judges its two judgements of each answer, and DPO trains on
+                         judge pairs beside the actor's (meta.enabled=true; judge.num_samples=2, so the actor's
+                         scores are a mean of two judgements, unlike the other rows')
 
 Each run is timed and its peak memory read by /usr/bin/time -v. The table shows, for M3: judge accuracy on the
 quickstart's 16 held-out HH-RLHF pairs, its win rate against M1 on 8 held-out prompts (graded by M1's judge), its
@@ -35,6 +38,8 @@ POLICIES = {
     "length_controlled": ["pairs.length_control_rho=0.2"],
     "anchored": ["pairs.policy=anchored"],
     "consistency_weighted": ["pairs.policy=consistency_weighted"],
+    # two judgements per answer: the meta-judge compares them (the actor's scores are their mean, unlike the others')
+    "meta_judge": ["meta.enabled=true", "judge.num_samples=2"],
 }
 
 
@@ -85,7 +90,8 @@ def collect(out: Path) -> dict:
             "mean_length_m1": _mean_length(out / policy / "eval_answers" / "m1.json"),
             "iterations": [{key: it.get(key) for key in ("iteration", "pairs", "dpo_loss_first", "dpo_loss_last",
                                                          "monitors", "policy", "anchored", "consistency_rate",
-                                                         "dpo_label_smoothing", "seconds", "warnings")}
+                                                         "dpo_label_smoothing", "seconds", "warnings", "meta",
+                                                         "dpo_pairs")}
                            for it in summary["iterations"]],
             **_timing(out / f"{policy}.time.txt"),
         }
@@ -111,6 +117,10 @@ def render(rows: dict) -> str:
         did = {"anchored": "rejected from M1's answers" if it.get("anchored") else "n/a",
                "consistency_weighted": f"consistency {it.get('consistency_rate')}, label smoothing "
                                        f"{it.get('dpo_label_smoothing')}"}.get(policy, "")
+        if it.get("meta"):
+            meta = it["meta"]
+            did = (f"{meta['judge_pairs']} judge pairs ({it.get('dpo_pairs')} DPO pairs in all); meta-judge parse rate "
+                   f"{meta['meta_parse_rate']}, position bias {meta['position_bias_rate']}")
         wall = f"{r['wall_seconds'] / 60:.1f} min" if r.get("wall_seconds") else "n/a"
         lines.append(
             f"| {policy} | {_interval(r['judge_accuracy_m3'], 'pairwise_accuracy', 'n_pairs')} "
