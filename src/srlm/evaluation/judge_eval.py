@@ -130,23 +130,10 @@ def read_human_groups(path: str | Path, format: str = "auto") -> tuple[list[Rank
     return groups, counts, format
 
 
-def evaluate_judge(
-    groups: Iterable[RankedGroup], backend, judge_cfg, *, seed: int, bootstrap_samples: int = 1000
-) -> tuple[dict[str, Any], list[dict]]:
-    """Judge every reply of every group, then measure agreement with the human ranks.
-
-    groups: `RankedGroup`s (from `read_oasst_trees` / `read_preference_pairs`).
-    backend: any `srlm.backends` backend (the judge model); judge_cfg: a `srlm.config.JudgeConfig`.
-    Returns (metrics, items). metrics: everything `judge_agreement` returns (values, 95% intervals, counts and
-    policies) plus the judge settings, `sample_parse_rate` (parsable judgements / judgements sent) and
-    `replies_skipped_prompt_too_long`. items: one record per reply, in group order, with group_id, reply_id,
-    rank, the judgement texts, per-sample scores and the mean score (with judge.method=expected, per-sample
-    expected scores, plus `parsed_scores`, `score_probs` and `score_token_mass`).
-    """
-    groups = list(groups)
-    method = judge_cfg.method
+def judge_replies(groups: list[RankedGroup], backend, judge_cfg, *, seed: int) -> list[dict]:
+    """One item per reply, in group order: ids, the human rank, and the judge's judgements and score (replies whose
+    judge prompt is too long are marked skipped, unscored)."""
     judge = Judge.from_config(judge_cfg, backend)
-
     items: list[dict] = []
     to_send: list[tuple[GenerationRequest, dict]] = []  # (request, the item its judgements go to)
     for group in groups:
@@ -180,7 +167,12 @@ def evaluate_judge(
                     item["score_probs"] = [f["score_probs"] for f in j.expected]
                     item["score_token_mass"] = [f["score_token_mass"] for f in j.expected]
                 item["score"] = average_score(item["scores"])
+    return items
 
+
+def agreement_metrics(groups: list[RankedGroup], items: list[dict], *, bootstrap_samples: int, seed: int) -> dict:
+    """The judge's agreement with the human ranks (`judge_agreement`), its signal, and beside it the length
+    baseline and the length split on the same groups."""
     score_groups, start = [], 0
     for group in groups:
         replies = items[start : start + len(group.replies)]
@@ -200,6 +192,26 @@ def evaluate_judge(
     # How much of that agreement is length: the accuracy where humans preferred the longer reply, where they preferred
     # the shorter one, and their mean (a judge that only counts characters gets 1, 0 and 0.5).
     metrics["length_split"] = length_split(groups, items, bootstrap_samples=bootstrap_samples, seed=seed)
+    return metrics
+
+
+def evaluate_judge(
+    groups: Iterable[RankedGroup], backend, judge_cfg, *, seed: int, bootstrap_samples: int = 1000
+) -> tuple[dict[str, Any], list[dict]]:
+    """Judge every reply of every group, then measure agreement with the human ranks.
+
+    groups: `RankedGroup`s (from `read_oasst_trees` / `read_preference_pairs`).
+    backend: any `srlm.backends` backend (the judge model); judge_cfg: a `srlm.config.JudgeConfig`.
+    Returns (metrics, items). metrics: everything `judge_agreement` returns (values, 95% intervals, counts and
+    policies) plus the judge settings, `sample_parse_rate` (parsable judgements / judgements sent) and
+    `replies_skipped_prompt_too_long`. items: one record per reply, in group order, with group_id, reply_id,
+    rank, the judgement texts, per-sample scores and the mean score (with judge.method=expected, per-sample
+    expected scores, plus `parsed_scores`, `score_probs` and `score_token_mass`).
+    """
+    groups = list(groups)
+    method = judge_cfg.method
+    items = judge_replies(groups, backend, judge_cfg, seed=seed)
+    metrics = agreement_metrics(groups, items, bootstrap_samples=bootstrap_samples, seed=seed)
 
     sent = sum(len(it["scores"]) for it in items)
     parsed = sum(1 for it in items for s in it["scores"] if s is not None)

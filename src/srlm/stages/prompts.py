@@ -108,6 +108,32 @@ def _decontamination_index(paths: list[str]):
     return DecontaminationIndex(_evaluation_prompts(paths))
 
 
+def usable_seed_prompts(seed_prompts: list[str], cfg: PromptsConfig) -> tuple[list[str], int]:
+    """(the seed prompts that can serve as demonstrations, how many were too long to). A seed prompt longer than a
+    generated one may be (max_words) is no demonstration of a task: one such prompt (a pasted document, a 10 MB
+    line) would make every few-shot prompt that shows it too long to generate from."""
+    if not seed_prompts:
+        raise SrlmError("self-instruction needs at least one seed prompt")
+    usable = [text for text in seed_prompts if len(text.split()) <= cfg.max_words]
+    if not usable:
+        raise SrlmError(f"all {len(seed_prompts)} seed prompts are longer than prompts.max_words ({cfg.max_words} "
+                        "words): none can serve as a few-shot demonstration")
+    return usable, len(seed_prompts) - len(usable)
+
+
+def few_shot_request(attempt: int, seed_prompts: list[str], generated: list[str], cfg: PromptsConfig,
+                     sampling: Sampling, *, seed: int, iteration: int) -> GenerationRequest:
+    """Attempt `attempt`'s few-shot prompt: shots_seed seed demos and up to shots_generated generated ones (seed
+    demos fill in while there are fewer generated), in a seeded random order."""
+    rng = random.Random(stable_seed(seed, "prompts", iteration, attempt))
+    n_generated = min(cfg.shots_generated, len(generated))
+    demos = rng.sample(seed_prompts, min(cfg.shots_seed + cfg.shots_generated - n_generated, len(seed_prompts)))
+    demos += rng.sample(generated, n_generated)
+    rng.shuffle(demos)
+    return GenerationRequest(f"{iteration}-{attempt}", sampling, stable_seed(seed, "prompts-sample", iteration, attempt),
+                             text=few_shot_prompt(demos))
+
+
 def run_prompts(
     seed_prompts: list[str],
     earlier_generated: list[str],
@@ -118,16 +144,7 @@ def run_prompts(
     seed: int,
     iteration: int = 1,
 ) -> dict:
-    if not seed_prompts:
-        raise SrlmError("self-instruction needs at least one seed prompt")
-    # A seed prompt longer than a generated one may be (max_words) is no demonstration of a task: one such prompt
-    # (a pasted document, a 10 MB line) would make every few-shot prompt that shows it too long to generate from.
-    seeds_too_long = sum(1 for text in seed_prompts if len(text.split()) > cfg.max_words)
-    if seeds_too_long:
-        seed_prompts = [text for text in seed_prompts if len(text.split()) <= cfg.max_words]
-        if not seed_prompts:
-            raise SrlmError(f"all {seeds_too_long} seed prompts are longer than prompts.max_words ({cfg.max_words} "
-                            "words): none can serve as a few-shot demonstration")
+    seed_prompts, seeds_too_long = usable_seed_prompts(seed_prompts, cfg)
     max_attempts = cfg.max_attempts or 4 * cfg.num_prompts
     sampling = Sampling(n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     log = ResumableJsonlWriter(out_path.with_name(out_path.stem + ".attempts.jsonl"), id_field="attempt")
@@ -162,15 +179,8 @@ def run_prompts(
     with progress(cfg.num_prompts, "prompts", initial=len(kept)) as bar:
         while len(kept) < cfg.num_prompts and next_attempt < max_attempts:
             batch = range(next_attempt, min(max_attempts, next_attempt + ATTEMPTS_PER_REQUEST_BATCH))
-            requests = []
-            for a in batch:
-                rng = random.Random(stable_seed(seed, "prompts", iteration, a))
-                n_generated = min(cfg.shots_generated, len(generated))
-                demos = rng.sample(seed_prompts, min(cfg.shots_seed + cfg.shots_generated - n_generated, len(seed_prompts)))
-                demos += rng.sample(generated, n_generated)
-                rng.shuffle(demos)
-                requests.append(GenerationRequest(f"{iteration}-{a}", sampling, stable_seed(seed, "prompts-sample", iteration, a),
-                                                  text=few_shot_prompt(demos)))
+            requests = [few_shot_request(a, seed_prompts, generated, cfg, sampling, seed=seed, iteration=iteration)
+                        for a in batch]
             outputs = backend.generate(requests)
             attempts = []
             for a, request, (completion,) in zip(batch, requests, outputs):
