@@ -334,7 +334,7 @@ class InProcessRank:
     """A rank without a process: the rank's own code (RankEngine, rank_reply) on the stand-in vllm, here."""
 
     def __init__(self, rank, environment, engine_kwargs):
-        from srlm.backends.vllm import RankEngine
+        from srlm.backends.vllm_ranks import RankEngine
 
         self.rank, self.environment, self.closed = rank, environment, False
         try:
@@ -344,7 +344,7 @@ class InProcessRank:
             self.engine, self.replies = None, [("error", f"{type(exc).__name__}: {exc}")]
 
     def send(self, message):
-        from srlm.backends.vllm import rank_reply
+        from srlm.backends.vllm_ranks import rank_reply
 
         self.replies.append(rank_reply(self.engine, message)[0])
 
@@ -359,7 +359,7 @@ class InProcessRank:
 
 @pytest.fixture
 def in_process_ranks(monkeypatch):
-    import srlm.backends.vllm as module
+    import srlm.backends.vllm_ranks as module
 
     started = []
 
