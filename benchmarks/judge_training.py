@@ -14,7 +14,9 @@ What it does, on the embedded SmolLM2-135M-Instruct, 2 CPU cores:
    file is there;
 5. with --variant NAME (VARIANTS below), also trains and measures that variant of the trained judge, e.g.
    `length_balanced` (judge_training.length_balance=true: as many pairs where humans preferred the shorter reply
-   as the longer). A variant is measured on both splits; a recipe takes the one that does best on hh_val.
+   as the longer). A variant is measured on both splits; a recipe takes the one that does best on hh_val: the
+   higher pairwise accuracy there, and within 0.01 of each other the higher length-balanced accuracy (the rule was
+   written down before the length_balanced variant's first figure).
 
 Splits: hh_eft, hh_val and hh_test are disjoint by question (scripts/build_builtin_data.py). Nothing here is chosen
 on hh_test. Every step is skipped when its output exists, so a killed run continues.
