@@ -65,6 +65,20 @@ class ReadResult(NamedTuple):
     counts: dict[str, int]
 
 
+def _add_group(group: "RankedGroup", groups: list, seen_group_ids: set[str], counts: Counter) -> None:
+    """Keep `group` unless the same group (context and ranked replies) is already kept, which is counted as
+    skipped_duplicate; count what it adds (groups, replies, ordered pairs, first-turn groups)."""
+    if group.group_id in seen_group_ids:
+        counts["skipped_duplicate"] += 1
+        return
+    seen_group_ids.add(group.group_id)
+    groups.append(group)
+    counts["groups"] += 1
+    counts["replies"] += len(group.replies)
+    counts["ordered_pairs"] += group.n_ordered_pairs
+    counts["first_turn_groups"] += len(group.context) == 1
+
+
 def _group_id(context: list[dict], replies: list[dict]) -> str:
     return stable_id(
         json.dumps(context, ensure_ascii=False, sort_keys=True),
@@ -145,15 +159,7 @@ def read_oasst_trees(
                 source=at,
                 meta={"message_tree_id": tree.get("message_tree_id"), "parent_message_id": message.message_id},
             )
-            if group.group_id in seen_group_ids:
-                counts["skipped_duplicate"] += 1
-                continue
-            seen_group_ids.add(group.group_id)
-            groups.append(group)
-            counts["groups"] += 1
-            counts["replies"] += len(kept)
-            counts["ordered_pairs"] += group.n_ordered_pairs
-            counts["first_turn_groups"] += len(conversation) == 1
+            _add_group(group, groups, seen_group_ids, counts)
 
     if counts["trees"] == 0:
         raise DataError(f"{path}: no records")
@@ -358,15 +364,7 @@ def read_preference_pairs(path: str | Path) -> ReadResult:
             for rank, text in ((0, chosen), (1, rejected))
         ]
         group = RankedGroup(group_id=_group_id(context, replies), context=context, replies=replies, source=at)
-        if group.group_id in seen_group_ids:
-            counts["skipped_duplicate"] += 1
-            continue
-        seen_group_ids.add(group.group_id)
-        groups.append(group)
-        counts["groups"] += 1
-        counts["replies"] += 2
-        counts["ordered_pairs"] += 1
-        counts["first_turn_groups"] += len(context) == 1
+        _add_group(group, groups, seen_group_ids, counts)
 
     if counts["records"] == 0:
         raise DataError(f"{path}: no records")
