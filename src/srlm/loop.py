@@ -296,13 +296,13 @@ def run_policy_stages(cfg: Config, rd: RunDir, t: int, actor: _Generator, stats:
     if cfg.pairs.policy == "anchored" and t > 1:
         anchor = _Generator(cfg, str(rd.model_dir(1)))
         stats["anchor_respond_stage"] = rd.stage(
-            f"iter_{t}/anchor_respond", stage_fingerprint(cfg, "respond"), [d / "anchor_responses.jsonl"],
+            f"iter_{t}/anchor_respond", stage_fingerprint(cfg, "anchor_respond"), [d / "anchor_responses.jsonl"],
             lambda: run_respond(d / "prompts.jsonl", d / "anchor_responses.jsonl", anchor.get(), cfg.respond,
                                 seed=cfg.seed, chunk_prompts=chunk),
         )
         anchor.close()
         stats["anchor_judge_stage"] = rd.stage(
-            f"iter_{t}/anchor_judge", stage_fingerprint(cfg, "judge"), [d / "anchor_judgements.jsonl"],
+            f"iter_{t}/anchor_judge", stage_fingerprint(cfg, "anchor_judge"), [d / "anchor_judgements.jsonl"],
             lambda: run_judge(d / "anchor_responses.jsonl", d / "anchor_judgements.jsonl", actor.get(), cfg.judge,
                               seed=cfg.seed, chunk_prompts=chunk),
         )
@@ -311,7 +311,7 @@ def run_policy_stages(cfg: Config, rd: RunDir, t: int, actor: _Generator, stats:
     if cfg.pairs.policy == "consistency_weighted" and t > 1:
         previous = _Generator(cfg, str(rd.model_dir(t - 1)))
         stats["previous_judge_stage"] = rd.stage(
-            f"iter_{t}/previous_judge", stage_fingerprint(cfg, "judge"), [d / "previous_judgements.jsonl"],
+            f"iter_{t}/previous_judge", stage_fingerprint(cfg, "previous_judge"), [d / "previous_judgements.jsonl"],
             lambda: run_judge(d / "responses.jsonl", d / "previous_judgements.jsonl", previous.get(), cfg.judge,
                               seed=cfg.seed, chunk_prompts=chunk),
         )

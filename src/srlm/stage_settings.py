@@ -23,12 +23,17 @@ STAGE_SECTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
     "judge": (("seed", "judge", "backend"),),
     "pairs": (("seed", "pairs"),),
     "metajudge": (("seed", "meta", "judge", "backend"),),
+    # pairs.policy's own stages read what the stage they repeat reads
+    "anchor_respond": (("seed", "respond", "backend"),),
+    "anchor_judge": (("seed", "judge", "backend"),),
+    "previous_judge": (("seed", "judge", "backend"),),
     "dpo": (("seed", "dpo"),),
     "eval": (("seed", "eval", "judge"),),
     "sft_baseline": (("seed", "model", "data", "sft"),),
     "train_judge": (("seed", "judge_training"), ("judge",)),
 }
-MAIN_LINE = ("sft", "train_judge", "prompts", "respond", "judge", "pairs", "dpo")
+MAIN_LINE = ("sft", "train_judge", "prompts", "respond", "judge", "metajudge", "anchor_respond", "anchor_judge",
+             "previous_judge", "pairs", "dpo")
 
 
 def stage_fingerprint(cfg: Config, stage: str) -> str:
