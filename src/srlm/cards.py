@@ -120,7 +120,7 @@ def render_card(*, model: str, base_model: str, how: str, lineage: dict, data: l
 
 def record_lineage(rd, name: str, trained_from: Path | str, reference: Path | None, data: dict | None) -> dict:
     """The manifest's lineage entry for models/<name>, hashed once per version of the weights."""
-    model_dir = rd.root / "models" / name
+    model_dir = rd.named_model_dir(name)
     lineage = rd.manifest.setdefault("lineage", {})
     stamp = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in model_dir.glob("*.safetensors"))
     entry = lineage.get(name)
@@ -190,6 +190,6 @@ def write_model_card(cfg: Config, rd, name: str, summary: dict) -> Path:
     card = render_card(model=name, base_model=base, how=how,
                        lineage={k: v for k, v in entry.items() if k not in ("stamp", "data")},
                        data=data, sections=sections, figures=model_figures(summary, name), run_dir=rd.root)
-    path = rd.root / "models" / name / "README.md"
+    path = rd.named_model_dir(name) / "README.md"
     write_text(path, card)
     return path
