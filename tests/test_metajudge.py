@@ -12,14 +12,14 @@ from srlm.io import read_jsonl, write_jsonl
 from srlm.stages.metajudge import mix_pairs, run_metajudge
 
 
-def _files(tmp_path, texts_per_response):
+def _files(tmp_path, texts_per_response, prompt_of=lambda i: f"p{i}", scores=lambda i, k: float(k + 1)):
     responses, judgements = [], []
     for i, texts in enumerate(texts_per_response):
         rid = f"r{i}"
-        responses.append({"prompt_id": f"p{i}", "response_id": rid, "prompt": f"Question {i}?",
-                          "response": f"An answer to question {i}."})
-        judgements.append({"prompt_id": f"p{i}", "response_id": rid, "score": 3.0, "scores": [3.0] * len(texts),
-                           "judgements": [{"text": t, "score": float(k + 1) if t else None}
+        responses.append({"prompt_id": prompt_of(i), "response_id": rid, "prompt": f"Question {prompt_of(i)}?",
+                          "response": f"An answer number {i}."})
+        judgements.append({"prompt_id": prompt_of(i), "response_id": rid, "score": 3.0, "scores": [3.0] * len(texts),
+                           "judgements": [{"text": t, "score": scores(i, k) if t else None}
                                           for k, t in enumerate(texts)]})
     write_jsonl(tmp_path / "responses.jsonl", responses)
     write_jsonl(tmp_path / "judgements.jsonl", judgements)
@@ -51,11 +51,33 @@ def test_the_careful_judgement_is_chosen_and_the_order_does_not_matter(tmp_path)
     assert pairs["r0"]["chosen"][0]["content"] == "a careful check. Score: 3"
     assert pairs["r0"]["rejected"][0]["content"] == "a sloppy look. Score: 1"  # the two sloppy ones tie: the first
     assert pairs["r1"]["chosen"][0]["content"] == "a careful check. Score: 2"
-    assert pairs["r1"]["kind"] == "judge" and "Question 1?" in pairs["r1"]["prompt"][0]["content"]
+    assert pairs["r1"]["kind"] == "judge" and "Question p1?" in pairs["r1"]["prompt"][0]["content"]
     assert stats["comparisons"] == 6 + 2 and stats["meta_parse_rate"] == 1.0
     assert stats["position_bias_rate"] == 0.0  # the script follows the judgement, never the position
     assert stats["dropped"] == {"fewer_than_2_judgements": 1} and stats["judge_pairs"] == 2
     assert len(read_jsonl(tmp_path / "judge_pairs.jsonl.verdicts.jsonl")) == 8
+    # the same judgements in the other order: the same choice
+    responses, judgements = _files(tmp_path, [["another sloppy look. Score: 5", "a careful check. Score: 3",
+                                               "a sloppy look. Score: 1"]])
+    run_metajudge(responses, judgements, tmp_path / "reversed.jsonl", FakeBackend(prefers_careful),
+                  MetaConfig(enabled=True), JudgeConfig(), seed=0)
+    (pair,) = read_jsonl(tmp_path / "reversed.jsonl")
+    assert pair["chosen"][0]["content"] == "a careful check. Score: 3"
+    assert pair["rejected"][0]["content"] == "another sloppy look. Score: 5"  # now the first of the two sloppy ones
+
+
+def test_one_response_per_prompt_the_one_whose_judgements_disagree_most(tmp_path):
+    texts = [["careful. Score: 3", "sloppy. Score: 3"], ["careful. Score: 1", "sloppy. Score: 5"],
+             ["careful. Score: 2", "sloppy. Score: 4"], ["careful. Score: 4", "sloppy. Score: 4"]]
+    spread = {0: (3.0, 3.0), 1: (1.0, 5.0), 2: (2.0, 4.0), 3: (4.0, 4.0)}
+    responses, judgements = _files(tmp_path, texts, prompt_of=lambda i: "p0" if i < 3 else "p1",
+                                   scores=lambda i, k: spread[i][k])
+    stats = run_metajudge(responses, judgements, tmp_path / "judge_pairs.jsonl", FakeBackend(prefers_careful),
+                          MetaConfig(enabled=True), JudgeConfig(), seed=0)
+    (pair,) = read_jsonl(tmp_path / "judge_pairs.jsonl")
+    assert pair["response_id"] == "r1"  # p0: scores 1 and 5 vary most; p1: its one response's judgements agree
+    assert stats["prompts"] == 2 and stats["responses_compared"] == 1 and stats["comparisons"] == 2
+    assert stats["dropped"] == {"judgements_agree": 1}
 
 
 def test_a_meta_judge_that_always_picks_the_first_position_teaches_nothing(tmp_path):

@@ -284,3 +284,33 @@ def test_an_interrupt_before_any_checkpoint_leaves_no_trainer_folder(tiny_model_
     with pytest.raises(KeyboardInterrupt):
         run_sft(str(tiny_model_dir), ift, eft, tmp_path / "m1", cfg, seed=0)
     assert not list(tmp_path.glob(".m1*"))
+
+
+def test_label_smoothing_trains_conservative_dpo(tiny_model_dir, tmp_path, data):
+    """dpo.label_smoothing = e gives each step the loss -(1-e) log s(m) - e log s(-m), m = the step's reward margin
+    (beta x the log-ratio difference, one pair per step); e = 0 is plain DPO, -log s(m). TRL's plain loss ignores
+    label_smoothing, so this is what shows the smoothing reaches the loss (pairs.policy=consistency_weighted)."""
+    import math
+
+    from srlm.stages.dpo import loss_arguments
+
+    _, _, pairs = data
+
+    def softplus(x):
+        return math.log1p(math.exp(x))
+
+    def steps(eps):
+        cfg = DpoConfig(epochs=3, batch_size=1, micro_batch_size=1, learning_rate=5e-3, dropout=0.0,
+                        label_smoothing=eps, gradient_checkpointing=False)
+        return run_dpo(str(tiny_model_dir), pairs, tmp_path / f"m_{eps}", cfg, seed=0)["per_step"]
+
+    assert loss_arguments(DpoConfig()) == {}  # plain DPO keeps TRL's default loss
+    smoothed = steps(0.3)
+    moved = [s for s in smoothed if abs(s["reward_margin"]) > 0.05]
+    assert moved, smoothed  # the margin moves away from 0, where every loss is ln 2
+    for s in smoothed:
+        m = s["reward_margin"]
+        assert s["loss"] == pytest.approx(0.7 * softplus(-m) + 0.3 * softplus(m), abs=2e-3), s
+    assert any(abs(s["loss"] - softplus(-s["reward_margin"])) > 0.01 for s in moved)  # not the plain loss
+    for s in steps(0.0):
+        assert s["loss"] == pytest.approx(softplus(-s["reward_margin"]), abs=2e-3), s

@@ -483,6 +483,16 @@ class Config(_Section):
         return value
 
     @model_validator(mode="after")
+    def _pair_policies_say_what_they_set(self):
+        if self.pairs.policy == "consistency_weighted" and self.dpo.label_smoothing > 0:
+            raise ValueError("pairs.policy=consistency_weighted sets DPO's label smoothing in each iteration from the "
+                             "judges' consistency: leave dpo.label_smoothing at 0")
+        if self.pairs.policy == "anchored" and self.pairs.length_control_rho > 0:
+            raise ValueError("pairs.policy=anchored takes the rejected answer from M1's answers, which length control "
+                             "(pairs.length_control_rho) does not choose among: use one or the other")
+        return self
+
+    @model_validator(mode="after")
     def _meta_judge_needs_judgements_to_compare(self):
         if self.meta.enabled and (self.judge.method == "direct" or self.judge.num_samples < 2):
             raise ValueError("meta.enabled=true compares a response's judgements with each other: it needs two or more "

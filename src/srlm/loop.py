@@ -254,8 +254,11 @@ def run_iteration(cfg: Config, rd: RunDir, t: int, seeds: list[str], judge_of: d
                           seed=cfg.seed, chunk_prompts=cfg.backend.chunk_prompts),
     )
     if cfg.meta.enabled:  # M_t, as meta-judge, compares its own judgements: pairs for the judge
+        # meta.judge_pair_share only mixes the pairs for DPO: it is part of DPO's fingerprint, not this stage's
+        unmixed = cfg.model_copy(update={"meta": cfg.meta.model_copy(
+            update={"judge_pair_share": type(cfg.meta).model_fields["judge_pair_share"].default})})
         stats["metajudge_stage"] = rd.stage(
-            f"iter_{t}/metajudge", stage_fingerprint(cfg, "metajudge"), [d / "judge_pairs.jsonl"],
+            f"iter_{t}/metajudge", stage_fingerprint(unmixed, "metajudge"), [d / "judge_pairs.jsonl"],
             lambda: run_metajudge(d / "responses.jsonl", d / "judgements.jsonl", d / "judge_pairs.jsonl", actor.get(),
                                   cfg.meta, cfg.judge, seed=cfg.seed),
         )
@@ -348,9 +351,10 @@ def train_next_model(cfg: Config, rd: RunDir, t: int, stats: dict) -> None:
     # pairs.policy=consistency_weighted: this iteration's label smoothing comes from its pairs stage (the stages
     # before it are in the chain of fingerprints, so it needs no part in DPO's own).
     smoothing = stats["pairs_stage"].get("dpo_label_smoothing")
-    dpo_cfg = cfg.dpo.model_copy(update={"label_smoothing": smoothing}) if smoothing else cfg.dpo
+    dpo_cfg = cfg.dpo.model_copy(update={"label_smoothing": smoothing}) if smoothing is not None else cfg.dpo
+    mixing = f"+judge_pair_share={cfg.meta.judge_pair_share}" if cfg.meta.enabled else ""
     stats["dpo_stage"] = rd.stage(
-        f"iter_{t}/dpo", stage_fingerprint(cfg, "dpo") + ("+select" if selecting else ""),
+        f"iter_{t}/dpo", stage_fingerprint(cfg, "dpo") + ("+select" if selecting else "") + mixing,
         [model_next / "config.json"],
         lambda: _train_dpo(cfg, rd, model_t, training_pairs(cfg, rd, t), model_next, dpo_cfg),
     )
@@ -361,8 +365,9 @@ def train_next_model(cfg: Config, rd: RunDir, t: int, stats: dict) -> None:
             lambda: run_selection(cfg, model_t, model_next, d),
         )
     # Which model this one was trained from and against: M_t for both (TRL's reference is the starting model).
+    trained_on = "dpo_pairs.jsonl" if cfg.meta.enabled else "pairs.jsonl"  # see training_pairs
     cards.record_lineage(rd, f"m{t + 1}", model_t, model_t,
-                         cards.data_record(f"iter_{t}/pairs.jsonl", str(d / "pairs.jsonl")))
+                         cards.data_record(f"iter_{t}/{trained_on}", str(d / trained_on)))
 
 
 def training_pairs(cfg: Config, rd: RunDir, t: int) -> Path:

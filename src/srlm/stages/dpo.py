@@ -26,6 +26,28 @@ def pair_lengths(dataset) -> list[int]:
             for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
 
 
+def loss_arguments(cfg: DpoConfig) -> dict:
+    """TRL's loss settings for srlm's DPO: plain DPO (TRL's `sigmoid` loss) unless a key asks for more.
+
+    - dpo.nll_weight > 0 (RPO): plus TRL's `sft` loss (NLL on the chosen answer) with that weight.
+    - dpo.label_smoothing = e > 0 (conservative DPO, the form CREAM trains with): -(1-e) log s(bD) - e log s(-bD),
+      the pair counted as right with probability 1-e. TRL's `sigmoid` loss ignores label_smoothing, and its `robust`
+      loss is Robust DPO's unbiased form, ((1-e) S - e F) / (1-2e) with S = -log s(bD), F = -log s(-bD). Weighted
+      2(1-e) x sigmoid - (1-2e) x robust, the two add up to exactly (1-e) S + e F (tested against the formula).
+    """
+    types, weights, extra = ["sigmoid"], [1.0], {}
+    eps = cfg.label_smoothing
+    if eps > 0:
+        types, weights = ["sigmoid", "robust"], [2 * (1 - eps), -(1 - 2 * eps)]
+        extra["label_smoothing"] = eps
+    if cfg.nll_weight > 0:
+        types.append("sft")
+        weights.append(cfg.nll_weight)
+    if types == ["sigmoid"]:
+        return {}  # TRL's default loss, as always
+    return {"loss_type": types, "loss_weights": weights, **extra}
+
+
 def run_dpo(
     model_path: str,
     pairs_path: Path,
@@ -48,9 +70,7 @@ def run_dpo(
         args = DPOConfig(
             **placement.trainer_kwargs(cfg, seed=seed, output_dir=scratch, tracking=tracking),
             beta=cfg.beta,
-            label_smoothing=cfg.label_smoothing,
-            # RPO: DPO plus an NLL loss on the chosen answer, weighted by dpo.nll_weight (TRL's combined losses).
-            **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.nll_weight]} if cfg.nll_weight > 0 else {}),
+            **loss_arguments(cfg),
             precompute_ref_log_probs=True,
             disable_dropout=cfg.dropout == 0,
         )

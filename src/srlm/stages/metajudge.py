@@ -3,8 +3,10 @@ a preference pair for the judge (Meta-Rewarding, Wu et al. 2024; not in the pape
 
     srlm metajudge --responses responses.jsonl --judgements judgements.jsonl --out judge_pairs.jsonl [key=value ...]
 
-For each response with two or more parsed judgements (at most `meta.max_judgements`, the first ones), every ordered
-pair of them is shown to the meta-judge (`templates/meta_judge.txt`: the judging task as the judge saw it, then
+For each prompt, the meta-judge looks at one response, as in the paper: the one whose judgements disagree most (the
+highest variance of their scores; a prompt where every response's judgements agree, or none has two parsed ones,
+gives no judge pair and is counted). Of that response's parsed judgements (at most `meta.max_judgements`, the first
+ones), every ordered pair is shown to the meta-judge (`templates/meta_judge.txt`: the judging task as the judge saw it, then
 judgement (a) and judgement (b); our own wording of the paper's prompt), so each pair is seen in both orders. The
 verdict is read as `Winner: A / B / tie` (`srlm.evaluation.winrate.parse_verdict`).
 
@@ -66,9 +68,34 @@ def read_judgements(path: Path) -> dict[str, list[dict]]:
     return out
 
 
+def pick_responses(responses: list[dict], judged: dict[str, list[dict]], cfg: MetaConfig) -> tuple[list[dict], Counter]:
+    """Meta-Rewarding's choice of what to meta-judge: per prompt, the response whose judgements' scores vary most
+    (the first on ties); prompts with no response of two parsed judgements, or where they all agree, are counted."""
+    from statistics import pvariance
+
+    by_prompt: dict[str, list[dict]] = {}
+    for r in responses:
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    picked, drops = [], Counter()
+    for candidates in by_prompt.values():
+        spread = [(pvariance([j["score"] for j in judged.get(r["response_id"], [])[: cfg.max_judgements]]), r)
+                  for r in candidates if len(judged.get(r["response_id"], [])) >= 2]
+        if not spread:
+            drops["fewer_than_2_judgements"] += 1
+            continue
+        variance, best = max(spread, key=lambda vr: vr[0])  # max keeps the first of equal variances
+        if variance == 0:
+            drops["judgements_agree"] += 1
+            continue
+        picked.append(best)
+    return picked, drops
+
+
 def battles(responses: list[dict], judged: dict[str, list[dict]], cfg: MetaConfig, judge_template: str,
             meta_template: str, seed: int) -> list[dict]:
-    """One record per ordered pair of a response's judgements: ids, positions, and the meta-judge request text."""
+    """One record per ordered pair of a response's judgements: ids, positions, and the meta-judge request text.
+    The id names both judgements' texts and the meta-judge's settings, so a resumed run never reuses a verdict
+    about other judgements."""
     out = []
     for r in responses:
         judgements = judged.get(r["response_id"], [])[: cfg.max_judgements]
@@ -76,7 +103,8 @@ def battles(responses: list[dict], judged: dict[str, list[dict]], cfg: MetaConfi
             continue
         judge_prompt = render(judge_template, r["prompt"], r["response"])
         for a, b in permutations(range(len(judgements)), 2):
-            battle_id = stable_id("meta", r["response_id"], a, b)
+            battle_id = stable_id("meta", r["response_id"], a, b, judgements[a]["text"], judgements[b]["text"],
+                                  meta_template, cfg.temperature, cfg.max_new_tokens)
             out.append({"battle_id": battle_id, "response_id": r["response_id"], "a": a, "b": b,
                         "judge_prompt": judge_prompt,
                         "text": render_meta(meta_template, judge_prompt, judgements[a]["text"], judgements[b]["text"]),
@@ -148,6 +176,8 @@ def run_metajudge(responses_path: Path, judgements_path: Path, out_path: Path, b
                   judge_cfg: JudgeConfig, *, seed: int, chunk_size: int = 64) -> dict:
     responses = [r for r in read_responses(responses_path) if r["response"].strip()]
     judged = read_judgements(judgements_path)
+    prompts = len({r["prompt_id"] for r in responses})
+    responses, skipped = pick_responses(responses, judged, cfg)
     sampling = Sampling(n=1, temperature=cfg.temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens)
     todo_all = battles(responses, judged, cfg, load_template(judge_cfg.template_file, judge_cfg.method),
                        load_meta_template(cfg.template_file), seed)
@@ -167,9 +197,11 @@ def run_metajudge(responses_path: Path, judgements_path: Path, out_path: Path, b
     w_first, w_second, position_counts = position_weights(verdicts)
     judge_prompt_of = {b["response_id"]: b["judge_prompt"] for b in todo_all}
     pairs, drops = judge_pairs(responses, judged, verdicts, cfg, w_first, w_second, judge_prompt_of)
+    drops.update(skipped)
     write_jsonl(out_path, pairs)
     parsed = sum(1 for v in verdicts if v["verdict"] is not None)
     return {
+        "prompts": prompts,
         "responses_compared": len({b["response_id"] for b in todo_all}),
         "comparisons": len(verdicts),
         "skipped_too_long": len(too_long),
