@@ -103,3 +103,27 @@ def test_meta_judging_needs_written_judgements_to_compare():
     with pytest.raises(ConfigError, match="judge.num_samples >= 2"):
         load_config("quickstart", overrides=["meta.enabled=true"])  # quickstart: one judgement per response
     load_config("quickstart", overrides=["meta.enabled=true", "judge.num_samples=3"])
+
+
+def test_a_killed_meta_judge_resumes_where_it_stopped(tmp_path):
+    responses, judgements = _files(tmp_path, [["a careful check. Score: 3", "sloppy. Score: 1", "sloppy too. Score: 5"],
+                                              ["a careful check. Score: 2", "careless. Score: 4"]])
+    calls = []
+
+    def dies_after_four(request, index):
+        calls.append(request.request_id)
+        if len(calls) > 4:
+            raise KeyboardInterrupt  # the process is stopped in the middle of the stage
+        return prefers_careful(request, index)
+
+    out = tmp_path / "judge_pairs.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_metajudge(responses, judgements, out, FakeBackend(dies_after_four), MetaConfig(enabled=True),
+                      JudgeConfig(), seed=0, chunk_size=2)
+    assert not out.exists() and len(read_jsonl(tmp_path / "judge_pairs.jsonl.verdicts.jsonl.partial")) == 4
+    again = []
+    stats = run_metajudge(responses, judgements, out, FakeBackend(lambda r, i: again.append(r.request_id)
+                                                                  or prefers_careful(r, i)),
+                          MetaConfig(enabled=True), JudgeConfig(), seed=0, chunk_size=2)
+    assert len(again) == 8 - 4 and not set(again) & set(calls[:4])  # only what was left
+    assert stats["comparisons"] == 8 and stats["judge_pairs"] == 2
