@@ -71,6 +71,13 @@ def load_template(template_file: str | None = None, method: str | None = None) -
     return read_template_file(template_file, ("{prompt}", "{response}"))
 
 
+def fill_slots(template: str, values: dict[str, str]) -> str:
+    """`template` with each `{name}` of `values` filled in one pass, so that a slot name inside a filled-in text
+    stays text (the pairwise and meta-judge templates)."""
+    pattern = "|".join(re.escape(name) for name in values)
+    return re.sub(r"\{(" + pattern + r")\}", lambda m: values[m.group(1)], template)
+
+
 def render(template: str, prompt: str, response: str) -> str:
     # str.replace, not str.format: user text and templates may contain braces.
     return template.replace("{prompt}", prompt).replace("{response}", response)

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from srlm.backends import GenerationRequest, Sampling
 from srlm.errors import SrlmError
 from srlm.evaluation.metrics import winrate_from_verdicts
-from srlm.judge import read_template_file, shipped_template
+from srlm.judge import fill_slots, read_template_file, shipped_template
 from srlm.io import stable_id, stable_seed
 from srlm.progress import chunks, progress
 
@@ -53,8 +53,7 @@ def load_pairwise_template(template_file: str | Path | None = None) -> str:
 
 def render_pairwise(template: str, instruction: str, output_a: str, output_b: str) -> str:
     """Fill the slots in one pass, so that a slot name inside the instruction or an output is left as text."""
-    values = {"instruction": instruction, "output_a": output_a, "output_b": output_b}
-    return re.sub(r"\{(instruction|output_a|output_b)\}", lambda m: values[m.group(1)], template)
+    return fill_slots(template, {"instruction": instruction, "output_a": output_a, "output_b": output_b})
 
 
 def parse_verdict(judgement: str) -> str | None:

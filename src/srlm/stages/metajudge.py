@@ -25,7 +25,6 @@ kept in `<out>.verdicts.jsonl` (resumable), and the stats give the meta-judge's 
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from itertools import permutations
 from pathlib import Path
@@ -35,7 +34,7 @@ from srlm.config import JudgeConfig, MetaConfig
 from srlm.errors import DataError
 from srlm.evaluation.winrate import parse_verdict
 from srlm.io import ResumableJsonlWriter, iter_jsonl, iter_jsonl_numbered, stable_id, stable_seed, write_jsonl
-from srlm.judge import load_template, read_template_file, render, shipped_template
+from srlm.judge import fill_slots, load_template, read_template_file, render, shipped_template
 from srlm.progress import chunks, progress
 from srlm.stages.judge import read_responses
 
@@ -50,8 +49,7 @@ def load_meta_template(template_file: str | None = None) -> str:
 
 def render_meta(template: str, judge_prompt: str, judgement_a: str, judgement_b: str) -> str:
     """The slots filled in one pass, so that a slot name inside a judgement stays text."""
-    values = {"judge_prompt": judge_prompt, "judgement_a": judgement_a, "judgement_b": judgement_b}
-    return re.sub(r"\{(judge_prompt|judgement_a|judgement_b)\}", lambda m: values[m.group(1)], template)
+    return fill_slots(template, {"judge_prompt": judge_prompt, "judgement_a": judgement_a, "judgement_b": judgement_b})
 
 
 def read_judgements(path: Path) -> dict[str, list[dict]]:
@@ -142,10 +140,7 @@ def judge_pairs(responses: list[dict], judged: dict[str, list[dict]], verdicts: 
         by_response.setdefault(v["response_id"], []).append(v)
     pairs, drops = [], Counter()
     for r in responses:
-        judgements = judged.get(r["response_id"], [])[: cfg.max_judgements]
-        if len(judgements) < 2:
-            drops["fewer_than_2_judgements"] += 1
-            continue
+        judgements = judged.get(r["response_id"], [])[: cfg.max_judgements]  # two or more: pick_responses
         wins = [0.0] * len(judgements)
         for v in by_response.get(r["response_id"], []):
             if v["verdict"] == "A":
