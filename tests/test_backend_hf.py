@@ -39,6 +39,27 @@ def test_greedy_matches_generate_with_shared_prefix_and_padding(tiny):
         assert outs[0].text == _reference_greedy(tiny, request.messages, 12)
 
 
+def test_a_prefix_kept_once_gives_the_same_text_and_counts_once_in_the_budget(tiny):
+    # A judge-like workload: a long rubric shared by every prompt, K samples each. Kept once (the CPU default) or
+    # copied to every row, the texts and the scores' probabilities are the same; kept once, the rubric counts once
+    # in the token budget, so more prompts share a batch.
+    rubric = "Score the response below from 0 to 5, one point for each of the following criteria met. " * 6
+    sampling = Sampling(n=3, temperature=1.0, top_p=0.9, max_new_tokens=10)
+    requests = [GenerationRequest(f"j{i}", sampling, i, messages=[{"role": "user", "content": rubric + "Answer " * i}])
+                for i in range(1, 7)]
+    prompt_tokens = make_backend("hf", tiny).count_prompt_tokens(requests[-1])
+    budget = 3 * 3 * (prompt_tokens + 10)  # three prompts' worth when every row holds the rubric
+    shared = make_backend("hf", tiny, max_batch_tokens=budget)
+    copied = make_backend("hf", tiny, max_batch_tokens=budget, share_prefix=False)
+    assert shared.share_prefix and not copied.share_prefix
+    texts = [[c.text for c in o] for o in shared.generate(requests)]
+    assert texts == [[c.text for c in o] for o in copied.generate(requests)]
+    assert shared.stats.extra["batches"] == 1 and copied.stats.extra["batches"] == 2
+    items = [(r, "Fine.\nScore: ") for r in requests]
+    for a, b in zip(shared.score_token_probs(items, list("012345")), copied.score_token_probs(items, list("012345"))):
+        assert a.probs == pytest.approx(b.probs, abs=1e-6)
+
+
 def test_n_samples_budget_batching_and_determinism(tiny):
     sampling = Sampling(n=3, temperature=1.0, top_p=0.9, max_new_tokens=8)
     requests = [GenerationRequest(f"q{i}", sampling, i, messages=[{"role": "user", "content": "hello " * (i + 1)}])
@@ -88,6 +109,28 @@ def test_top_p_keeps_only_the_nucleus():
     full = [int(sample_next(logits, Sampling(temperature=1.0, top_p=1.0), gen)) for _ in range(400)]
     assert set(full) == {0, 1, 2, 3}
     assert int(sample_next(logits, Sampling(temperature=0.0), gen)) == 0
+
+
+def test_a_wide_nucleus_is_sorted_in_full_and_rows_do_not_affect_each_other():
+    import torch
+
+    from srlm.backends.hf import NUCLEUS_CANDIDATES
+
+    vocab = 4 * NUCLEUS_CANDIDATES
+    flat = torch.zeros(vocab)  # every token equally likely: the nucleus is 90% of the vocabulary
+    peaked = torch.full((vocab,), -30.0)
+    peaked[7] = 0.0
+    sampling = Sampling(temperature=1.0, top_p=0.9)
+    together, alone = [], []
+    for seed in range(200):
+        pair = sample_next(torch.stack([flat, peaked]), sampling,
+                           [torch.Generator().manual_seed(seed), torch.Generator().manual_seed(1000 + seed)])
+        together.append(pair.tolist())
+        alone.append([int(sample_next(flat[None], sampling, [torch.Generator().manual_seed(seed)])),
+                      int(sample_next(peaked[None], sampling, [torch.Generator().manual_seed(1000 + seed)]))])
+    assert together == alone
+    assert {b for _, b in together} == {7}
+    assert max(a for a, _ in together) > NUCLEUS_CANDIDATES  # drawn beyond the top candidates
 
 
 def test_common_prefix_length():

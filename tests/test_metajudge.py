@@ -7,9 +7,10 @@ import pytest
 
 from srlm.backends.fake import FakeBackend
 from srlm.config import JudgeConfig, MetaConfig, load_config
-from srlm.errors import ConfigError
+from srlm.errors import ConfigError, SrlmError
 from srlm.io import read_jsonl, write_jsonl
-from srlm.stages.metajudge import mix_pairs, run_metajudge
+from srlm.judge import check_judge_method
+from srlm.stages.metajudge import load_meta_template, mix_pairs, run_metajudge
 
 
 def _files(tmp_path, texts_per_response, prompt_of=lambda i: f"p{i}", scores=lambda i, k: float(k + 1)):
@@ -127,3 +128,56 @@ def test_a_killed_meta_judge_resumes_where_it_stopped(tmp_path):
                           MetaConfig(enabled=True), JudgeConfig(), seed=0, chunk_size=2)
     assert len(again) == 8 - 4 and not set(again) & set(calls[:4])  # only what was left
     assert stats["comparisons"] == 8 and stats["judge_pairs"] == 2
+
+
+class DirectMetaJudge(FakeBackend):
+    """Reads the verdict as meta.method=direct does: p(A), p(B) after "Winner: ", favouring the careful judgement;
+    it never writes anything (a model that cannot write the verdict line)."""
+
+    def __init__(self):
+        super().__init__(lambda request, index: "I cannot say.")
+        self.continuations = []
+
+    def score_token_probs(self, items, candidates):
+        from srlm.backends.base import CandidateProbs
+
+        out = []
+        for request, continuation in items:
+            self.continuations.append((continuation, tuple(candidates)))
+            prompt = request.messages[-1]["content"]
+            a = "careful" in prompt[prompt.index("# Judgement (a)"):prompt.index("# Judgement (b)")]
+            out.append(CandidateProbs([0.7, 0.3] if a else [0.25, 0.75], 0.9))
+        return out
+
+
+def test_direct_meta_judging_reads_the_verdict_token_and_decides_every_comparison(tmp_path):
+    responses, judgements = _files(tmp_path, [["a sloppy look. Score: 1", "a careful check. Score: 3",
+                                               "another sloppy look. Score: 5"]])
+    backend = DirectMetaJudge()
+    out = tmp_path / "judge_pairs.jsonl"
+    stats = run_metajudge(responses, judgements, out, backend, MetaConfig(enabled=True, method="direct"),
+                          JudgeConfig(), seed=0)
+    assert set(backend.continuations) == {("Winner: ", ("A", "B"))} and backend.stats.sequences == 0  # nothing generated
+    (pair,) = read_jsonl(out)
+    assert pair["chosen"][0]["content"] == "a careful check. Score: 3"
+    assert stats["meta_parse_rate"] == 1.0 and stats["comparisons"] == 6
+    verdicts = read_jsonl(tmp_path / "judge_pairs.jsonl.verdicts.jsonl")
+    assert {v["text"] for v in verdicts} == {"Winner: A", "Winner: B"} and all(v["verdict_probs"] for v in verdicts)
+    assert "Reply with your verdict alone" in load_meta_template(None, "direct")
+
+
+def test_direct_meta_judging_needs_token_probabilities(tmp_path):
+    from srlm.backends.base import supports_score_probs
+
+    class WritesOnly(FakeBackend):
+        score_token_probs = None
+
+    responses, judgements = _files(tmp_path, [["one. Score: 1", "two. Score: 2"]])
+    assert not supports_score_probs(WritesOnly())
+    with pytest.raises(SrlmError, match="meta.method=direct"):
+        run_metajudge(responses, judgements, tmp_path / "out.jsonl", WritesOnly(),
+                      MetaConfig(enabled=True, method="direct"), JudgeConfig(), seed=0)
+    with pytest.raises(SrlmError, match="meta.method=direct"):
+        check_judge_method(load_config("quickstart", overrides=[
+            "meta.enabled=true", "meta.method=direct", "judge.method=sample_mean", "judge.num_samples=3",
+            "backend.name=vllm"]))

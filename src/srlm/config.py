@@ -245,19 +245,19 @@ class MetaConfig(_Section):
     better and worse judgement of a response become a preference pair for the judge (srlm metajudge)."""
 
     enabled: bool = Field(False, description="Meta-judge each iteration's judgements and train the judge on them too.")
-    max_judgements: int = Field(
-        4, ge=2, description="Compare at most this many parsed judgements per response (every ordered pair: k(k-1) "
-        "meta-judgements).",
-    )
+    max_judgements: int = Field(4, ge=2, description="Compare at most this many parsed judgements per response "
+                                "(every ordered pair: k(k-1) meta-judgements).")
     judge_pair_share: float = Field(
         0.5, ge=0, lt=1, description="Judge pairs make up at most this share of an iteration's DPO pairs (the rest "
         "are the actor's pairs); 0 = measure the meta-judge but train on no judge pair.",
     )
+    method: Literal["generate", "direct"] = Field("generate", description="'generate' (the paper): a comparison, then "
+        "'Winner: A / B / tie'. 'direct' (not in the paper; hf or openai with top_logprobs): nothing written, the "
+        "likelier of 'A' and 'B' after 'Winner: ' decides (meta_judge_direct.txt): every comparison gets a verdict.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature of the meta-judge (0 = greedy).")
     max_new_tokens: int = Field(128, ge=8, description="Most tokens per meta-judgement (comparison + verdict).")
-    template_file: str | None = Field(
-        None, description="Meta-judge template with {judge_prompt}, {judgement_a} and {judgement_b}; null = built-in.",
-    )
+    template_file: str | None = Field(None, description="Meta-judge template with {judge_prompt}, {judgement_a} and "
+                                      "{judgement_b}; null = built-in.")
     max_prompt_tokens: int = Field(3072, ge=8, description="Meta-judge prompts longer than this are skipped and counted.")
 
 
@@ -528,6 +528,7 @@ ADDED_KEYS: dict[str, dict[str, object]] = {
     "loop": {"require_judge_signal": False, "m1": None},
     "pairs": {"policy": "best_worst"},
     "judge_training": {"length_balance": False},
+    "meta": {"method": "generate"},
 }
 
 

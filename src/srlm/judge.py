@@ -143,6 +143,10 @@ def check_judge_method(cfg) -> None:
     from srlm.backends import backend_class
 
     check_method(cfg.judge.method, backend_class(cfg.backend.name))  # the class: nothing is loaded yet
+    if cfg.meta.enabled and cfg.meta.method == "direct" and not supports_score_probs(backend_class(cfg.backend.name)):
+        raise SrlmError(f"meta.method=direct reads the meta-judge's verdict-token probabilities, which the "
+                        f"'{cfg.backend.name}' backend cannot give; use backend.name=hf (or an openai server that "
+                        "returns top_logprobs), or meta.method=generate")
 
 
 @dataclass

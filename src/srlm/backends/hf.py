@@ -13,7 +13,9 @@ prefill), which on a CPU made judging cost several times the decoding itself. Th
 4. samples (temperature, top-p) and drops finished rows from the batch once a quarter of them have reached
    end-of-sequence (dropping copies the cache, so it is batched);
 5. keeps the key/value cache in buffers sized for the whole generation instead of growing it by concatenation;
-6. on CPU, lets SDPA attend over grouped key/value heads directly instead of copying them out per query head.
+6. on CPU, keeps the shared prefix's keys and values once for the whole batch rather than copied to every row, and
+   attends to them with one matmul over all rows (`kv_cache.py`), and lets SDPA attend over grouped key/value heads
+   directly instead of copying them out per query head.
 
 Padding sits between the shared prefix and each suffix; the attention mask hides it and position ids skip it, so
 each row sees exactly the positions it would see alone. Every output sequence samples from its own
@@ -35,6 +37,12 @@ from srlm.backends.base import (
     Sampling,
     prompt_token_ids,
 )
+from srlm.backends.kv_cache import (
+    attending_to_shared_prefix,
+    can_share_prefix,
+    freeze_prefix,
+    preallocated_cache,
+)
 from srlm.errors import SrlmError
 from srlm.io import stable_seed
 
@@ -51,26 +59,37 @@ def sample_next(logits, sampling: Sampling, generators: list):
     whatever the batch size and wherever a run was resumed.
 
     Sorting a 50k-token vocabulary for every row at every step cost more than the model's own matmuls on a CPU.
-    The nucleus is almost always inside the top few hundred tokens, so it is looked for there first; a row whose
-    top candidates do not reach `top_p` falls back to the full sort, so the result is exact either way.
+    The nucleus is almost always inside the top few hundred tokens, so it is looked for there first; only a row whose
+    top candidates do not reach `top_p` is sorted in full, so the result is exact either way, and what a row draws
+    does not depend on the other rows.
     """
     import torch
 
     if sampling.greedy:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
-    k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
-    top_probs, top_ids = probs.topk(k, dim=-1)  # sorted, descending
-    if sampling.top_p >= 1.0 or not bool((top_probs.sum(dim=-1) >= sampling.top_p).all()):
-        top_probs, top_ids = probs.sort(dim=-1, descending=True)
-    if sampling.top_p < 1.0:
-        # Keep the smallest prefix of tokens whose mass reaches top_p (the token that crosses it included).
-        outside = top_probs.cumsum(dim=-1) - top_probs > sampling.top_p
-        top_probs = top_probs.masked_fill(outside, 0.0)
-    cdf = top_probs.cumsum(dim=-1)
     uniform = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generators])
+    if sampling.top_p >= 1.0:
+        return _draw(*probs.sort(dim=-1, descending=True), uniform, sampling.top_p)
+    top_probs, top_ids = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)  # sorted, descending
+    tokens = _draw(top_probs, top_ids, uniform, sampling.top_p)
+    short = (top_probs.sum(dim=-1) < sampling.top_p).nonzero().squeeze(-1)  # rows whose nucleus is wider
+    if len(short):
+        tokens[short] = _draw(*probs[short].sort(dim=-1, descending=True), uniform[short], sampling.top_p)
+    return tokens
+
+
+def _draw(sorted_probs, sorted_ids, uniform, top_p: float):
+    """One token per row from probabilities sorted in descending order: the smallest prefix whose mass reaches
+    top_p (the token that crosses it included), renormalised, and the row's uniform number mapped through its CDF."""
+    import torch
+
+    if top_p < 1.0:
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+    cdf = sorted_probs.cumsum(dim=-1)
     choice = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(-1)).clamp(max=cdf.shape[-1] - 1)
-    return top_ids.gather(-1, choice).squeeze(-1)
+    return sorted_ids.gather(-1, choice).squeeze(-1)
 
 
 def common_prefix_length(sequences: list[list[int]]) -> int:
@@ -82,59 +101,6 @@ def common_prefix_length(sequences: list[list[int]]) -> int:
             i += 1
         length = i
     return length
-
-
-def preallocated_cache(capacity: int):
-    """A transformers KV cache whose layers write into buffers sized for the whole generation.
-
-    The stock DynamicCache grows by `torch.cat` at every step, copying the whole cache of every layer each time:
-    on a CPU that was a fifth of the judging time. These layers allocate `capacity` positions once and write each new
-    key/value in place. Falls back to the stock cache where this transformers version builds caches differently.
-    """
-    import torch
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    class PreallocatedLayer(DynamicLayer):
-        def lazy_initialization(self, key_states, value_states):
-            batch, heads, _, dim = key_states.shape
-            self.key_buffer = key_states.new_empty((batch, heads, capacity, dim))
-            self.value_buffer = value_states.new_empty((batch, heads, capacity, value_states.shape[-1]))
-            self.length = 0
-            self.device = key_states.device
-            self.is_initialized = True
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            end = self.length + key_states.shape[-2]
-            if end > self.key_buffer.shape[-2]:
-                raise RuntimeError(f"KV cache capacity {capacity} exceeded ({end} positions)")
-            self.key_buffer[:, :, self.length:end] = key_states
-            self.value_buffer[:, :, self.length:end] = value_states
-            self.length = end
-            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self.length if self.is_initialized else 0
-
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            if self.is_initialized:
-                self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
-                self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
-                self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
-
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            if self.is_initialized:
-                self.key_buffer = self.key_buffer[indices]
-                self.value_buffer = self.value_buffer[indices]
-                self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
-
-    cache = DynamicCache()
-    if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer and not cache.layers:
-        cache.layer_class_to_replicate = PreallocatedLayer
-    return cache
 
 
 @contextmanager
@@ -200,8 +166,13 @@ def _encode(tokenizer, text: str) -> list[int]:
 class HFBackend:
     name = "hf"
 
-    def __init__(self, model, tokenizer, device: str, max_batch_tokens: int = 16384, max_batch_size: int = 64):
+    def __init__(self, model, tokenizer, device: str, max_batch_tokens: int = 16384, max_batch_size: int = 64,
+                 share_prefix: bool | None = None):
         self.model = model
+        # The prefix is kept once only on CPU by default, where attention is bound by reading the cache; on a GPU
+        # the fused SDPA kernels read the copied prefix fast enough that the unfused two-part attention would not
+        # pay. False = the prefix copied to every row (the benchmarks' side-by-side baseline).
+        self.share_prefix = device.startswith("cpu") if share_prefix is None else share_prefix
         self.tokenizer = tokenizer
         self.device = device
         self.max_batch_tokens = max_batch_tokens
@@ -228,10 +199,12 @@ class HFBackend:
                           max_batch_size=backend.max_batch_size)
 
     @classmethod
-    def create(cls, loaded_model, max_batch_tokens: int = 16384, max_batch_size: int = 64, **_options):
+    def create(cls, loaded_model, max_batch_tokens: int = 16384, max_batch_size: int = 64,
+               share_prefix: bool | None = None, **_options):
         if loaded_model is None:
             raise ValueError("the hf backend needs a loaded model")
-        return cls(loaded_model.model, loaded_model.tokenizer, loaded_model.device, max_batch_tokens, max_batch_size)
+        return cls(loaded_model.model, loaded_model.tokenizer, loaded_model.device, max_batch_tokens, max_batch_size,
+                   share_prefix)
 
     # -- tokenization -----------------------------------------------------------------------------------------
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
@@ -242,21 +215,29 @@ class HFBackend:
 
     # -- batching ---------------------------------------------------------------------------------------------
     def _batches(self, items: list[tuple[int, list[int], GenerationRequest]]):
-        """Group (index, ids, request) by sampling settings, longest first, under the token and size budgets."""
+        """Group (index, ids, request) by sampling settings, longest first, under the token and size budgets.
+
+        The token budget bounds the key/value cache of a batch: every sequence's prompt and new tokens, except that
+        with `share_prefix` the prefix common to the batch is stored once, so it is counted once (the judge rubric,
+        ~250 tokens of each judge prompt, lets about twice as many judgements share a batch).
+        """
         by_sampling: dict = {}
         for item in items:
             by_sampling.setdefault(item[2].sampling, []).append(item)
         for sampling, group in by_sampling.items():
             group.sort(key=lambda item: -len(item[1]))
-            batch, batch_len = [], 0
+            batch, batch_len, common = [], 0, 0  # common: the prefix all of the batch's prompts share
             for item in group:
+                ids = item[1]
+                with_item = min(common, common_prefix_length([batch[0][1], ids])) if batch else len(ids)
+                stored_once = min(with_item, len(ids) - 1) if self.share_prefix else 0  # as `_prefill` shares it
                 sequences = (len(batch) + 1) * sampling.n
-                cost = sequences * (max(batch_len, len(item[1])) + sampling.max_new_tokens)
+                cost = stored_once + sequences * (max(batch_len, len(ids)) - stored_once + sampling.max_new_tokens)
                 if batch and (cost > self.max_batch_tokens or sequences > self.max_batch_size):
                     yield sampling, batch
-                    batch, batch_len = [], 0
+                    batch, batch_len, with_item = [], 0, len(ids)
                 batch.append(item)
-                batch_len = max(batch_len, len(item[1]))
+                batch_len, common = max(batch_len, len(ids)), with_item
             if batch:
                 yield sampling, batch
 
@@ -285,6 +266,9 @@ class HFBackend:
         self.stats.seconds += time.perf_counter() - start
         return results
 
+    def _new_cache(self, capacity: int):
+        return preallocated_cache(capacity, share_prefix=self.share_prefix)
+
     # -- prefill, shared by decoding and scoring ---------------------------------------------------------------
     def _prefill(self, prompts: list[list[int]], cache):
         """Run every prompt through the model into `cache` (call under inference mode): the common prefix once,
@@ -302,7 +286,10 @@ class HFBackend:
         if shared > 0:
             prefix = torch.tensor([prompts[0][:shared]], device=device)
             self.model(input_ids=prefix, **{self.cache_arg: cache}, use_cache=True, logits_to_keep=1)
-            cache.batch_repeat_interleave(rows)
+            if can_share_prefix(cache):
+                freeze_prefix(cache)  # kept once for all rows
+            else:
+                cache.batch_repeat_interleave(rows)
         suffixes = [p[shared:] for p in prompts]
         width = max(len(s) for s in suffixes)
         input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
@@ -324,8 +311,8 @@ class HFBackend:
 
         device, n, rows = self.device, sampling.n, len(prompts)
         generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]  # one per output sequence
-        cache = preallocated_cache(max(len(p) for p in prompts) + sampling.max_new_tokens)
-        with torch.inference_mode():
+        cache = self._new_cache(max(len(p) for p in prompts) + sampling.max_new_tokens)
+        with torch.inference_mode(), attending_to_shared_prefix(self.model, cache):
             out, mask, positions, prefill = self._prefill(prompts, cache)
             self.stats.extra["shared_prefix_tokens"] += prefill["shared"]
             self.stats.extra["prefill_tokens"] += prefill["tokens"]
@@ -406,8 +393,8 @@ class HFBackend:
 
         results: list[CandidateProbs | None] = [None] * len(items)
         for batch in batches:
-            cache = preallocated_cache(len(batch[0][1]))
-            with torch.inference_mode():
+            cache = self._new_cache(len(batch[0][1]))
+            with torch.inference_mode(), attending_to_shared_prefix(self.model, cache):
                 out, _, _, prefill = self._prefill([ids for _, ids, _ in batch], cache)
                 log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
             self.stats.extra["score_batches"] += 1

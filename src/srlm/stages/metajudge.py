@@ -8,7 +8,10 @@ highest variance of their scores; a prompt where every response's judgements agr
 gives no judge pair and is counted). Of that response's parsed judgements (at most `meta.max_judgements`, the first
 ones), every ordered pair is shown to the meta-judge (`templates/meta_judge.txt`: the judging task as the judge saw it, then
 judgement (a) and judgement (b); our own wording of the paper's prompt), so each pair is seen in both orders. The
-verdict is read as `Winner: A / B / tie` (`srlm.evaluation.winrate.parse_verdict`).
+verdict is read as `Winner: A / B / tie` (`srlm.evaluation.winrate.parse_verdict`). With `meta.method=direct` (not in
+the paper) nothing is written: the verdict is whichever of "A" and "B" has the higher next-token probability after
+"Winner: " (`templates/meta_judge_direct.txt` asks for the verdict alone), and both probabilities are recorded; a
+135M model that never writes the verdict line (0% parsed at the quickstart's size) still decides every comparison.
 
 Position bias, weighted out as the paper does: over all the stage's verdicts, let w1 and w2 be the wins taken in
 the first and the second position; a win in the first position counts w2 / (w1 + w2) and one in the second
@@ -29,9 +32,9 @@ from collections import Counter
 from itertools import permutations
 from pathlib import Path
 
-from srlm.backends.base import GenerationRequest, Sampling
+from srlm.backends.base import GenerationRequest, Sampling, supports_score_probs
 from srlm.config import JudgeConfig, MetaConfig
-from srlm.errors import DataError
+from srlm.errors import DataError, SrlmError
 from srlm.evaluation.winrate import parse_verdict
 from srlm.io import ResumableJsonlWriter, iter_jsonl, iter_jsonl_numbered, stable_id, stable_seed, write_jsonl
 from srlm.judge import fill_slots, load_template, read_template_file, render, shipped_template
@@ -39,11 +42,13 @@ from srlm.progress import chunks, progress
 from srlm.stages.judge import read_responses
 
 META_SLOTS = ("{judge_prompt}", "{judgement_a}", "{judgement_b}")
+VERDICT_PREFIX = "Winner: "  # meta.method=direct: the verdict token is read right after this
+VERDICT_TOKENS = ("A", "B")
 
 
-def load_meta_template(template_file: str | None = None) -> str:
+def load_meta_template(template_file: str | None = None, method: str = "generate") -> str:
     if template_file is None:
-        return shipped_template("meta_judge.txt")
+        return shipped_template("meta_judge_direct.txt" if method == "direct" else "meta_judge.txt")
     return read_template_file(template_file, META_SLOTS, "meta-judge template")
 
 
@@ -107,6 +112,21 @@ def battles(responses: list[dict], judged: dict[str, list[dict]], cfg: MetaConfi
                         "judge_prompt": judge_prompt,
                         "text": render_meta(meta_template, judge_prompt, judgements[a]["text"], judgements[b]["text"]),
                         "seed": stable_seed(seed, "meta", battle_id)})
+    return out
+
+
+def direct_verdicts(backend, requests: list[GenerationRequest]) -> list[dict]:
+    """meta.method=direct: the likelier of "A" and "B" right after VERDICT_PREFIX, one teacher-forced pass each;
+    None where the backend could not read the two tokens' probabilities (counted as unparsed)."""
+    out = []
+    for result in backend.score_token_probs([(r, VERDICT_PREFIX) for r in requests], list(VERDICT_TOKENS)):
+        if result is None:
+            out.append({"text": VERDICT_PREFIX.strip(), "verdict": None, "verdict_probs": None})
+            continue
+        p_a, p_b = result.probs
+        verdict = "A" if p_a > p_b else "B" if p_b > p_a else "tie"
+        out.append({"text": f"{VERDICT_PREFIX}{verdict}", "verdict": verdict,
+                    "verdict_probs": [round(p_a, 6), round(p_b, 6)], "verdict_token_mass": round(result.mass, 6)})
     return out
 
 
@@ -174,8 +194,11 @@ def run_metajudge(responses_path: Path, judgements_path: Path, out_path: Path, b
     prompts = len({r["prompt_id"] for r in responses})
     responses, skipped = pick_responses(responses, judged, cfg)
     sampling = Sampling(n=1, temperature=cfg.temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens)
+    if cfg.method == "direct" and not supports_score_probs(backend):
+        raise SrlmError(f"meta.method=direct reads the verdict-token probabilities, which the '{backend.name}' backend "
+                        "cannot give; use backend.name=hf, or meta.method=generate")
     todo_all = battles(responses, judged, cfg, load_template(judge_cfg.template_file, judge_cfg.method),
-                       load_meta_template(cfg.template_file), seed)
+                       load_meta_template(cfg.template_file, cfg.method), seed)
     requests = {b["battle_id"]: GenerationRequest(b["battle_id"], sampling, b["seed"],
                                                   messages=[{"role": "user", "content": b["text"]}]) for b in todo_all}
     too_long = {bid for bid, req in requests.items() if backend.count_prompt_tokens(req) > cfg.max_prompt_tokens}
@@ -184,10 +207,15 @@ def run_metajudge(responses_path: Path, judgements_path: Path, out_path: Path, b
     with progress(len(todo_all) - len(too_long), "metajudge", initial=len(todo_all) - len(too_long) - len(todo),
                   unit="comparison") as bar:
         for chunk in chunks(todo, chunk_size):
-            outputs = backend.generate([requests[b["battle_id"]] for b in chunk], on_done=bar.update)
+            chunk_requests = [requests[b["battle_id"]] for b in chunk]
+            if cfg.method == "direct":
+                verdicts = direct_verdicts(backend, chunk_requests)
+                bar.update(len(chunk))
+            else:
+                verdicts = [{"text": outs[0].text, "verdict": parse_verdict(outs[0].text)}
+                            for outs in backend.generate(chunk_requests, on_done=bar.update)]
             writer.append({"battle_id": b["battle_id"], "response_id": b["response_id"], "a": b["a"], "b": b["b"],
-                           "text": outs[0].text, "verdict": parse_verdict(outs[0].text)}
-                          for b, outs in zip(chunk, outputs))
+                           **verdict} for b, verdict in zip(chunk, verdicts))
     verdicts = writer.finish(order_key=lambda v: v["battle_id"])
     w_first, w_second, position_counts = position_weights(verdicts)
     judge_prompt_of = {b["response_id"]: b["judge_prompt"] for b in todo_all}
