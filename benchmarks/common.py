@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 
@@ -32,10 +31,12 @@ def prompts(n: int) -> list[str]:
 
 
 def machine() -> dict:
+    """What a figure was measured on: CPU model and the vector extensions that set fp32/bf16 speed, torch's threads."""
     import torch
 
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "platform": platform.platform(), "cuda": torch.cuda.is_available()}
+    from bound import cpu_facts
+
+    return {**cpu_facts(), "platform": platform.platform(), "cuda": torch.cuda.is_available()}
 
 
 class Timer:

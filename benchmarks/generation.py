@@ -3,7 +3,9 @@
     python benchmarks/generation.py [--prompts 64] [--samples 4] [--max-new-tokens 128] [--json]
 
 Both sides sample at T 0.7, top-p 0.9 on the embedded SmolLM2-135M-Instruct and are compared by generated tokens
-per second (the two produce different texts of different lengths, so wall time alone would not be fair).
+per second (the two produce different texts of different lengths, so wall time alone would not be fair). A third
+run is the `hf` backend with its shared cache (the chat header, each prompt for its samples) copied to every row
+(`share_prefix=False`): the ratio is what keeping it once gains, and the texts must be the same.
 
 The bound, measured in the same run (benchmarks/bound.py): every linear layer of the model timed at the decode
 batch the backend starts with (prompts x samples, at most 256 rows) and at half of it (sequences finish and the
@@ -44,6 +46,12 @@ def main() -> None:
     with Timer() as fast:
         outputs = backend.generate(requests)
     fast_tokens = sum(c.num_tokens for outs in outputs for c in outs)
+    # The same path with the shared cache copied to every row (how the backend decoded before it kept shared parts
+    # once): the ratio is what keeping them once gains; the texts must be the same.
+    copying = make_backend("hf", lm, max_batch_tokens=65536, max_batch_size=256, share_prefix=False)
+    with Timer() as copied:
+        copied_outputs = copying.generate(requests)
+    same_texts = [c.text for o in copied_outputs for c in o] == [c.text for o in outputs for c in o]
 
     baseline_texts = texts[: args.baseline_prompts or args.prompts]
     base_tokens = 0
@@ -66,7 +74,8 @@ def main() -> None:
     result = {"benchmark": "generation", "prompts": args.prompts, "samples": args.samples,
               "max_new_tokens": args.max_new_tokens, "hf_backend_tokens_per_s": round(fast_tps, 2),
               "per_prompt_generate_tokens_per_s": round(slow_tps, 2), "speedup": round(fast_tps / slow_tps, 2),
-              "hf_backend_seconds": round(fast.seconds, 1), "baseline_seconds": round(slow.seconds, 1),
+              "hf_backend_seconds": round(fast.seconds, 1), "shared_kept_once_vs_copied": round(copied.seconds / fast.seconds, 3),
+              "same_texts_as_copied": same_texts, "baseline_seconds": round(slow.seconds, 1),
               "baseline_prompts": len(baseline_texts), "bound": bound, "bound_half_batch": bound_half,
               "fraction_of_bound": round(fast_tps / bound["bound_tokens_per_s"], 3),
               "fraction_of_half_batch_bound": round(fast_tps / bound_half["bound_tokens_per_s"], 3),
@@ -75,6 +84,8 @@ def main() -> None:
         ("hf backend tokens/s", fast_tps, f"({fast_tokens} tokens in {fast.seconds:.1f} s)"),
         ("per-prompt generate tokens/s", slow_tps, f"({base_tokens} tokens in {slow.seconds:.1f} s)"),
         ("speedup", fast_tps / slow_tps, "x"),
+        ("shared cache kept once vs copied to every row", copied.seconds / fast.seconds,
+         f"x ({copied.seconds:.1f} s copied; same texts: {same_texts})"),
         (f"bound: linear layers at batch {batch}, tokens/s", bound["bound_tokens_per_s"],
          f"({bound['linear_gflops_at_these_shapes']} GFLOP/s at these shapes; square matmul "
          f"{bound['square_matmul_gflops']} GFLOP/s)"),

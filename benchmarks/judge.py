@@ -4,6 +4,9 @@ naive way (each of the K samples a separate full `model.generate` call), on the 
     python benchmarks/judge.py [--responses 32] [--samples 3] [--max-new-tokens 80] [--json]
 
 Compared by judgements per second. Both sides sample at T 0.7, top-p 0.9 with the built-in additive judge prompt.
+A third run is srlm's judge path with the rubric's keys and values copied to every row (`share_prefix=False`, how
+the backend decoded before it kept the batch's common prefix once): the ratio is what keeping it once gains, and
+the two must write the same judgements.
 
 The bound, measured in the same run (benchmarks/bound.py): the time the judge's tokens would take in the model's
 linear layers alone, prefilled tokens timed at a 512-row prefill chunk and generated tokens at the decode batch
@@ -53,6 +56,10 @@ def main() -> None:
         outputs = backend.generate(requests)
     fast_judgements = sum(len(o) for o in outputs)
     fast_parsed = sum(parse_score(c.text) is not None for o in outputs for c in o)
+    copying = make_backend("hf", lm, max_batch_tokens=65536, max_batch_size=256, share_prefix=False)
+    with Timer() as copied:
+        copied_outputs = copying.generate(requests)
+    same_texts = [c.text for o in copied_outputs for c in o] == [c.text for o in outputs for c in o]
 
     tok = lm.tokenizer
     baseline_prompts = judge_prompts[: args.baseline_responses or args.responses]
@@ -77,7 +84,9 @@ def main() -> None:
                      + generated * decode_bound["linear_seconds_per_row"])
     result = {"benchmark": "judge", "responses": args.responses, "samples": args.samples,
               "judgements_per_s": round(fast_rate, 3), "naive_judgements_per_s": round(slow_rate, 3),
-              "speedup": round(fast_rate / slow_rate, 2), "prefill_tokens": backend.stats.extra["prefill_tokens"],
+              "speedup": round(fast_rate / slow_rate, 2),
+              "prefix_kept_once_vs_copied": round(copied.seconds / fast.seconds, 3), "same_texts_as_copied": same_texts,
+              "prefill_tokens": backend.stats.extra["prefill_tokens"],
               "parse_rate": round(fast_parsed / fast_judgements, 3),
               "naive_parse_rate": round(slow_parsed / max(1, slow_judgements), 3),
               "judge_prefill_tokens": judge_prefill, "generated_tokens": generated, "bound_seconds": round(bound_seconds, 2),
@@ -87,6 +96,8 @@ def main() -> None:
         ("srlm judgements/s", fast_rate, f"({fast_judgements} in {fast.seconds:.1f} s)"),
         ("naive judgements/s", slow_rate, f"({slow_judgements} in {slow.seconds:.1f} s)"),
         ("speedup", fast_rate / slow_rate, "x"),
+        ("rubric kept once vs copied to every row", copied.seconds / fast.seconds,
+         f"x ({copied.seconds:.1f} s copied; same judgements: {same_texts})"),
         ("bound: linear layers alone, seconds", bound_seconds,
          f"({judge_prefill} prefilled and {generated} generated tokens; "
          f"{prefill_bound['linear_gflops_at_these_shapes']} / {decode_bound['linear_gflops_at_these_shapes']} GFLOP/s)"),

@@ -11,8 +11,11 @@ trains M1; the others start from that same M1 (`loop.m1`), so they differ only i
 - anchored               Temporal Self-Rewarding: rejected from M1's answers (from iteration 2)
 - consistency_weighted   CREAM: DPO label smoothing from M_t vs M_t-1 judge consistency (from iteration 2)
 - meta_judge             Meta-Rewarding: M_t also judges its two judgements of each answer, and DPO trains on
-                         judge pairs beside the actor's (meta.enabled=true; judge.num_samples=2, so the actor's
-                         scores are a mean of two judgements, unlike the other rows')
+                         judge pairs beside the actor's (meta.enabled=true meta.method=generate, the paper's written
+                         verdict; judge.num_samples=2, so the actor's scores are a mean of two judgements, unlike the
+                         other rows')
+- meta_judge_direct      the same, the verdict read from p(A) vs p(B) after "Winner: " (meta.method=direct, the
+                         quickstart recipe's setting since the written verdict parsed 0%)
 
 Each run is timed and its peak memory read by /usr/bin/time -v. The table shows, for M3: judge accuracy on the
 quickstart's 16 held-out HH-RLHF pairs, its win rate against M1 on 8 held-out prompts (graded by M1's judge), its
@@ -39,7 +42,8 @@ POLICIES = {
     "anchored": ["pairs.policy=anchored"],
     "consistency_weighted": ["pairs.policy=consistency_weighted"],
     # two judgements per answer: the meta-judge compares them (the actor's scores are their mean, unlike the others')
-    "meta_judge": ["meta.enabled=true", "judge.num_samples=2"],
+    "meta_judge": ["meta.enabled=true", "meta.method=generate", "judge.num_samples=2"],
+    "meta_judge_direct": ["meta.enabled=true", "meta.method=direct", "judge.num_samples=2"],
 }
 
 
@@ -117,10 +121,12 @@ def render(rows: dict) -> str:
         did = {"anchored": "rejected from M1's answers" if it.get("anchored") else "n/a",
                "consistency_weighted": f"consistency {it.get('consistency_rate')}, label smoothing "
                                        f"{it.get('dpo_label_smoothing')}"}.get(policy, "")
-        if it.get("meta"):
-            meta = it["meta"]
-            did = (f"{meta['judge_pairs']} judge pairs ({it.get('dpo_pairs')} DPO pairs in all); meta-judge parse rate "
-                   f"{meta['meta_parse_rate']}, position bias {meta['position_bias_rate']}")
+        if it.get("meta"):  # every iteration's: the meta-judge runs in each
+            metas = [i.get("meta") or {} for i in r["iterations"]]
+            each = lambda key: " / ".join(str(m.get(key)) for m in metas)  # noqa: E731
+            did = (f"judge pairs {each('judge_pairs')} (iterations 1 / 2; {it.get('dpo_pairs')} DPO pairs in "
+                   f"iteration 2); meta-judge parse rate {each('meta_parse_rate')}, position bias "
+                   f"{each('position_bias_rate')}")
         wall = f"{r['wall_seconds'] / 60:.1f} min" if r.get("wall_seconds") else "n/a"
         lines.append(
             f"| {policy} | {_interval(r['judge_accuracy_m3'], 'pairwise_accuracy', 'n_pairs')} "

@@ -37,6 +37,12 @@ def test_greedy_matches_generate_with_shared_prefix_and_padding(tiny):
     assert backend.stats.extra["shared_prefix_tokens"] > 10
     for request, outs in zip(requests, outputs):
         assert outs[0].text == _reference_greedy(tiny, request.messages, 12)
+    # Two greedy samples per prompt: each prompt's part is then kept once for both (on CPU), and both must still
+    # be what generate writes.
+    twice = [GenerationRequest(r.request_id, Sampling(n=2, temperature=0, max_new_tokens=12), 0, messages=r.messages)
+             for r in requests]
+    for request, outs in zip(twice, make_backend("hf", tiny, max_batch_tokens=100_000).generate(twice)):
+        assert [c.text for c in outs] == [_reference_greedy(tiny, request.messages, 12)] * 2
 
 
 def test_a_prefix_kept_once_gives_the_same_text_and_counts_once_in_the_budget(tiny):
@@ -60,16 +66,33 @@ def test_a_prefix_kept_once_gives_the_same_text_and_counts_once_in_the_budget(ti
         assert a.probs == pytest.approx(b.probs, abs=1e-6)
 
 
+def test_rows_finishing_at_different_steps_leave_the_others_unchanged(tiny):
+    # A third of the vocabulary ends a sequence, so rows finish at different steps, finished rows are dropped from
+    # the batch, and prompts none of whose samples is left are dropped from the shared parts: the survivors must
+    # write what they write with the cache copied to every row.
+    sampling = Sampling(n=4, temperature=1.0, top_p=1.0, max_new_tokens=16)
+    requests = [GenerationRequest(f"d{i}", sampling, i, messages=[{"role": "user", "content": "Tell me " * (i + 1)}])
+                for i in range(6)]
+    outputs = {}
+    for share in (True, False):
+        backend = make_backend("hf", tiny, max_batch_tokens=100_000, share_prefix=share)
+        backend.eos_ids = list(range(0, tiny.model.config.vocab_size, 3))
+        outputs[share] = [[(c.text, c.num_tokens, c.finish_reason) for c in o] for o in backend.generate(requests)]
+    assert outputs[True] == outputs[False]
+    lengths = sorted({n for o in outputs[True] for _, n, _ in o})
+    assert len(lengths) > 3 and sum(r == "stop" for o in outputs[True] for _, _, r in o) > 12
+
+
 def test_n_samples_budget_batching_and_determinism(tiny):
     sampling = Sampling(n=3, temperature=1.0, top_p=0.9, max_new_tokens=8)
     requests = [GenerationRequest(f"q{i}", sampling, i, messages=[{"role": "user", "content": "hello " * (i + 1)}])
                 for i in range(5)]
-    small = make_backend("hf", tiny, max_batch_tokens=256)  # forces several batches
+    small = make_backend("hf", tiny, max_batch_tokens=96)  # forces several batches
     first = small.generate(requests)
     assert small.stats.extra["batches"] > 1
     assert [len(o) for o in first] == [3] * 5
     assert all(c.finish_reason in ("stop", "length") and c.num_tokens <= 8 for o in first for c in o)
-    again = make_backend("hf", tiny, max_batch_tokens=256).generate(requests)
+    again = make_backend("hf", tiny, max_batch_tokens=96).generate(requests)
     assert [[c.text for c in o] for o in first] == [[c.text for c in o] for o in again]
     # the same samples whatever the batch size: one big batch, and one request at a time
     big = make_backend("hf", tiny, max_batch_tokens=100_000).generate(requests)

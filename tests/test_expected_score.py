@@ -115,6 +115,38 @@ def test_hf_batched_probabilities_equal_a_direct_forward_pass(tiny, budget):
         assert result.mass == pytest.approx(mass, rel=1e-4)
 
 
+def test_hf_reads_back_what_decoding_recorded_and_equals_the_forward_pass(tiny, monkeypatch):
+    # The judge asks the backend to record the digits' log-probabilities while it writes the judgements; scoring a
+    # text it wrote then reads them back instead of a second pass. Same numbers as the pass, and a continuation
+    # that is not what a sample generated still gets the pass. The decode loop is made to write a judgement.
+    import torch
+
+    import srlm.backends.hf as hf
+
+    written = tiny.tokenizer("Fine.\nScore:", add_special_tokens=False)["input_ids"]
+    steps = []
+
+    def writes_the_judgement(logits, sampling, generators):
+        steps.append(1)
+        return torch.full((logits.shape[0],), written[min(len(steps) - 1, len(written) - 1)], dtype=torch.long)
+
+    monkeypatch.setattr(hf, "sample_next", writes_the_judgement)
+    request = GenerationRequest("r", Sampling(n=2, temperature=1.0, max_new_tokens=len(written) + 1), 3,
+                                messages=[{"role": "user", "content": "Judge this answer, please."}])
+    recording = make_backend("hf", tiny)
+    recording.record_token_probs(SCORE_TOKENS)
+    assert recording.generate([request])[0][0].text.startswith("Fine.\nScore:")
+    items = [(request, "Fine.\nScore:"), (request, "Fine.\nScore: 4 and more.\nScore:")]
+    candidates = [" " + d for d in SCORE_TOKENS]
+    read_back = recording.score_token_probs(items, candidates)
+    assert recording.stats.extra["scored_while_decoding"] == 1  # the second continuation was never generated
+    passed = make_backend("hf", tiny).score_token_probs(items, candidates)
+    for a, b in zip(read_back, passed):
+        assert a.probs == pytest.approx(b.probs, abs=1e-5) and a.mass == pytest.approx(b.mass, rel=1e-4)
+    recording.generate([request])  # recording is for one generate call only
+    assert not recording._recorded_ids
+
+
 def test_hf_candidates_as_given_when_the_tokenizer_allows(tiny):
     # "Score:" + " 4": the continuation already ends where the digit token starts; the same numbers either way.
     backend = make_backend("hf", tiny)

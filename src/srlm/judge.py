@@ -205,6 +205,8 @@ def judge_requests(backend, requests: list, method: str, on_done=None) -> list[J
     """Generate the judgements of `requests` (one backend call) and score each by `method`."""
     if method == "direct":
         return direct_judgements(backend, requests, on_done)
+    if method == "expected" and hasattr(backend, "record_token_probs"):
+        backend.record_token_probs(SCORE_TOKENS)  # read back while scoring: no second pass over each judgement
     outputs = backend.generate(list(requests), on_done=on_done)
     expected = None
     if method == "expected":

@@ -7,15 +7,16 @@ prefill), which on a CPU made judging cost several times the decoding itself. Th
 
 1. packs requests into batches under a token budget (prompt + new tokens, summed over sequences), longest first,
    so short prompts are not padded to the longest of the whole set and a batch never outgrows memory;
-2. prefills the longest token prefix common to the batch (the chat header and the judge rubric) once, and copies
-   its key/value cache to every row;
-3. prefills each prompt's own suffix once, then copies the cache N times for its N samples;
+2. prefills the longest token prefix common to the batch (the chat header and the judge rubric) once, and shares
+   its key/value cache with every row;
+3. prefills each prompt's own suffix once, and shares it with its N samples;
 4. samples (temperature, top-p) and drops finished rows from the batch once a quarter of them have reached
    end-of-sequence (dropping copies the cache, so it is batched);
 5. keeps the key/value cache in buffers sized for the whole generation instead of growing it by concatenation;
-6. on CPU, keeps the shared prefix's keys and values once for the whole batch rather than copied to every row, and
-   attends to them with one matmul over all rows (`kv_cache.py`), and lets SDPA attend over grouped key/value heads
-   directly instead of copying them out per query head.
+6. on CPU, stores what is shared once (the batch's prefix, each prompt's part) and attends to it with one matmul
+   over all the rows that share it (`kv_cache.py`); elsewhere (a GPU, or `share_prefix=False`) the shared cache
+   is copied to every row, and on CPU SDPA attends over grouped key/value heads directly instead of copying them
+   out per query head.
 
 Padding sits between the shared prefix and each suffix; the attention mask hides it and position ids skip it, so
 each row sees exactly the positions it would see alone. Every output sequence samples from its own
@@ -40,6 +41,7 @@ from srlm.backends.base import (
 from srlm.backends.kv_cache import (
     attending_to_shared_prefix,
     can_share_prefix,
+    freeze_groups,
     freeze_prefix,
     preallocated_cache,
 )
@@ -90,6 +92,15 @@ def _draw(sorted_probs, sorted_ids, uniform, top_p: float):
     cdf = sorted_probs.cumsum(dim=-1)
     choice = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(-1)).clamp(max=cdf.shape[-1] - 1)
     return sorted_ids.gather(-1, choice).squeeze(-1)
+
+
+def _candidate_probs(log_probs) -> CandidateProbs:
+    """From the candidates' next-token log-probabilities: renormalised in log space (exact even where their whole
+    mass underflows float32), and their share of the whole distribution."""
+    import torch
+
+    chosen = log_probs.double()
+    return CandidateProbs(torch.softmax(chosen, dim=-1).tolist(), float(torch.logsumexp(chosen, dim=-1).exp()))
 
 
 def common_prefix_length(sequences: list[list[int]]) -> int:
@@ -173,13 +184,17 @@ class HFBackend:
         # the fused SDPA kernels read the copied prefix fast enough that the unfused two-part attention would not
         # pay. False = the prefix copied to every row (the benchmarks' side-by-side baseline).
         self.share_prefix = device.startswith("cpu") if share_prefix is None else share_prefix
+        self._watch: list[str] | None = None  # see record_token_probs
+        self._recorded: dict = {}  # (request id, seed, prompt ids) -> [(tokens, log-probs per step)], one per sample
+        self._recorded_ids: list[int] = []
         self.tokenizer = tokenizer
         self.device = device
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         # score_*: the teacher-forced passes of `score_token_probs` (expected-score judging), counted apart.
         self.stats = GenerationStats(extra={"shared_prefix_tokens": 0, "prefill_tokens": 0, "batches": 0,
-                                            "score_batches": 0, "score_prefill_tokens": 0, "scored_sequences": 0})
+                                            "score_batches": 0, "score_prefill_tokens": 0, "scored_sequences": 0,
+                                            "scored_while_decoding": 0})
         eos = {tokenizer.eos_token_id}
         config_eos = getattr(model.generation_config, "eos_token_id", None)
         eos.update(config_eos if isinstance(config_eos, list) else [config_eos])
@@ -218,8 +233,8 @@ class HFBackend:
         """Group (index, ids, request) by sampling settings, longest first, under the token and size budgets.
 
         The token budget bounds the key/value cache of a batch: every sequence's prompt and new tokens, except that
-        with `share_prefix` the prefix common to the batch is stored once, so it is counted once (the judge rubric,
-        ~250 tokens of each judge prompt, lets about twice as many judgements share a batch).
+        with `share_prefix` what is stored once is counted once: the prefix common to the batch (the judge rubric,
+        ~250 tokens of each judge prompt) and each prompt's own part, shared by its samples.
         """
         by_sampling: dict = {}
         for item in items:
@@ -230,9 +245,13 @@ class HFBackend:
             for item in group:
                 ids = item[1]
                 with_item = min(common, common_prefix_length([batch[0][1], ids])) if batch else len(ids)
-                stored_once = min(with_item, len(ids) - 1) if self.share_prefix else 0  # as `_prefill` shares it
                 sequences = (len(batch) + 1) * sampling.n
-                cost = stored_once + sequences * (max(batch_len, len(ids)) - stored_once + sampling.max_new_tokens)
+                if self.share_prefix:  # as `_prefill` and `_decode_batch` keep them
+                    prefix = min(with_item, len(ids) - 1)
+                    own_parts = (len(batch) + 1) * (max(batch_len, len(ids)) - prefix)
+                    cost = prefix + own_parts + sequences * sampling.max_new_tokens
+                else:
+                    cost = sequences * (max(batch_len, len(ids)) + sampling.max_new_tokens)
                 if batch and (cost > self.max_batch_tokens or sequences > self.max_batch_size):
                     yield sampling, batch
                     batch, batch_len, with_item = [], 0, len(ids)
@@ -245,16 +264,34 @@ class HFBackend:
         with _grouped_query_attention_in_sdpa(self.device):
             return self._generate(requests, on_done)
 
+    def record_token_probs(self, candidates) -> None:
+        """Have the next `generate` call keep, at every step of every sequence, the log-probabilities of the tokens
+        that spell `candidates` (alone or after a space), so that `score_token_probs` on the texts it wrote reads
+        them back instead of a second forward pass over prompt and text (the judge's expected score: that pass cost
+        a third of judging on a CPU). Read back only where the continuation's tokens are the very tokens the
+        sequence generated; anything else gets the forward pass, so the result is the same either way."""
+        self._watch = list(candidates)
+
+    def _watched_ids(self) -> list[int]:
+        spellings = [self._encode(c) for c in self._watch] + [self._encode(" " + c) for c in self._watch]
+        return sorted({ids[0] for ids in spellings if len(ids) == 1})
+
     def _generate(self, requests, on_done=None):
         start = time.perf_counter()
         items = [(i, self._prompt_ids(r), r) for i, r in enumerate(requests)]
         results: list[list[Completion] | None] = [None] * len(requests)
+        self._recorded, self._recorded_ids = {}, self._watched_ids() if self._watch else []
+        self._watch = None  # for this call only
         for sampling, batch in self._batches(items):
             seeds = [stable_seed(r.request_id, r.seed, k) for _, _, r in batch for k in range(sampling.n)]
-            token_lists = self._decode_batch([ids for _, ids, _ in batch], sampling, seeds)
-            for row, (index, ids, _) in enumerate(batch):
+            token_lists, recorded = self._decode_batch([ids for _, ids, _ in batch], sampling, seeds)
+            for row, (index, ids, request) in enumerate(batch):
+                sequences = range(row * sampling.n, (row + 1) * sampling.n)
+                if recorded is not None:
+                    self._recorded[(request.request_id, request.seed, tuple(ids))] = [
+                        (token_lists[seq][0], recorded[seq, : len(token_lists[seq][0]) + 1]) for seq in sequences]
                 completions = []
-                for tokens, finished in token_lists[row * sampling.n : (row + 1) * sampling.n]:
+                for tokens, finished in (token_lists[seq] for seq in sequences):
                     text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                     completions.append(Completion(text.strip(), len(tokens), "stop" if finished else "length"))
                     self.stats.new_tokens += len(tokens)
@@ -305,8 +342,9 @@ class HFBackend:
         return out, mask, positions, {"shared": shared, "tokens": shared + sum(len(s) for s in suffixes)}
 
     # -- the decode loop --------------------------------------------------------------------------------------
-    def _decode_batch(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int]) -> list[tuple[list[int], bool]]:
-        """(new tokens, reached EOS) for each prompt x sample, in order prompt 0 sample 0..n-1, prompt 1, ..."""
+    def _decode_batch(self, prompts: list[list[int]], sampling: Sampling, seeds: list[int]):
+        """(new tokens, reached EOS) for each prompt x sample, in order prompt 0 sample 0..n-1, prompt 1, ...; and,
+        when token ids are watched (`record_token_probs`), their log-probabilities [sequence, step, watched id]."""
         import torch
 
         device, n, rows = self.device, sampling.n, len(prompts)
@@ -320,7 +358,9 @@ class HFBackend:
 
             # N samples per prompt: copy the prompt's cache rather than prefilling it N times.
             logits = out.logits[:, -1].repeat_interleave(n, dim=0)
-            if n > 1:
+            if n > 1 and can_share_prefix(cache):
+                freeze_groups(cache, n)  # each prompt's part kept once for its n samples
+            elif n > 1:
                 cache.batch_repeat_interleave(n)
             mask = mask.repeat_interleave(n, dim=0)
             last_position = positions[:, -1].repeat_interleave(n)
@@ -330,7 +370,13 @@ class HFBackend:
             eos = torch.tensor(self.eos_ids, device=device)
 
             done = torch.zeros(rows * n, dtype=torch.bool, device=device)  # per cache row
+            watched = torch.tensor(self._recorded_ids, device=device) if self._recorded_ids else None
+            recorded = None if watched is None else torch.full((rows * n, sampling.max_new_tokens, len(watched)),
+                                                                float("nan"))
             for step in range(sampling.max_new_tokens):
+                if watched is not None:  # the next-token log-probabilities the score pass would compute
+                    recorded[alive, step] = (logits[:, watched].float()
+                                             - torch.logsumexp(logits.float(), dim=-1, keepdim=True)).cpu()
                 next_tokens = sample_next(logits, sampling, [generators[seq] for seq in alive.tolist()])
                 newly_done = torch.isin(next_tokens, eos) & ~done
                 for seq, token, was_done, stop in zip(alive.tolist(), next_tokens.tolist(), done.tolist(),
@@ -354,7 +400,7 @@ class HFBackend:
                 out = self.model(input_ids=next_tokens[:, None], attention_mask=mask,
                                  position_ids=last_position[:, None], **{self.cache_arg: cache}, use_cache=True)
                 logits = out.logits[:, -1]
-        return list(zip(tokens, finished))
+        return list(zip(tokens, finished)), recorded
 
     # -- next-token probabilities of candidates (expected-score judging) ---------------------------------------
     def score_token_probs(self, items, candidates):
@@ -376,10 +422,15 @@ class HFBackend:
         import torch
 
         start = time.perf_counter()
-        prepared = []  # (index, prompt + continuation ids, candidate token ids)
+        results: list[CandidateProbs | None] = [None] * len(items)
+        prepared = []  # (index, prompt + continuation ids, candidate token ids): what needs the forward pass
         for index, (request, continuation) in enumerate(items):
             continuation_ids, candidate_ids = self._candidate_tokens(continuation, candidates, request.request_id)
-            prepared.append((index, self._prompt_ids(request) + continuation_ids, candidate_ids))
+            prompt_ids = self._prompt_ids(request)
+            results[index] = self._recorded_probs(request, prompt_ids, continuation_ids, candidate_ids)
+            if results[index] is None:
+                prepared.append((index, prompt_ids + continuation_ids, candidate_ids))
+        self.stats.extra["scored_while_decoding"] += len(items) - len(prepared)
         prepared.sort(key=lambda item: -len(item[1]))  # similar lengths together: less padding
         batches, batch = [], []
         for item in prepared:  # longest first, so a batch's first item sets its width
@@ -391,7 +442,6 @@ class HFBackend:
         if batch:
             batches.append(batch)
 
-        results: list[CandidateProbs | None] = [None] * len(items)
         for batch in batches:
             cache = self._new_cache(len(batch[0][1]))
             with torch.inference_mode(), attending_to_shared_prefix(self.model, cache):
@@ -400,13 +450,24 @@ class HFBackend:
             self.stats.extra["score_batches"] += 1
             self.stats.extra["score_prefill_tokens"] += prefill["tokens"]
             for row, (index, _, candidate_ids) in enumerate(batch):
-                chosen = log_probs[row, torch.tensor(candidate_ids, device=log_probs.device)].double()
-                # Renormalised in log space: exact even where the candidates' whole mass underflows float32.
-                results[index] = CandidateProbs(torch.softmax(chosen, dim=-1).tolist(),
-                                                float(torch.logsumexp(chosen, dim=-1).exp()))
+                results[index] = _candidate_probs(log_probs[row, torch.tensor(candidate_ids, device=log_probs.device)])
         self.stats.extra["scored_sequences"] += len(items)
         self.stats.seconds += time.perf_counter() - start
         return results
+
+    def _recorded_probs(self, request, prompt_ids, continuation_ids, candidate_ids) -> CandidateProbs | None:
+        """The candidates' probabilities as the last `generate` recorded them at the step right after
+        `continuation_ids`, from a sample of `request` that generated exactly those tokens; None if there is none."""
+        import torch
+
+        if not set(candidate_ids) <= set(self._recorded_ids):
+            return None
+        columns = [self._recorded_ids.index(i) for i in candidate_ids]
+        for tokens, log_probs in self._recorded.get((request.request_id, request.seed, tuple(prompt_ids)), []):
+            step = len(continuation_ids)
+            if step < len(log_probs) and tokens[:step] == continuation_ids:
+                return _candidate_probs(log_probs[step, columns])
+        return None
 
     def _encode(self, text: str) -> list[int]:
         return _encode(self.tokenizer, text)
