@@ -375,7 +375,7 @@ class HFBackend:
                                                                 float("nan"))
             for step in range(sampling.max_new_tokens):
                 if watched is not None:  # the next-token log-probabilities the score pass would compute
-                    recorded[alive, step] = (logits[:, watched].float()
+                    recorded[alive.cpu(), step] = (logits[:, watched].float()
                                              - torch.logsumexp(logits.float(), dim=-1, keepdim=True)).cpu()
                 next_tokens = sample_next(logits, sampling, [generators[seq] for seq in alive.tolist()])
                 newly_done = torch.isin(next_tokens, eos) & ~done
