@@ -6,6 +6,11 @@ same pairs; and srlm with and without length grouping, to show what grouping alo
 
 Compared by pairs per second of training (the reference pass included on both sides). The pairs' answers vary in
 length from one to eight sentences, as generated answers do, so that padding (what grouping removes) is realistic.
+
+The bound, measured in the same run (bound.py): full fine-tuning costs 6 x params FLOPs per trained token (forward
+and backward) plus 2 x params for the reference's forward pass, so 8 x params x tokens (chosen and rejected, prompt
+included, no padding), at the rate the model's linear layers reach at a 512-row chunk; attention is left out, so
+the fraction is conservative. srlm's time includes loading and saving the model, TRL's does not.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from bound import describe
 from common import Timer, prompts, report
 
 
@@ -54,18 +60,30 @@ def main() -> None:
             DPOTrainer(model=lm.model, args=baseline_args, train_dataset=Dataset.from_list(pairs),
                        processing_class=lm.tokenizer).train()
 
+    tok = lm.tokenizer
+    tokens = sum(len(tok.apply_chat_template(p["prompt"] + p[side], tokenize=True, return_dict=True)["input_ids"])
+                 for p in pairs for side in ("chosen", "rejected"))
+    params = sum(w.numel() for w in lm.model.parameters())
+    bound = describe(lm.model, 512)
+    bound_seconds = 8 * params * tokens / (bound["linear_gflops_at_these_shapes"] * 1e9)
     fast_rate, slow_rate = args.pairs / fast.seconds, args.pairs / slow.seconds
     ungrouped_rate = args.pairs / ungrouped.seconds
     result = {"benchmark": "dpo", "pairs": args.pairs, "srlm_pairs_per_s": round(fast_rate, 3),
               "srlm_ungrouped_pairs_per_s": round(ungrouped_rate, 3),
               "trl_default_pairs_per_s": round(slow_rate, 3), "speedup": round(fast_rate / slow_rate, 2),
-              "grouping_speedup": round(fast_rate / ungrouped_rate, 2)}
+              "grouping_speedup": round(fast_rate / ungrouped_rate, 2), "trained_tokens": tokens,
+              "bound_seconds": round(bound_seconds, 1), "srlm_fraction_of_bound": round(bound_seconds / fast.seconds, 3),
+              "trl_fraction_of_bound": round(bound_seconds / slow.seconds, 3), "bound": bound}
     report("DPO: precomputed reference vs TRL default (reference model at every step)", [
         ("srlm dpo pairs/s (load + train + save)", fast_rate, f"({fast.seconds:.1f} s)"),
         ("srlm dpo without length grouping pairs/s", ungrouped_rate, f"({ungrouped.seconds:.1f} s)"),
         ("TRL DPOTrainer default pairs/s (train only)", slow_rate, f"({slow.seconds:.1f} s)"),
         ("speedup vs TRL default", fast_rate / slow_rate, "x"),
         ("speedup from length grouping", fast_rate / ungrouped_rate, "x"),
+        ("bound: 8 x params x tokens at the linear rate, s", bound_seconds,
+         f"({tokens} tokens; {bound['linear_gflops_at_these_shapes']} GFLOP/s at 512 rows)"),
+        ("srlm / TRL as a fraction of that bound", bound_seconds / fast.seconds,
+         f"/ {bound_seconds / slow.seconds:.2f}"),
     ], result, args.json)
 
 

@@ -126,7 +126,9 @@ def render(rows: dict) -> str:
             each = lambda key: " / ".join(str(m.get(key)) for m in metas)  # noqa: E731
             did = (f"judge pairs {each('judge_pairs')} (iterations 1 / 2; {it.get('dpo_pairs')} DPO pairs in "
                    f"iteration 2); meta-judge parse rate {each('meta_parse_rate')}, position bias "
-                   f"{each('position_bias_rate')}")
+                   f"{each('position_bias_rate')}"
+                   + (f", preference margin {each('meta_preference_margin_mean')}"
+                      if metas[-1].get("meta_preference_margin_mean") is not None else ""))
         wall = f"{r['wall_seconds'] / 60:.1f} min" if r.get("wall_seconds") else "n/a"
         lines.append(
             f"| {policy} | {_interval(r['judge_accuracy_m3'], 'pairwise_accuracy', 'n_pairs')} "

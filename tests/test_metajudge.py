@@ -134,9 +134,10 @@ class DirectMetaJudge(FakeBackend):
     """Reads the verdict as meta.method=direct does: p(A), p(B) after "Winner: ", favouring the careful judgement;
     it never writes anything (a model that cannot write the verdict line)."""
 
-    def __init__(self):
+    def __init__(self, first=None):
         super().__init__(lambda request, index: "I cannot say.")
         self.continuations = []
+        self.first = first  # p(A) as a function of (careful shown first, careful shown second), if given
 
     def score_token_probs(self, items, candidates):
         from srlm.backends.base import CandidateProbs
@@ -146,7 +147,9 @@ class DirectMetaJudge(FakeBackend):
             self.continuations.append((continuation, tuple(candidates)))
             prompt = request.messages[-1]["content"]
             a = "careful" in prompt[prompt.index("# Judgement (a)"):prompt.index("# Judgement (b)")]
-            out.append(CandidateProbs([0.7, 0.3] if a else [0.25, 0.75], 0.9))
+            b = "careful" in prompt[prompt.index("# Judgement (b)"):]
+            p_a = self.first(a, b) if self.first else (0.7 if a else 0.25)
+            out.append(CandidateProbs([p_a, 1 - p_a], 0.9))
         return out
 
 
@@ -181,3 +184,16 @@ def test_direct_meta_judging_needs_token_probabilities(tmp_path):
         check_judge_method(load_config("quickstart", overrides=[
             "meta.enabled=true", "meta.method=direct", "judge.method=sample_mean", "judge.num_samples=3",
             "backend.name=vllm"]))
+
+
+def test_direct_meta_judging_balances_a_meta_judge_that_leans_to_one_position(tmp_path):
+    # p(A) is 0.8 whatever is shown, a little more when the careful judgement is first, a little less when it is
+    # second: every argmax verdict is "A" (position bias 1.0), yet averaged over both orders the careful one wins.
+    responses, judgements = _files(tmp_path, [["a sloppy look. Score: 1", "a careful check. Score: 3"]])
+    backend = DirectMetaJudge(first=lambda a, b: 0.8 + 0.05 * a - 0.05 * b)
+    stats = run_metajudge(responses, judgements, tmp_path / "judge_pairs.jsonl", backend,
+                          MetaConfig(enabled=True, method="direct"), JudgeConfig(), seed=0)
+    assert stats["position_bias_rate"] == 1.0 and stats["first_position_wins"] == 2
+    (pair,) = read_jsonl(tmp_path / "judge_pairs.jsonl")
+    assert pair["chosen"][0]["content"] == "a careful check. Score: 3"
+    assert stats["meta_preference_margin_mean"] == pytest.approx(0.05)

@@ -60,7 +60,7 @@ POLICY_FIELDS = ("policy", "anchored", "consistency_rate", "prompts_compared", "
 
 # The meta-judge's figures (meta.enabled; srlm.stages.metajudge) carried into the row.
 META_FIELDS = ("comparisons", "meta_parse_rate", "meta_tie_rate", "position_bias_rate", "judge_pairs",
-               "pairs_with_equal_scores")
+               "pairs_with_equal_scores", "meta_preference_margin_mean")
 
 
 def iteration_row(stats: dict, seconds: float) -> dict:
@@ -135,7 +135,9 @@ def print_iteration_table(row: dict) -> None:
         m = row["meta"]
         lines.insert(7, ("meta-judge", f"{m['judge_pairs']} judge pairs from {m['comparisons']} comparisons; parse "
                                        f"rate {_pct(m['meta_parse_rate'])}, position bias {_pct(m['position_bias_rate'])}; "
-                                       f"DPO on {row.get('dpo_pairs')} pairs"))
+                                       + (f"preference margin {m['meta_preference_margin_mean']}; "
+                                          if m.get("meta_preference_margin_mean") is not None else "")
+                                       + f"DPO on {row.get('dpo_pairs')} pairs"))
     evaluation = row.get("eval", {})
     for key, other in (("winrate_vs_previous", row["iteration"]), ("winrate_vs_m1", 1)):
         if key in evaluation:

@@ -12,6 +12,9 @@ verdict is read as `Winner: A / B / tie` (`srlm.evaluation.winrate.parse_verdict
 the paper) nothing is written: the verdict is whichever of "A" and "B" has the higher next-token probability after
 "Winner: " (`templates/meta_judge_direct.txt` asks for the verdict alone), and both probabilities are recorded; a
 135M model that never writes the verdict line (0% parsed at the quickstart's size) still decides every comparison.
+Its judgements are then ranked by the probability of winning averaged over both orders (`balanced_preferences`),
+not by weighted argmax wins: the 135M model's p(A) was about 0.8 whichever judgement came first, so every argmax
+verdict followed the position and weighting left no judgement ahead.
 
 Position bias, weighted out as the paper does: over all the stage's verdicts, let w1 and w2 be the wins taken in
 the first and the second position; a win in the first position counts w2 / (w1 + w2) and one in the second
@@ -152,21 +155,50 @@ def position_bias_rate(verdicts: list[dict]) -> float | None:
     return round(same_position / both, 4) if both else None
 
 
+def weighted_wins(verdicts: list[dict], count: int, w_first: float, w_second: float) -> list[float]:
+    """meta.method=generate: each judgement's wins, a first-position win weighted w_first, a second w_second."""
+    wins = [0.0] * count
+    for v in verdicts:
+        if v["verdict"] == "A":
+            wins[v["a"]] += w_first
+        elif v["verdict"] == "B":
+            wins[v["b"]] += w_second
+    return wins
+
+
+def balanced_preferences(verdicts: list[dict]) -> dict[tuple[str, int, int], float]:
+    """meta.method=direct: for each judgement pair (a, b) seen in both orders, the probability that a wins averaged
+    over the two orders, p(A | a shown first) and p(B | a shown second), each renormalised over {A, B}. A lean
+    towards one position adds the same to both orders' first-position probability and cancels out, which the
+    argmax verdicts cannot do (at 135M they followed the position every time)."""
+    first = {(v["response_id"], v["a"], v["b"]): v["verdict_probs"][0] / sum(v["verdict_probs"])
+             for v in verdicts if v.get("verdict_probs")}
+    return {(rid, a, b): (p + 1 - first[(rid, b, a)]) / 2 for (rid, a, b), p in first.items()
+            if a < b and (rid, b, a) in first}
+
+
+def balanced_wins(preferences: dict, response_id: str, count: int) -> list[float]:
+    wins = [0.0] * count
+    for (rid, a, b), p in preferences.items():
+        if rid == response_id:
+            wins[a] += p
+            wins[b] += 1 - p
+    return wins
+
+
 def judge_pairs(responses: list[dict], judged: dict[str, list[dict]], verdicts: list[dict], cfg: MetaConfig,
                 w_first: float, w_second: float, judge_prompt_of: dict[str, str]) -> tuple[list[dict], Counter]:
-    """The chosen and rejected judgement of each response, by weighted wins; drops counted by reason."""
+    """The chosen and rejected judgement of each response, by weighted wins (meta.method=generate) or by the
+    position-balanced probabilities of winning (direct); drops counted by reason."""
     by_response: dict[str, list[dict]] = {}
     for v in verdicts:
         by_response.setdefault(v["response_id"], []).append(v)
+    preferences = balanced_preferences(verdicts) if cfg.method == "direct" else {}
     pairs, drops = [], Counter()
     for r in responses:
         judgements = judged.get(r["response_id"], [])[: cfg.max_judgements]  # two or more: pick_responses
-        wins = [0.0] * len(judgements)
-        for v in by_response.get(r["response_id"], []):
-            if v["verdict"] == "A":
-                wins[v["a"]] += w_first
-            elif v["verdict"] == "B":
-                wins[v["b"]] += w_second
+        wins = (balanced_wins(preferences, r["response_id"], len(judgements)) if cfg.method == "direct"
+                else weighted_wins(by_response.get(r["response_id"], []), len(judgements), w_first, w_second))
         best, worst = max(range(len(wins)), key=lambda i: (wins[i], -i)), min(range(len(wins)), key=lambda i: (wins[i], i))
         if wins[best] == wins[worst]:
             drops["tie"] += 1
@@ -220,6 +252,7 @@ def run_metajudge(responses_path: Path, judgements_path: Path, out_path: Path, b
     w_first, w_second, position_counts = position_weights(verdicts)
     judge_prompt_of = {b["response_id"]: b["judge_prompt"] for b in todo_all}
     pairs, drops = judge_pairs(responses, judged, verdicts, cfg, w_first, w_second, judge_prompt_of)
+    margins = balanced_preferences(verdicts) if cfg.method == "direct" else {}
     drops.update(skipped)
     write_jsonl(out_path, pairs)
     parsed = sum(1 for v in verdicts if v["verdict"] is not None)
@@ -233,6 +266,9 @@ def run_metajudge(responses_path: Path, judgements_path: Path, out_path: Path, b
         "position_bias_rate": position_bias_rate(verdicts),
         **position_counts,
         "judge_pairs": len(pairs),
+        # direct: how far the position-balanced preferences are from a coin (0 = none, 0.5 = certain)
+        "meta_preference_margin_mean": (round(sum(abs(p - 0.5) for p in margins.values()) / len(margins), 4)
+                                        if margins else None),
         "dropped": dict(sorted(drops.items())),
         "pairs_with_equal_scores": sum(1 for p in pairs if p["chosen_score"] == p["rejected_score"]),
     }
