@@ -12,6 +12,14 @@ def tiny(tiny_model_dir):
     return load_model(str(tiny_model_dir))
 
 
+@pytest.fixture(autouse=True)
+def share_even_short_parts(monkeypatch):
+    """The tiny prompts here are short: keep every shared part once, so that the tests exercise that path."""
+    import srlm.backends.hf as hf
+
+    monkeypatch.setattr(hf, "SHARED_PART_MIN_TOKENS", 1)
+
+
 def _reference_greedy(lm, messages, max_new_tokens):
     import torch
 
@@ -64,6 +72,21 @@ def test_a_prefix_kept_once_gives_the_same_text_and_counts_once_in_the_budget(ti
     items = [(r, "Fine.\nScore: ") for r in requests]
     for a, b in zip(shared.score_token_probs(items, list("012345")), copied.score_token_probs(items, list("012345"))):
         assert a.probs == pytest.approx(b.probs, abs=1e-6)
+
+
+def test_short_shared_parts_are_copied_by_default(tiny, monkeypatch):
+    import srlm.backends.hf as hf
+
+    monkeypatch.setattr(hf, "SHARED_PART_MIN_TOKENS", 128)
+    sampling = Sampling(n=3, temperature=1.0, top_p=0.9, max_new_tokens=8)
+    requests = [GenerationRequest(f"s{i}", sampling, i, messages=[{"role": "user", "content": "hi " * (i + 1)}])
+                for i in range(4)]
+    budget = 2 * 3 * (make_backend("hf", tiny).count_prompt_tokens(requests[-1]) + 8)
+    default = make_backend("hf", tiny, max_batch_tokens=budget)
+    copied = make_backend("hf", tiny, max_batch_tokens=budget, share_prefix=False)
+    texts = [[c.text for c in o] for o in default.generate(requests)]
+    assert texts == [[c.text for c in o] for o in copied.generate(requests)]
+    assert default.stats.extra["batches"] == copied.stats.extra["batches"] == 2  # counted as copied, too
 
 
 def test_rows_finishing_at_different_steps_leave_the_others_unchanged(tiny):
