@@ -143,9 +143,15 @@ def check_judge_method(cfg) -> None:
     from srlm.backends import backend_class
 
     check_method(cfg.judge.method, backend_class(cfg.backend.name))  # the class: nothing is loaded yet
-    if cfg.meta.enabled and cfg.meta.method == "direct" and not supports_score_probs(backend_class(cfg.backend.name)):
+    if cfg.meta.enabled:
+        check_meta_method(cfg.meta.method, backend_class(cfg.backend.name))
+
+
+def check_meta_method(method: str, backend) -> None:
+    """meta.method=direct reads the verdict tokens' probabilities: fail before any work on a backend without them."""
+    if method == "direct" and not supports_score_probs(backend):
         raise SrlmError(f"meta.method=direct reads the meta-judge's verdict-token probabilities, which the "
-                        f"'{cfg.backend.name}' backend cannot give; use backend.name=hf (or an openai server that "
+                        f"'{backend.name}' backend cannot give; use backend.name=hf (or an openai server that "
                         "returns top_logprobs), or meta.method=generate")
 
 

@@ -35,12 +35,12 @@ from collections import Counter
 from itertools import permutations
 from pathlib import Path
 
-from srlm.backends.base import GenerationRequest, Sampling, supports_score_probs
+from srlm.backends.base import GenerationRequest, Sampling
 from srlm.config import JudgeConfig, MetaConfig
-from srlm.errors import DataError, SrlmError
+from srlm.errors import DataError
 from srlm.evaluation.winrate import parse_verdict
 from srlm.io import ResumableJsonlWriter, iter_jsonl, iter_jsonl_numbered, stable_id, stable_seed, write_jsonl
-from srlm.judge import fill_slots, load_template, read_template_file, render, shipped_template
+from srlm.judge import check_meta_method, fill_slots, load_template, read_template_file, render, shipped_template
 from srlm.progress import chunks, progress
 from srlm.stages.judge import read_responses
 
@@ -187,13 +187,13 @@ def balanced_wins(preferences: dict, response_id: str, count: int) -> list[float
 
 
 def judge_pairs(responses: list[dict], judged: dict[str, list[dict]], verdicts: list[dict], cfg: MetaConfig,
-                w_first: float, w_second: float, judge_prompt_of: dict[str, str]) -> tuple[list[dict], Counter]:
+                w_first: float, w_second: float, preferences: dict,
+                judge_prompt_of: dict[str, str]) -> tuple[list[dict], Counter]:
     """The chosen and rejected judgement of each response, by weighted wins (meta.method=generate) or by the
-    position-balanced probabilities of winning (direct); drops counted by reason."""
+    position-balanced probabilities of winning, `preferences` (direct); drops counted by reason."""
     by_response: dict[str, list[dict]] = {}
     for v in verdicts:
         by_response.setdefault(v["response_id"], []).append(v)
-    preferences = balanced_preferences(verdicts) if cfg.method == "direct" else {}
     pairs, drops = [], Counter()
     for r in responses:
         judgements = judged.get(r["response_id"], [])[: cfg.max_judgements]  # two or more: pick_responses
@@ -226,9 +226,7 @@ def run_metajudge(responses_path: Path, judgements_path: Path, out_path: Path, b
     prompts = len({r["prompt_id"] for r in responses})
     responses, skipped = pick_responses(responses, judged, cfg)
     sampling = Sampling(n=1, temperature=cfg.temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens)
-    if cfg.method == "direct" and not supports_score_probs(backend):
-        raise SrlmError(f"meta.method=direct reads the verdict-token probabilities, which the '{backend.name}' backend "
-                        "cannot give; use backend.name=hf, or meta.method=generate")
+    check_meta_method(cfg.method, backend)
     todo_all = battles(responses, judged, cfg, load_template(judge_cfg.template_file, judge_cfg.method),
                        load_meta_template(cfg.template_file, cfg.method), seed)
     requests = {b["battle_id"]: GenerationRequest(b["battle_id"], sampling, b["seed"],
@@ -251,8 +249,8 @@ def run_metajudge(responses_path: Path, judgements_path: Path, out_path: Path, b
     verdicts = writer.finish(order_key=lambda v: v["battle_id"])
     w_first, w_second, position_counts = position_weights(verdicts)
     judge_prompt_of = {b["response_id"]: b["judge_prompt"] for b in todo_all}
-    pairs, drops = judge_pairs(responses, judged, verdicts, cfg, w_first, w_second, judge_prompt_of)
-    margins = balanced_preferences(verdicts) if cfg.method == "direct" else {}
+    preferences = balanced_preferences(verdicts) if cfg.method == "direct" else {}
+    pairs, drops = judge_pairs(responses, judged, verdicts, cfg, w_first, w_second, preferences, judge_prompt_of)
     drops.update(skipped)
     write_jsonl(out_path, pairs)
     parsed = sum(1 for v in verdicts if v["verdict"] is not None)
@@ -267,8 +265,8 @@ def run_metajudge(responses_path: Path, judgements_path: Path, out_path: Path, b
         **position_counts,
         "judge_pairs": len(pairs),
         # direct: how far the position-balanced preferences are from a coin (0 = none, 0.5 = certain)
-        "meta_preference_margin_mean": (round(sum(abs(p - 0.5) for p in margins.values()) / len(margins), 4)
-                                        if margins else None),
+        "meta_preference_margin_mean": (round(sum(abs(p - 0.5) for p in preferences.values()) / len(preferences), 4)
+                                        if preferences else None),
         "dropped": dict(sorted(drops.items())),
         "pairs_with_equal_scores": sum(1 for p in pairs if p["chosen_score"] == p["rejected_score"]),
     }
