@@ -252,14 +252,12 @@ class HFBackend:
                 ids = item[1]
                 with_item = min(common, common_prefix_length([batch[0][1], ids])) if batch else len(ids)
                 sequences = (len(batch) + 1) * sampling.n
-                if self.share_prefix:  # as `_prefill` and `_decode_batch` keep them
-                    prefix = min(with_item, len(ids) - 1)
-                    prefix = prefix if prefix >= self.shared_part_min_tokens else 0
-                    part = max(batch_len, len(ids)) - prefix
-                    prompt_parts = (len(batch) + 1) * part * (1 if part >= self.shared_part_min_tokens else sampling.n)
-                    cost = prefix + prompt_parts + sequences * sampling.max_new_tokens
-                else:
-                    cost = sequences * (max(batch_len, len(ids)) + sampling.max_new_tokens)
+                # What `_prefill` and `_decode_batch` will keep once counts once.
+                prefix = min(with_item, len(ids) - 1)
+                prefix = prefix if self._keeps_apart(prefix) else 0
+                part = max(batch_len, len(ids)) - prefix
+                prompt_parts = (len(batch) + 1) * part * (1 if self._keeps_apart(part) else sampling.n)
+                cost = prefix + prompt_parts + sequences * sampling.max_new_tokens
                 if batch and (cost > self.max_batch_tokens or sequences > self.max_batch_size):
                     yield sampling, batch
                     batch, batch_len, with_item = [], 0, len(ids)
@@ -314,6 +312,12 @@ class HFBackend:
     def _new_cache(self, capacity: int):
         return preallocated_cache(capacity, share_prefix=self.share_prefix)
 
+    def _keeps_apart(self, length: int, cache=None) -> bool:
+        """Whether a shared part of `length` tokens is kept once rather than copied to every row (and, given the
+        cache, whether that cache can: a transformers version with other cache layers cannot)."""
+        return (self.share_prefix and length >= self.shared_part_min_tokens
+                and (cache is None or can_share_prefix(cache)))
+
     # -- prefill, shared by decoding and scoring ---------------------------------------------------------------
     def _prefill(self, prompts: list[list[int]], cache):
         """Run every prompt through the model into `cache` (call under inference mode): the common prefix once,
@@ -331,7 +335,7 @@ class HFBackend:
         if shared > 0:
             prefix = torch.tensor([prompts[0][:shared]], device=device)
             self.model(input_ids=prefix, **{self.cache_arg: cache}, use_cache=True, logits_to_keep=1)
-            if can_share_prefix(cache) and shared >= self.shared_part_min_tokens:
+            if self._keeps_apart(shared, cache):
                 freeze_prefix(cache)  # kept once for all rows
             else:
                 cache.batch_repeat_interleave(rows)
@@ -366,8 +370,8 @@ class HFBackend:
 
             # N samples per prompt: copy the prompt's cache rather than prefilling it N times.
             logits = out.logits[:, -1].repeat_interleave(n, dim=0)
-            kept = prefill["shared"] if prefill["shared"] >= self.shared_part_min_tokens else 0
-            if n > 1 and can_share_prefix(cache) and mask.shape[1] - kept >= self.shared_part_min_tokens:
+            prompt_part = mask.shape[1] - (prefill["shared"] if self._keeps_apart(prefill["shared"], cache) else 0)
+            if n > 1 and self._keeps_apart(prompt_part, cache):
                 freeze_groups(cache, n)  # each prompt's part kept once for its n samples
             elif n > 1:
                 cache.batch_repeat_interleave(n)
@@ -467,13 +471,11 @@ class HFBackend:
     def _recorded_probs(self, request, prompt_ids, continuation_ids, candidate_ids) -> CandidateProbs | None:
         """The candidates' probabilities as the last `generate` recorded them at the step right after
         `continuation_ids`, from a sample of `request` that generated exactly those tokens; None if there is none."""
-        import torch
-
         if not set(candidate_ids) <= set(self._recorded_ids):
             return None
         columns = [self._recorded_ids.index(i) for i in candidate_ids]
+        step = len(continuation_ids)
         for tokens, log_probs in self._recorded.get((request.request_id, request.seed, tuple(prompt_ids)), []):
-            step = len(continuation_ids)
             if step < len(log_probs) and tokens[:step] == continuation_ids:
                 return _candidate_probs(log_probs[step, columns])
         return None
