@@ -279,7 +279,8 @@ COMMANDS = (
         "metajudge", cmd_metajudge,
         help="the model judges its own judgements: judge preference pairs (Meta-Rewarding)",
         description="Every two parsed judgements of a response compared in both orders by the meta-judge (meta.*), "
-        "position bias weighted out; the better and worse judgement become a pair in TRL's format. Resumable.",
+        "position bias weighted out (meta.method=direct: the verdict read from p(A) vs p(B), averaged over both "
+        "orders); the better and worse judgement become a pair in TRL's format. Resumable.",
         args=(
             arg("--responses", required=True, help="responses JSONL from `srlm respond`"),
             arg("--judgements", required=True, help="judgements JSONL from `srlm judge` (two or more per response)"),
