@@ -47,23 +47,24 @@ def rank_environment(rank: int, tensor_parallel_size: int, gpus: list[str]) -> d
     return {"CUDA_VISIBLE_DEVICES": ",".join(group), **dict.fromkeys(_VLLM_DP_VARIABLES)}
 
 
+def _set_environment(values: dict[str, str | None]) -> None:
+    """Set each variable of `values` in os.environ; None removes it."""
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @contextlib.contextmanager
 def _environment(changes: dict[str, str | None]):
     """os.environ with `changes` applied while a rank process is started (it inherits them), then restored."""
     saved = {key: os.environ.get(key) for key in changes}
     try:
-        for key, value in changes.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environment(changes)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environment(saved)
 
 
 class RankEngine:

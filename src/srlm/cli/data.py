@@ -10,6 +10,7 @@ that `srlm --help` stays fast.
 from __future__ import annotations
 
 import argparse
+from contextlib import closing
 from pathlib import Path
 from typing import Iterable
 
@@ -69,14 +70,11 @@ def run_eft(args: argparse.Namespace) -> int:
     teacher = cfg.model.name_or_path
     if cfg.backend.name == "openai" and getattr(cfg.backend, "model_name", None):
         teacher = cfg.backend.model_name
-    backend = generation_backend(cfg)
-    try:
+    with closing(generation_backend(cfg)) as backend:
         counts = run_data_eft(
             args.source, args.out, backend, cfg.judge, seed=cfg.seed, teacher=teacher,
             max_per_score_share=args.max_per_score_share, limit=args.limit, chunk_groups=cfg.backend.chunk_prompts,
         )
-    finally:
-        backend.close()
     print(f"EFT {args.source} -> {args.out} (teacher {teacher}; counts in {counts_path_for(args.out)})")
     print(format_counts(counts))
     if not counts["examples"]:

@@ -8,6 +8,7 @@ CLI, which prints it and exits with 2. Library code is imported inside the handl
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 
@@ -46,12 +47,9 @@ def cmd_eval_judge(args) -> int:
     groups, counts, data_format = read_human_groups(resolve_data_path(args.data), args.format)
     if args.limit:
         groups = groups[: args.limit]
-    backend = _backend(cfg, args.model)
-    try:
+    with closing(_backend(cfg, args.model)) as backend:
         metrics, items = evaluate_judge(groups, backend, cfg.judge, seed=cfg.seed,
                                         bootstrap_samples=args.bootstrap_samples)
-    finally:
-        backend.close()
     metrics["data"] = {"path": str(args.data), "format": data_format, "reader_counts": counts,
                        "groups_used": len(groups), "limit": args.limit}
     metrics["judge"]["model"] = args.model or cfg.model.name_or_path
@@ -121,8 +119,7 @@ def cmd_eval_winrate(args) -> int:
 
     if args.method == "additive" and args.template:
         raise SrlmError("--template is the pairwise template; --method additive grades with judge.template_file")
-    judge = _backend(cfg, args.judge_model)
-    try:
+    with closing(_backend(cfg, args.judge_model)) as judge:
         if args.method == "additive":
             result = additive_winrate(prompts, answers_a, answers_b, judge, cfg.judge, seed=cfg.seed,
                                       bootstrap_samples=args.bootstrap_samples)
@@ -133,8 +130,6 @@ def cmd_eval_winrate(args) -> int:
                                       template=load_pairwise_template(args.template),
                                       bootstrap_samples=args.bootstrap_samples,
                                       max_prompt_tokens=cfg.judge.max_prompt_tokens)
-    finally:
-        judge.close()
     metrics = result["metrics"]
     metrics.update(model_a=name_a, model_b=name_b, judge_model=args.judge_model or cfg.model.name_or_path,
                    template_file=(args.template or "built-in pairwise template") if args.method == "pairwise"
@@ -155,11 +150,8 @@ def _generate_single_turn(cfg, model: str, prompts: list[str], args) -> list[str
     items = [PromptItem(id=str(i), turns=[p]) for i, p in enumerate(prompts)]
     sampling_for = default_sampling("file", temperature=args.temperature, top_p=cfg.respond.top_p,
                                     max_new_tokens=args.max_new_tokens or cfg.respond.max_new_tokens)
-    backend = _backend(cfg, model)
-    try:
+    with closing(_backend(cfg, model)) as backend:
         return [rec["answers"][0] for rec in generate_answers(items, backend, seed=cfg.seed, sampling_for=sampling_for)]
-    finally:
-        backend.close()
 
 
 def cmd_eval_generate(args) -> int:
@@ -169,11 +161,8 @@ def cmd_eval_generate(args) -> int:
     prompt_set = load_prompt_set(args.set, args.data, limit=args.limit)
     sampling_for = default_sampling(prompt_set.name, temperature=args.temperature, top_p=cfg.respond.top_p,
                                     max_new_tokens=args.max_new_tokens or cfg.respond.max_new_tokens)
-    backend = _backend(cfg, args.model)
-    try:
+    with closing(_backend(cfg, args.model)) as backend:
         records = generate_answers(prompt_set.items, backend, seed=cfg.seed, sampling_for=sampling_for)
-    finally:
-        backend.close()
     generator = args.generator or _model_name(args.model, cfg)
     path = write_answers(args.out, prompt_set, records, generator)
     turns = sum(len(r["answers"]) for r in records)
@@ -223,12 +212,9 @@ def cmd_eval_grade(args) -> int:
     sampling = Sampling(n=args.samples or default_n,
                         temperature=default_t if args.temperature is None else args.temperature,
                         top_p=cfg.judge.top_p, max_new_tokens=args.max_new_tokens or default_tokens)
-    backend = _backend(cfg, args.judge_model)
-    try:
+    with closing(_backend(cfg, args.judge_model)) as backend:
         metrics, items = grade_answers(answered, backend, grader, seed=cfg.seed, sampling=sampling,
                                        references=references)
-    finally:
-        backend.close()
     metrics.update(answers=str(args.answers), judge_model=args.judge_model or cfg.model.name_or_path)
     if args.reference:
         metrics["reference"] = {"file": str(args.reference), "categories": args.reference_categories or "all",
@@ -253,12 +239,9 @@ def cmd_eval_ifeval(args) -> int:
 
     cfg = _config(args)
     items = load_ifeval(args.data, limit=args.limit)  # checked (and the checkers set up) before a model loads
-    backend = _backend(cfg, args.model)
-    try:
+    with closing(_backend(cfg, args.model)) as backend:
         metrics, records = evaluate_ifeval(items, backend, max_new_tokens=args.max_new_tokens or IFEVAL_MAX_NEW_TOKENS,
                                            seed=cfg.seed, bootstrap_samples=args.bootstrap_samples)
-    finally:
-        backend.close()
     model = _model_name(args.model, cfg)
     metrics.update(model=args.model or cfg.model.name_or_path,
                    data={"path": str(args.data), "prompts_used": len(items), "limit": args.limit})

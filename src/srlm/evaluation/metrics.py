@@ -45,6 +45,9 @@ CORRELATION_AVERAGING = (
     "the scores nor the human ranks constant) between the judge score and the negated human rank, then averaged "
     "over groups with equal weight."
 )
+# How the judge metrics are counted, written into every result beside the figures.
+JUDGE_METRIC_POLICIES = {"tie_policy": TIE_POLICY, "five_best_policy": FIVE_BEST_POLICY,
+                         "five_best_threshold": FIVE_THRESHOLD, "correlation_averaging": CORRELATION_AVERAGING}
 WINRATE_RULE = (
     "Each pair is judged in both orders; model A wins (or loses) only when both orders agree, a disagreement is a "
     "tie, and a missing verdict in either order is a tie counted in n_unparsed. win_rate = win + 0.5 * tie."
@@ -128,12 +131,19 @@ def _check_score(value: Any, where: str) -> float | None:
     return float(value)
 
 
+def _require_fields(record: Any, fields: Sequence[str], where: str) -> None:
+    """`record` is a mapping that holds every one of `fields`, or a ValueError says what is wrong `where`."""
+    if not isinstance(record, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {type(record).__name__}")
+    for field in fields:
+        if field not in record:
+            raise ValueError(f"{where}: missing '{field}'")
+
+
 def _rank_and_score(reply: Any, where: str) -> tuple[int, float | None]:
     """A reply is a mapping with "rank" and "score" (None = the judge's output could not be parsed), or a pair."""
     if isinstance(reply, Mapping):
-        for field in ("rank", "score"):
-            if field not in reply:
-                raise ValueError(f"{where}: missing '{field}'")
+        _require_fields(reply, ("rank", "score"), where)
         rank, score = reply["rank"], reply["score"]
     elif isinstance(reply, Sequence) and not isinstance(reply, (str, bytes)) and len(reply) == 2:
         rank, score = reply
@@ -258,14 +268,7 @@ def judge_agreement(groups: Iterable[Any], *, bootstrap_samples: int = 1000, see
         result[name] = _ratio(numerator, denominator)
         result[f"{name}_ci"] = intervals[name]
         result.update(counts[name])
-    result.update(
-        tie_policy=TIE_POLICY,
-        five_best_policy=FIVE_BEST_POLICY,
-        five_best_threshold=FIVE_THRESHOLD,
-        correlation_averaging=CORRELATION_AVERAGING,
-        bootstrap_samples=bootstrap_samples,
-        seed=seed,
-    )
+    result.update(JUDGE_METRIC_POLICIES, bootstrap_samples=bootstrap_samples, seed=seed)
     return result
 
 
@@ -364,11 +367,7 @@ def winrate_from_verdicts(verdicts: Iterable[Mapping], *, bootstrap_samples: int
     n_unparsed = n_disagreements = 0
     for index, item in enumerate(verdicts):
         where = f"item {index}"
-        if not isinstance(item, Mapping):
-            raise ValueError(f"{where}: expected a mapping, got {type(item).__name__}")
-        for field in ("first_order", "second_order"):
-            if field not in item:
-                raise ValueError(f"{where}: missing '{field}'")
+        _require_fields(item, ("first_order", "second_order"), where)
         outcome, unparsed = _outcome_for_a(item["first_order"], item["second_order"], where)
         n_unparsed += unparsed
         # A tie that came from opposite winners (not from a "tie" verdict) is the signature of position bias.
@@ -450,8 +449,7 @@ IFEVAL_AVERAGING = (
 
 
 def _follow_list(prompt: Mapping, field: str, n: int, where: str) -> list[bool]:
-    if field not in prompt:
-        raise ValueError(f"{where}: missing '{field}'")
+    _require_fields(prompt, (field,), where)
     values = prompt[field]
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != n:
         raise ValueError(f"{where}: '{field}' must be a list of {n} booleans, one per instruction")
@@ -480,8 +478,7 @@ def instruction_following(
     by_type: dict[str, list[tuple[bool, bool]]] = {}
     for index, prompt in enumerate(prompts):
         where = f"prompt {index}"
-        if not isinstance(prompt, Mapping):
-            raise ValueError(f"{where}: expected a mapping, got {type(prompt).__name__}")
+        _require_fields(prompt, (), where)
         ids = prompt.get("instruction_id_list")
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence) or not ids:
             raise ValueError(f"{where}: 'instruction_id_list' must be a non-empty list of instruction ids")

@@ -77,7 +77,12 @@ def _svg_legend(names: Sequence[str]) -> tuple[list[str], int]:
     return parts, y - (_H - 16)
 
 
-def _close_svg(parts: list[str], legend_names: Sequence[str]) -> str:
+def _close_svg(parts: list[str], legend_names: Sequence[str], x_label: str) -> str:
+    """The x-axis label (when given), the legend under the plot, and the closing tag."""
+    if x_label:
+        plot_w = _W - _LEFT - _RIGHT
+        parts.append(f'<text x="{_LEFT + plot_w / 2:.1f}" y="{_H - _BOTTOM + 32}" text-anchor="middle" '
+                     f'font-size="11">{_e(x_label)}</text>')
     legend, extra = _svg_legend(legend_names)
     if extra:  # grow the canvas (first element: the <svg> tag) so that wrapped legend rows stay visible
         parts[0] = parts[0].replace(f'viewBox="0 0 {_W} {_H}"', f'viewBox="0 0 {_W} {_H + extra}"')
@@ -117,10 +122,7 @@ def svg_bar_chart(
             )
         parts.append(f'<text x="{_LEFT + (ci + 0.5) * group_w:.1f}" y="{_H - _BOTTOM + 15}" text-anchor="middle" '
                      f'font-size="11">{_e(category)}</text>')
-    if x_label:
-        parts.append(f'<text x="{_LEFT + plot_w / 2:.1f}" y="{_H - _BOTTOM + 32}" text-anchor="middle" '
-                     f'font-size="11">{_e(x_label)}</text>')
-    return _close_svg(parts, [name for name, _ in series])
+    return _close_svg(parts, [name for name, _ in series], x_label)
 
 
 def svg_line_chart(
@@ -161,10 +163,7 @@ def svg_line_chart(
             segment.append(f"{x_of(i):.1f},{y_of(value):.1f}")
             parts.append(f'<circle cx="{x_of(i):.1f}" cy="{y_of(value):.1f}" r="4" fill="{color}">'
                          f"<title>{_e(name)}, {_e(x_labels[i])}: {_e(tick_format(value))}</title></circle>")
-    if x_label:
-        parts.append(f'<text x="{_LEFT + plot_w / 2:.1f}" y="{_H - _BOTTOM + 32}" text-anchor="middle" '
-                     f'font-size="11">{_e(x_label)}</text>')
-    return _close_svg(parts, [name for name, _ in series])
+    return _close_svg(parts, [name for name, _ in series], x_label)
 
 
 # ----------------------------------------------------------------------------------------------------------------

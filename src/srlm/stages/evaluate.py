@@ -23,6 +23,7 @@ reused: M1's answers are generated once, not once per comparison.
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 from srlm.backends import Sampling, backend_for
@@ -37,11 +38,8 @@ def judge_accuracy(cfg: Config, model_path: str, out_dir: Path) -> dict:
 
     groups, _counts, _fmt = read_human_groups(resolve_data_path(cfg.eval.judge_data))
     groups = groups[: cfg.eval.judge_limit]
-    backend = backend_for(cfg, model_path)
-    try:
+    with closing(backend_for(cfg, model_path)) as backend:
         metrics, items = evaluate_judge(groups, backend, cfg.judge, seed=cfg.seed)
-    finally:
-        backend.close()
     metrics["data"] = cfg.eval.judge_data
     write_judge_eval(out_dir / "judge_accuracy.json", metrics, items)
     return metrics
@@ -52,11 +50,8 @@ def ifeval_accuracy(cfg: Config, model_path: str, out_dir: Path) -> dict:
     from srlm.evaluation.ifeval import evaluate_ifeval, load_ifeval, write_ifeval
 
     items = load_ifeval(resolve_data_path(cfg.eval.ifeval_prompts), limit=cfg.eval.ifeval_limit)
-    backend = backend_for(cfg, model_path)
-    try:
+    with closing(backend_for(cfg, model_path)) as backend:
         metrics, records = evaluate_ifeval(items, backend, max_new_tokens=cfg.eval.ifeval_max_new_tokens, seed=cfg.seed)
-    finally:
-        backend.close()
     metrics["data"] = cfg.eval.ifeval_prompts
     write_ifeval(out_dir / "ifeval.json", metrics, records)
     return metrics
@@ -104,11 +99,8 @@ def _answers(cfg: Config, model_path: str, prompts: list[str], cache: Path | Non
             return saved["answers"]
     items = [PromptItem(id=f"heldout-{i}", turns=[p]) for i, p in enumerate(prompts)]
     greedy = Sampling(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.eval.max_new_tokens)
-    backend = backend_for(cfg, model_path)
-    try:
+    with closing(backend_for(cfg, model_path)) as backend:
         records = generate_answers(items, backend, seed=cfg.seed, sampling_for=lambda item: greedy)
-    finally:
-        backend.close()
     answers = [r["answers"][0] for r in records]
     if cache is not None:
         write_json(cache, {"key": key, "answers": answers})
@@ -123,16 +115,13 @@ def winrate(cfg: Config, model_a: str, model_b: str, judge_path: str, out_path: 
     prompts = heldout_prompts(cfg)
     answers_a = _answers(cfg, model_a, prompts, answers_dir / f"{Path(model_a).name}.json")
     answers_b = _answers(cfg, model_b, prompts, answers_dir / f"{Path(model_b).name}.json")
-    judge = backend_for(cfg, judge_path)
-    try:
+    with closing(backend_for(cfg, judge_path)) as judge:
         if cfg.eval.winrate_method == "additive":
             result = additive_winrate(prompts, answers_a, answers_b, judge, cfg.judge, seed=cfg.seed)
         else:
             result = pairwise_winrate(prompts, answers_a, answers_b, judge, seed=cfg.seed,
                                       max_new_tokens=cfg.eval.max_new_tokens,
                                       max_prompt_tokens=cfg.judge.max_prompt_tokens)
-    finally:
-        judge.close()
     judge_name = {"next": "self (M_t+1)", "m1": "M1 (fixed)"}.get(cfg.eval.winrate_judge, judge_path)
     metrics = {**result["metrics"], "judge": judge_name, "method": cfg.eval.winrate_method,
                "model_a": Path(model_a).name, "model_b": Path(model_b).name, "data": cfg.eval.heldout_prompts}

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,8 +180,7 @@ def _evaluate(cfg, model_prev: Path, candidates: list[Candidate], run_id: str,
     pending = [c for c in candidates if _find(journal, f"verdicts/{c.name}") is None]
     if pending:
         judge_path = str(model_prev) if cfg.eval.selection_judge == "previous" else cfg.eval.selection_judge
-        judge = backend_for(cfg, judge_path)
-        try:
+        with closing(backend_for(cfg, judge_path)) as judge:
             for c in pending:
                 result = pairwise_winrate(prompts, answers[c.name], previous, judge, seed=cfg.seed,
                                           max_new_tokens=cfg.eval.max_new_tokens,
@@ -190,8 +190,6 @@ def _evaluate(cfg, model_prev: Path, candidates: list[Candidate], run_id: str,
                          for item in result["items"]]
                 journal.append([{"id": f"verdicts/{c.name}", "run_id": run_id, "candidate": c.name, "step": c.step,
                                  "final": c.final, "metrics": result["metrics"], "items": items}])
-        finally:
-            judge.close()
     verdicts = [_find(journal, f"verdicts/{c.name}") for c in candidates]
     best = max(verdicts, key=lambda r: (r["metrics"]["win_rate"], r["step"]))
     decision = {"id": "decision", "run_id": run_id, "winner": best["candidate"], "step": best["step"],
