@@ -13,8 +13,7 @@ SRC = ROOT / "src"
 
 # Known to be over the limits, with the size they may not grow past (each a part of the redesign still to do;
 # config.py grows by one section per feature: splitting its sections from the loading is the next step).
-LONG_MODULES = {"srlm/evaluation/metrics.py": 638, "srlm/config.py": 660,
-                "srlm/evaluation/prompt_sets.py": 519}
+LONG_MODULES = {"srlm/config.py": 660}
 LONG_FUNCTIONS: dict[str, int] = {}  # none left
 
 

@@ -8,16 +8,14 @@ import pytest
 from srlm.backends import Sampling, make_backend
 from srlm.cli import main
 from srlm.errors import SrlmError
+from srlm.evaluation.grading import grade_answers, make_grader, parse_rating
 from srlm.evaluation.prompt_sets import (
     PromptItem,
     default_sampling,
     generate_answers,
-    grade_answers,
     load_alpaca_eval,
     load_mt_bench,
     load_prompt_set,
-    make_grader,
-    parse_rating,
     read_answers,
     write_answers,
 )
@@ -195,7 +193,7 @@ def _ref(question_id, *turns):
 
 
 def test_real_reference_answers_cover_mt_bench_math_reasoning_coding(shared_data):
-    from srlm.evaluation.prompt_sets import REFERENCE_CATEGORIES, load_reference_answers
+    from srlm.evaluation.grading import REFERENCE_CATEGORIES, load_reference_answers
 
     references = load_reference_answers(shared_data / "mt_bench" / "reference_answer" / "gpt-4.jsonl")
     questions = {it.id: it for it in load_mt_bench(shared_data / "mt_bench" / "question.jsonl")}
@@ -242,7 +240,7 @@ def test_cli_grade_with_the_real_reference_file(tmp_path, shared_data, monkeypat
 
 
 def test_reference_grading_by_hand(tmp_path):
-    from srlm.evaluation.prompt_sets import REFERENCE_CATEGORIES, load_reference_answers, match_references
+    from srlm.evaluation.grading import REFERENCE_CATEGORIES, load_reference_answers, match_references
 
     answered = [
         {"id": "7", "category": "math", "questions": ["What is 2+2?", "And 3+3?"], "answers": ["4", "5"]},
@@ -290,7 +288,7 @@ def test_reference_grading_by_hand(tmp_path):
     ],
 )
 def test_bad_reference_files_name_file_line_and_field(tmp_path, records, message):
-    from srlm.evaluation.prompt_sets import REFERENCE_CATEGORIES, load_reference_answers, match_references
+    from srlm.evaluation.grading import REFERENCE_CATEGORIES, load_reference_answers, match_references
 
     answered = [{"id": "7", "category": "math", "questions": ["q1", "q2"], "answers": ["a1", "a2"]}]
     with pytest.raises(SrlmError, match=message):

@@ -15,7 +15,7 @@ from srlm.argtypes import non_negative_float, non_negative_int, positive_int
 from srlm.cli.common import Command, add_commands, add_group, arg
 from srlm.cli.evaluation_handlers import (cmd_eval_generate, cmd_eval_grade, cmd_eval_harness, cmd_eval_ifeval,
                                           cmd_eval_judge, cmd_eval_winrate, cmd_report)
-from srlm.evaluation.prompt_sets import GRADERS, REFERENCE_CATEGORIES
+from srlm.evaluation.grading import GRADERS, REFERENCE_CATEGORIES
 
 JUDGE_HELP = """\
 Measure the judge against human rankings (paper Table 4): every reply of every human-ranked group is scored

@@ -177,14 +177,14 @@ def cmd_eval_grade(args) -> int:
     from srlm.backends import Sampling
     from srlm.errors import SrlmError
     from srlm.evaluation.judge_eval import items_path_for
-    from srlm.evaluation.prompt_sets import (
+    from srlm.evaluation.grading import (
         format_grade_table,
         grade_answers,
         load_reference_answers,
         make_grader,
         match_references,
-        read_answers,
     )
+    from srlm.evaluation.prompt_sets import read_answers
     from srlm.io import write_json, write_jsonl
 
     cfg = _config(args)
