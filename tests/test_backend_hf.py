@@ -182,3 +182,44 @@ def test_a_wide_nucleus_is_sorted_in_full_and_rows_do_not_affect_each_other():
 def test_common_prefix_length():
     assert common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
     assert common_prefix_length([[5, 1], [6, 1]]) == 0
+
+
+def test_int8_weights_quantize_all_but_the_head_and_decode_as_generate_does(tiny_model_dir):
+    # backend.int8_weights: the backend loads its model with every linear layer but the output head in int8. Its
+    # own decode loop (shared prefix, cache buffers) must give what transformers' generate gives with the same
+    # quantized model, and the head must stay an fp32 nn.Linear.
+    import dataclasses
+
+    import torch
+
+    from srlm.backends import backend_for
+    from srlm.config import load_config
+
+    cfg = load_config(overrides=["backend.int8_weights=true"])
+    backend = backend_for(cfg, str(tiny_model_dir))
+    model = backend.model
+    int8_linear = torch.ao.nn.quantized.dynamic.Linear
+    kinds = {name: type(m) for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, int8_linear))}
+    head = next(name for name, m in model.named_modules() if m is model.get_output_embeddings())
+    assert kinds.pop(head) is torch.nn.Linear
+    assert kinds and set(kinds.values()) == {int8_linear}
+    messages = [{"role": "user", "content": "Review the response and score it. What is the capital of France?"}]
+    request = GenerationRequest("q", Sampling(n=1, temperature=0, max_new_tokens=12), 0, messages=messages)
+    quantized_model = dataclasses.replace(load_model(str(tiny_model_dir)), model=model)
+    assert backend.generate([request])[0][0].text == _reference_greedy(quantized_model, messages, 12)
+
+
+def test_int8_weights_are_the_hf_backends_and_mark_the_evaluations_apart():
+    from srlm.config import load_config
+    from srlm.errors import ConfigError
+    from srlm.stage_settings import stage_fingerprint
+
+    with pytest.raises(ConfigError, match="int8_weights"):
+        load_config(overrides=["backend.name=vllm", "backend.int8_weights=true"])
+    fp32, int8 = load_config(), load_config(overrides=["backend.int8_weights=true"])
+    # At its default the key is in no fingerprint (runs from before it was added do not rerun); set, it reruns the
+    # generation stages and the evaluations, whose figures it changes, and not the training stages.
+    assert stage_fingerprint(fp32, "eval") != stage_fingerprint(int8, "eval")
+    assert stage_fingerprint(fp32, "respond") != stage_fingerprint(int8, "respond")
+    assert stage_fingerprint(fp32, "dpo") == stage_fingerprint(int8, "dpo")
+    assert fp32.fingerprint("backend") == load_config(overrides=["backend.int8_weights=false"]).fingerprint("backend")

@@ -37,7 +37,12 @@ MAIN_LINE = ("sft", "train_judge", "prompts", "respond", "judge", "metajudge", "
 
 
 def stage_fingerprint(cfg: Config, stage: str) -> str:
-    return "".join(cfg.fingerprint(*group) for group in STAGE_SECTIONS[stage])
+    fingerprint = "".join(cfg.fingerprint(*group) for group in STAGE_SECTIONS[stage])
+    # The evaluations run the models through the backend without reading its section (batch sizes change no
+    # figure), but int8 weights do change them: marked apart, so fp32 fingerprints stay what they were.
+    if stage.startswith("eval") and cfg.backend.int8_weights:
+        fingerprint += "+int8"
+    return fingerprint
 
 
 def changed_settings(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:

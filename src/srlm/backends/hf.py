@@ -26,6 +26,7 @@ or on where a run was resumed.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from contextlib import contextmanager
@@ -207,17 +208,18 @@ class HFBackend:
         self.eos_ids = sorted(i for i in eos if i is not None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         # transformers 5.x renamed the forward argument `past_key_values` to `cache`; accept both versions.
-        import inspect
-
         self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @classmethod
     def from_config(cls, model_path: str, backend, model, *, seed: int) -> "HFBackend":
         """`model_path` loaded into this process as `model` (the model section) says, batched as `backend` says."""
+        from srlm.backends.int8 import quantize_linear_layers
         from srlm.models import load_model
 
-        return cls.create(load_model(model_path, **model.load_options()), max_batch_tokens=backend.max_batch_tokens,
-                          max_batch_size=backend.max_batch_size)
+        loaded = load_model(model_path, **model.load_options())
+        if backend.int8_weights:  # not in the paper; off by default (int8.py)
+            quantize_linear_layers(loaded.model)
+        return cls.create(loaded, max_batch_tokens=backend.max_batch_tokens, max_batch_size=backend.max_batch_size)
 
     @classmethod
     def create(cls, loaded_model, max_batch_tokens: int = 16384, max_batch_size: int = 64,

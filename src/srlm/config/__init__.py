@@ -109,7 +109,7 @@ class Config(_Section):
 # the config those stages read is what it was. Add every new key here, with its default.
 ADDED_KEYS: dict[str, dict[str, object]] = {
     "backend": {"tensor_parallel_size": 1, "gpu_memory_utilization": 0.85, "max_model_len": None,
-                "enforce_eager": False, "data_parallel_size": 1},
+                "enforce_eager": False, "data_parallel_size": 1, "int8_weights": False},
     "judge": {"method": "sample_mean"},
     "sft": {"group_by_length": True, "save_every_steps": None},
     "dpo": {"group_by_length": True, "checkpoint_every_steps": None, "nll_weight": 0.0, "save_every_steps": None,
