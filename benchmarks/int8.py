@@ -109,6 +109,8 @@ def main() -> None:
               "ifeval_int8_minus_fp32": ifeval_diff,
               "judge_pairwise_accuracy": {k: judge[k]["pairwise_accuracy"] for k in weights},
               "judge_pairwise_accuracy_ci": {k: judge[k]["pairwise_accuracy_ci"] for k in weights},
+              "judge_parse_rate": {k: judge[k]["sample_parse_rate"] for k in weights},
+              "judge_pairs_scored": {k: judge[k]["n_pairs"] for k in weights},
               "judge_int8_minus_fp32": judge_diff, "judge_score_spearman_fp32_int8": agreement,
               "judge_scored_replies": len(scored), "machine": machine()}
     print("\nint8 weights vs fp32, one run")
@@ -117,7 +119,8 @@ def main() -> None:
     for kind in weights:
         print(f"  {kind}: IFEval prompt strict {format_with_interval(ifeval[kind], 'prompt_level_strict_acc')} "
               f"(n={ifeval[kind]['n_prompts']}, {seconds[f'ifeval_{kind}']} s); judge pairwise acc. "
-              f"{format_with_interval(judge[kind], 'pairwise_accuracy')} ({seconds[f'judge_{kind}']} s)")
+              f"{format_with_interval(judge[kind], 'pairwise_accuracy')} on {judge[kind]['n_pairs']} pairs scored, "
+              f"parse rate {judge[kind]['sample_parse_rate']:.3f} ({seconds[f'judge_{kind}']} s)")
     print(f"  IFEval int8 - fp32                      {format_with_interval(ifeval_diff, 'difference')} "
           f"(paired, n={ifeval_diff['n']})")
     print(f"  judge accuracy int8 - fp32              {format_with_interval(judge_diff, 'difference')} "
