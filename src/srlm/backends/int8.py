@@ -3,11 +3,12 @@
 On CPU decoding is bound by the linear layers' fp32 matmuls (two thirds of a decode step here). PyTorch's dynamic
 quantization stores each linear layer's weights as int8, one scale per output channel, and quantizes the
 activations row by row on the fly, so the matmul runs on the CPU's int8 units (VNNI): measured here 5-7x faster
-per layer and about 1.7x faster decoding overall (benchmarks/int8.py). The input embedding and the output head
+per layer and 1.56x faster generation overall (benchmarks/int8.py). The input embedding and the output head
 stay fp32, so the next-token probabilities the expected-score judge reads come from an fp32 projection.
 
 Outputs are no longer those of the fp32 model: greedy texts diverge after a few words, as with any change of
-arithmetic. What that does to judge accuracy and IFEval is measured in benchmarks/README.md ("int8 weights").
+arithmetic, and a small fine-tuned judge loses its format (the quickstart's M1 wrote a parsable score in 61% of its
+judgements instead of 94%): benchmarks/README.md, "int8 weights".
 Training never uses it: SFT and DPO train the fp32 model, and each saved model stays fp32.
 
 `torch.ao.quantization` is the quantization that ships with torch 2.13 (the pinned build); PyTorch marks it for
