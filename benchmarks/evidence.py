@@ -114,7 +114,7 @@ def _length_split(groups: list, items_path: Path) -> dict | None:
 
 
 def collect(run_dir: Path, reference_run: Path | None = None) -> dict:
-    from srlm.evaluation.metrics import pair_credits, paired_difference
+    from srlm.evaluation.metrics import pair_credits, paired_difference_by_key
 
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"iterations": []}
@@ -148,17 +148,13 @@ def collect(run_dir: Path, reference_run: Path | None = None) -> dict:
     base_items = _items(folders["sft_baseline"] / "judge_accuracy.items.jsonl")
     m1_items = _items(folders["m1"] / "judge_accuracy.items.jsonl")
     if base_items and m1_items:
-        a, b = pair_credits(m1_items), pair_credits(base_items)
-        common = sorted(set(a) & set(b))
-        comparisons["judge_accuracy m1 - sft_baseline"] = paired_difference([a[g] for g in common],
-                                                                            [b[g] for g in common])
+        comparisons["judge_accuracy m1 - sft_baseline"] = paired_difference_by_key(pair_credits(m1_items),
+                                                                                   pair_credits(base_items))
     if reference_run is not None:  # the same human pairs judged by another run's M1 (e.g. the paper's EFT-only M1)
         other = _items(reference_run / "eval_m1" / "judge_accuracy.items.jsonl")
         if other and m1_items:
-            a, b = pair_credits(m1_items), pair_credits(other)
-            common = sorted(set(a) & set(b))
-            comparisons[f"judge_accuracy m1 - m1 of {reference_run}"] = paired_difference(
-                [a[g] for g in common], [b[g] for g in common])
+            comparisons[f"judge_accuracy m1 - m1 of {reference_run}"] = paired_difference_by_key(
+                pair_credits(m1_items), pair_credits(other))
     last = f"m{t}"
     for model in (last,):
         first_items = _items(folders["m1"] / "ifeval.items.jsonl")
@@ -166,9 +162,7 @@ def collect(run_dir: Path, reference_run: Path | None = None) -> dict:
         if first_items and last_items:
             a = {r["key"]: float(r["follow_all_instructions_strict"]) for r in last_items}
             b = {r["key"]: float(r["follow_all_instructions_strict"]) for r in first_items}
-            common = sorted(set(a) & set(b))
-            comparisons[f"ifeval prompt strict {model} - m1"] = paired_difference([a[k] for k in common],
-                                                                                [b[k] for k in common])
+            comparisons[f"ifeval prompt strict {model} - m1"] = paired_difference_by_key(a, b)
     outside = {name: _read(folder / "finished_outside_the_loop.json") for name, folder in folders.items()
                if (folder / "finished_outside_the_loop.json").exists()}
     return {"run_dir": str(run_dir), "seconds": summary.get("seconds"), "models": table, "comparisons": comparisons,

@@ -49,10 +49,6 @@ def generation_speed(model: str, weights: dict) -> dict:
             "speedup": round(best["int8"] / best["fp32"], 2)}
 
 
-def _items(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded", help="the actor: speed and IFEval")
@@ -67,7 +63,8 @@ def main() -> None:
     from scipy import stats
 
     from srlm.config import load_config
-    from srlm.evaluation.metrics import format_with_interval, pair_credits, paired_difference
+    from srlm.evaluation.metrics import format_with_interval, pair_credits, paired_difference_by_key
+    from srlm.io import iter_jsonl
     from srlm.models import resolve_model_path
     from srlm.stages.evaluate import ifeval_accuracy, judge_accuracy
 
@@ -90,14 +87,12 @@ def main() -> None:
         judge[kind] = judge_accuracy(cfg, args.judge_model, folder)
         seconds[f"judge_{kind}"] = round(time.perf_counter() - start, 1)
 
-    follows = {kind: {r["key"]: float(r["follow_all_instructions_strict"]) for r in _items(out / kind / "ifeval.items.jsonl")}
-               for kind in weights}
-    keys = sorted(follows["fp32"])
-    ifeval_diff = paired_difference([follows["int8"][k] for k in keys], [follows["fp32"][k] for k in keys])
-    judge_items = {kind: _items(out / kind / "judge_accuracy.items.jsonl") for kind in weights}
+    follows = {kind: {r["key"]: float(r["follow_all_instructions_strict"])
+                      for r in iter_jsonl(out / kind / "ifeval.items.jsonl")} for kind in weights}
+    ifeval_diff = paired_difference_by_key(follows["int8"], follows["fp32"])
+    judge_items = {kind: list(iter_jsonl(out / kind / "judge_accuracy.items.jsonl")) for kind in weights}
     credits = {kind: pair_credits(items) for kind, items in judge_items.items()}
-    groups = sorted(set(credits["fp32"]) & set(credits["int8"]))
-    judge_diff = paired_difference([credits["int8"][g] for g in groups], [credits["fp32"][g] for g in groups])
+    judge_diff = paired_difference_by_key(credits["int8"], credits["fp32"])
     scored = [(a["score"], b["score"]) for a, b in zip(judge_items["fp32"], judge_items["int8"])
               if a["score"] is not None and b["score"] is not None]
     agreement = stats.spearmanr([a for a, _ in scored], [b for _, b in scored]).statistic if len(scored) > 2 else None

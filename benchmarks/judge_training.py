@@ -123,7 +123,7 @@ def _items(path: Path) -> list[dict]:
 
 
 def collect(out: Path, evidence_items: Path) -> dict:
-    from srlm.evaluation.metrics import pair_credits, paired_difference
+    from srlm.evaluation.metrics import pair_credits, paired_difference_by_key
 
     from srlm.evaluation.judge_eval import length_split, read_human_groups
     from srlm.seed import resolve_data_path
@@ -148,9 +148,7 @@ def collect(out: Path, evidence_items: Path) -> dict:
         for name in [n for n in JUDGES if n.startswith("m1_judge_")]:
             for other in ("m1", "sft_baseline", "m1 (evidence run, with justification)"):
                 if credits.get(name) and credits.get(other):
-                    common = sorted(set(credits[name]) & set(credits[other]))
-                    comparisons[f"{split}: {name} - {other}"] = paired_difference(
-                        [credits[name][g] for g in common], [credits[other][g] for g in common])
+                    comparisons[f"{split}: {name} - {other}"] = paired_difference_by_key(credits[name], credits[other])
     train_judge = {"m1_judge_trained": _read(out / "train_judge_stats.json")}
     train_judge.update({f"m1_judge_{v}": _read(out / f"train_judge_stats_{v}.json") for v in VARIANTS})
     return {"rows": rows, "comparisons": comparisons,

@@ -209,6 +209,20 @@ def test_int8_weights_quantize_all_but_the_head_and_decode_as_generate_does(tiny
     assert backend.generate([request])[0][0].text == _reference_greedy(quantized_model, messages, 12)
 
 
+def test_int8_weights_refuse_a_model_that_is_not_on_the_cpu():
+    # The int8 matmuls are the CPU's; a model placed elsewhere (a GPU; here the meta device) is refused by name.
+    import torch
+
+    from srlm.backends.int8 import quantize_linear_layers
+    from srlm.errors import SrlmError
+
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    model.get_output_embeddings = lambda: None
+    with pytest.raises(SrlmError, match="backend.int8_weights.*meta"):
+        quantize_linear_layers(model)
+
+
 def test_int8_weights_are_the_hf_backends_and_mark_the_evaluations_apart():
     from srlm.config import load_config
     from srlm.errors import ConfigError

@@ -347,3 +347,13 @@ def test_length_split_accuracy_separates_a_length_judge_from_a_content_judge():
     assert same_length["length_balanced_accuracy"] is None and same_length["n_longer"] == 0
     ties_skipped = length_split_accuracy([[(0, 4.0, 10), (0, 2.0, 90)]])
     assert ties_skipped["n_longer"] + ties_skipped["n_shorter"] == 0
+
+
+def test_paired_difference_by_key_pairs_the_items_both_sides_measured():
+    from srlm.evaluation.metrics import paired_difference, paired_difference_by_key
+
+    a = {"g3": 1.0, "g1": 0.5, "g2": 0.0, "only_a": 1.0}
+    b = {"g2": 1.0, "g1": 0.5, "g3": 0.0, "only_b": 0.0}
+    keyed = paired_difference_by_key(a, b, seed=3)
+    assert keyed == paired_difference([0.5, 0.0, 1.0], [0.5, 1.0, 0.0], seed=3)
+    assert keyed["n"] == 3 and keyed["difference"] == 0.0

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import warnings
 
+from srlm.errors import SrlmError
+
 
 def quantize_linear_layers(model) -> int:
     """Replace every `nn.Linear` of `model` except its output head with an int8 dynamic-quantized one, in place;
@@ -26,9 +28,10 @@ def quantize_linear_layers(model) -> int:
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    if next(model.parameters()).device.type != "cpu":
-        raise ValueError("backend.int8_weights quantizes for the CPU's int8 matmuls: the model is on "
-                         f"{next(model.parameters()).device}; leave backend.int8_weights=false on a GPU")
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        raise SrlmError(f"backend.int8_weights quantizes for the CPU's int8 matmuls: the model is on {device}; "
+                        "leave backend.int8_weights=false there")
     head = model.get_output_embeddings()
     names = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
              if isinstance(module, torch.nn.Linear) and module is not head}

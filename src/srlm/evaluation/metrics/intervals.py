@@ -82,6 +82,13 @@ def paired_difference(a: Sequence[float], b: Sequence[float], *, bootstrap_sampl
             "method": f"paired percentile bootstrap over items, {bootstrap_samples} resamples"}
 
 
+def paired_difference_by_key(a: Mapping[Any, float], b: Mapping[Any, float], **options) -> dict[str, Any]:
+    """`paired_difference` over the items both mappings measured (item key -> outcome), in sorted key order: e.g.
+    two judges' `pair_credits`, or two models' IFEval outcomes by prompt key."""
+    common = sorted(set(a) & set(b))
+    return paired_difference([a[k] for k in common], [b[k] for k in common], **options)
+
+
 def format_with_interval(metrics: Mapping | None, key: str, digits: int = 3) -> str | None:
     """'0.553 [0.504, 0.601]': `metrics[key]` with its `<key>_ci` where there is one; None when there is no value.
 
