@@ -314,3 +314,52 @@ def test_label_smoothing_trains_conservative_dpo(tiny_model_dir, tmp_path, data)
     assert any(abs(s["loss"] - softplus(-s["reward_margin"])) > 0.01 for s in moved)  # not the plain loss
     for s in steps(0.0):
         assert s["loss"] == pytest.approx(softplus(-s["reward_margin"]), abs=2e-3), s
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_the_head_on_labelled_positions_only_trains_as_trl_does_and_is_undone_after(tiny_model_dir, tmp_path, data,
+                                                                                    monkeypatch, stage):
+    """On CPU the output head runs only at trained positions (training.head_on_labelled_positions_only): the same
+    per-step losses and DPO margins as TRL's own way, which runs it at every position, and TRL's choice is put back
+    once training ends."""
+    import contextlib
+
+    import torch
+    import trl.trainer.utils as trl_utils
+
+    from srlm.stages import training
+
+    ift, eft, pairs = data
+    original = trl_utils._use_triton
+    seen, rows = [], {"compact": 0, "every_position": 0}
+    scoring = trl_utils._ChunkedLogProbFunction
+
+    class CountingRows:  # counts the positions the head scored
+        @staticmethod
+        def apply(hidden, *args):
+            rows[run] += hidden.shape[0]
+            return scoring.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", CountingRows)
+
+    def train(folder):
+        if stage == "sft":
+            cfg = SftConfig(epochs=2, batch_size=2, micro_batch_size=2, learning_rate=1e-3, dropout=0.0)
+            return run_sft(str(tiny_model_dir), ift, eft, tmp_path / folder, cfg, seed=0)["per_step"]
+        cfg = DpoConfig(epochs=2, batch_size=2, micro_batch_size=2, learning_rate=1e-3, dropout=0.0)
+        return run_dpo(str(tiny_model_dir), pairs, tmp_path / folder, cfg, seed=0)["per_step"]
+
+    run = "compact"
+    compact = train("compact")
+    assert trl_utils._use_triton is original and not original(torch.device("cpu"))
+    with monkeypatch.context() as m:
+        m.setattr(training, "head_on_labelled_positions_only", contextlib.nullcontext)
+        m.setattr(trl_utils, "_use_triton", lambda device: seen.append(device.type) or original(device))
+        run = "every_position"
+        every_position = train("every_position")
+    assert seen  # TRL's fused head did ask, and scored every position
+    assert 0 < rows["compact"] < 0.75 * rows["every_position"], rows  # the prompts (and padding) were not scored
+    assert len(compact) == len(every_position) > 0
+    for a, b in zip(compact, every_position):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], abs=1e-3), (key, a, b)

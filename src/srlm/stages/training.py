@@ -297,7 +297,40 @@ def train(trainer, scratch: str, save_every_steps: int | None) -> None:
     resume = last_checkpoint(scratch) if save_every_steps else None
     if resume:
         print(f"srlm: resuming training from {Path(resume).name} (saved every {save_every_steps} steps)", flush=True)
-    trainer.train(resume_from_checkpoint=resume)
+    with head_on_labelled_positions_only():
+        trainer.train(resume_from_checkpoint=resume)
+
+
+@contextmanager
+def head_on_labelled_positions_only():
+    """TRL's fused output head, run only at the positions that have a label, on every device.
+
+    SFTTrainer and DPOTrainer score tokens through TRL's fused head (`add_fused_lm_head`): the output projection over
+    the vocabulary and its log-softmax, in tiles, without the full logits. On CUDA it runs only at the positions
+    whose next token is trained on; on other devices it runs at every position (prompt and padding too) and masks
+    afterwards, because on Neuron a varying number of positions would recompile the tiles. On CPU nothing
+    recompiles, and the skipped positions are most of the work: an EFT example's judge prompt is ~500 tokens before
+    a ~100-token judgement, and the head is a fifth of SmolLM2's weights. TRL decides this in one private function
+    of `trl.trainer.utils` (`_use_triton`, read only there for that choice; the kernels module has its own copy
+    that picks Triton or torch tiles and is left alone); it is replaced for the length of training. The loss and
+    gradients are the same sums over the same positions; the matmuls over fewer rows may round differently in the
+    last bits. Where a TRL version no longer has the function, training runs as TRL does and says so once.
+    """
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        print("srlm: this TRL has no trl.trainer.utils._use_triton; its output head scores every position", flush=True)
+        yield
+        return
+    trl_utils._use_triton = lambda device: True if device.type == "cpu" else original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
 
 
 def log_history_stats(history: list[dict], keys: dict[str, str]) -> dict:
