@@ -20,8 +20,13 @@ trains M1; the others start from that same M1 (`loop.m1`), so they differ only i
 Each run is timed and its peak memory read by /usr/bin/time -v. The table shows, for M3: judge accuracy on the
 quickstart's 16 held-out HH-RLHF pairs, its win rate against M1 on 8 held-out prompts (graded by M1's judge), its
 answers' mean length; for iteration 2 (where the policies differ): the collapse monitors, the DPO loss, what the
-policy did; and each run's wall time and peak memory. These are quickstart samples: every interval is wide, and
-the table is a demonstration of the options and their cost, not a measurement of which helps.
+policy did; and each run's wall time and peak memory. Those are quickstart samples: their intervals are wide.
+
+The judge-free measure is on a real sample: after its run, each policy's M3 answers the 150 reported IFEval prompts
+of ../shared/data/ifeval (`srlm eval ifeval`, greedy, 256 new tokens; the same half as benchmarks/evidence.py, the
+other half set apart), and so does the shared M1 once. The table gives M3's prompt-level strict accuracy and two
+paired differences over the same prompts (bootstrap): M3 - M1 (did the two iterations help?) and M3 - best_worst's
+M3 (did the policy do better than the paper's?). IFEval runs outside the loops, so the wall times do not include it.
 
 Writes <out>/pair_policies.json and benchmarks/results/pair_policies.md. Runs resume like any `srlm run`.
 """
@@ -58,6 +63,46 @@ def run(out: Path, policy: str) -> None:
     print("+", " ".join(command), flush=True)
     with open(out / f"{policy}.time.txt", "w") as timing:
         subprocess.run(command, check=True, stderr=timing)
+
+
+IFEVAL_MAX_NEW_TOKENS = 256  # as the evidence recipe's eval.ifeval_max_new_tokens
+
+
+def ifeval(out: Path, policy: str, model: str, reported: Path) -> Path:
+    """`srlm eval ifeval` for `model` (m1 or m3) of `policy`'s run, once: <run>/ifeval_<model>.json."""
+    result = out / policy / f"ifeval_{model}.json"
+    if result.exists():
+        return result
+    command = [sys.executable, "-m", "srlm", "eval", "ifeval", "--recipe", "quickstart", "--model",
+               str(out / policy / "models" / model), "--data", str(reported), "--out", str(result),
+               "--max-new-tokens", str(IFEVAL_MAX_NEW_TOKENS)]
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+    return result
+
+
+def _follows(result: Path) -> dict:
+    """IFEval outcomes by prompt key (1.0 = every instruction followed, strict), from a result's items file."""
+    items = result.with_name(result.stem + ".items.jsonl")
+    if not items.exists():
+        return {}
+    rows = [json.loads(line) for line in items.read_text().splitlines() if line.strip()]
+    return {r["key"]: float(r["follow_all_instructions_strict"]) for r in rows}
+
+
+def _ifeval_figures(out: Path, policy: str) -> dict:
+    from srlm.evaluation.metrics import paired_difference_by_key
+
+    m3 = out / policy / "ifeval_m3.json"
+    if not m3.exists():
+        return {}
+    figures = {"ifeval_m3": json.loads(m3.read_text())}
+    m3_follows = _follows(m3)
+    for name, other in (("m1", out / "best_worst" / "ifeval_m1.json"),
+                        ("best_worst_m3", out / "best_worst" / "ifeval_m3.json")):
+        if other.exists() and other != m3:
+            figures[f"ifeval_m3_minus_{name}"] = paired_difference_by_key(m3_follows, _follows(other))
+    return figures
 
 
 def _timing(path: Path) -> dict:
@@ -98,6 +143,7 @@ def collect(out: Path) -> dict:
                                                          "dpo_pairs")}
                            for it in summary["iterations"]],
             **_timing(out / f"{policy}.time.txt"),
+            **_ifeval_figures(out, policy),
         }
     return rows
 
@@ -110,11 +156,22 @@ def _interval(metrics: dict | None, key: str, n_key: str) -> str:
     return f"{shown} [{low:.2f}, {high:.2f}] n={metrics.get(n_key)}" if low is not None else f"{shown} n={metrics.get(n_key)}"
 
 
+def _difference(d: dict | None) -> str:
+    if not d or d.get("difference") is None:
+        return "n/a"
+    low, high = d["difference_ci"]
+    return f"{d['difference']:+.3f} [{low:+.3f}, {high:+.3f}] n={d['n']}"
+
+
 def render(rows: dict) -> str:
-    lines = ["| policy | M3 judge acc. (16 hh_test pairs) | M3 vs M1 win rate (8 prompts) | M3 / M1 mean length | "
+    m1 = next((r for r in rows.values() if r.get("ifeval_m1")), {}).get("ifeval_m1")
+    lines = [f"M1 (shared by every row): IFEval prompt strict {_interval(m1, 'prompt_level_strict_acc', 'n_prompts')}"
+             if m1 else "", "",
+             "| policy | M3 IFEval prompt strict (150 prompts) | M3 - M1 (paired) | M3 - best_worst's M3 (paired) | "
+             "M3 judge acc. (16 hh_test pairs) | M3 vs M1 win rate (8 prompts) | M3 / M1 mean length | "
              "iteration 2: pairs, top-score share, tie rate, score gap | iteration 2 DPO loss first -> last | "
              "what the policy did in iteration 2 | wall time, peak memory |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for policy, r in rows.items():
         it = r["iterations"][-1]
         m = it.get("monitors") or {}
@@ -131,7 +188,9 @@ def render(rows: dict) -> str:
                       if metas[-1].get("meta_preference_margin_mean") is not None else ""))
         wall = f"{r['wall_seconds'] / 60:.1f} min" if r.get("wall_seconds") else "n/a"
         lines.append(
-            f"| {policy} | {_interval(r['judge_accuracy_m3'], 'pairwise_accuracy', 'n_pairs')} "
+            f"| {policy} | {_interval(r.get('ifeval_m3'), 'prompt_level_strict_acc', 'n_prompts')} "
+            f"| {_difference(r.get('ifeval_m3_minus_m1'))} | {_difference(r.get('ifeval_m3_minus_best_worst_m3'))} "
+            f"| {_interval(r['judge_accuracy_m3'], 'pairwise_accuracy', 'n_pairs')} "
             f"| {_interval(r['winrate_m3_vs_m1'], 'win_rate', 'n')} | {r['mean_length_m3']} / {r['mean_length_m1']} "
             f"| {it.get('pairs')}, {m.get('top_score_share')}, {m.get('tie_rate')}, {m.get('score_gap_mean')} "
             f"| {it.get('dpo_loss_first')} -> {it.get('dpo_loss_last')} | {did} | {wall}, {r.get('max_rss_gib')} GiB |")
@@ -143,12 +202,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "pair_policies")
     parser.add_argument("--policy", action="append", choices=sorted(POLICIES), help="run only these (repeatable)")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"), help="the shared data folder (IFEval)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
+        from evidence import split_ifeval
+
+        reported, _set_apart = split_ifeval(Path(args.shared), args.out / "data")
         for policy in args.policy or POLICIES:
             run(args.out, policy)
+            if policy == "best_worst":
+                ifeval(args.out, policy, "m1", reported)
+            ifeval(args.out, policy, "m3", reported)
     rows = collect(args.out)
+    m1 = args.out / "best_worst" / "ifeval_m1.json"
+    if m1.exists() and "best_worst" in rows:
+        rows["best_worst"]["ifeval_m1"] = json.loads(m1.read_text())
     (args.out / "pair_policies.json").write_text(json.dumps(rows, indent=2) + "\n")
     table = render(rows)
     if rows:
