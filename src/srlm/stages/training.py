@@ -314,7 +314,7 @@ def head_on_labelled_positions_only():
     of `trl.trainer.utils` (`_use_triton`, read only there for that choice; the kernels module has its own copy
     that picks Triton or torch tiles and is left alone); it is replaced for the length of training. The loss and
     gradients are the same sums over the same positions; the matmuls over fewer rows may round differently in the
-    last bits. Where a TRL version no longer has the function, training runs as TRL does and says so once.
+    last bits (the quickstart's three models came out byte-identical: benchmarks/README.md). Where a TRL version no longer has the function, training runs as TRL does and says so once.
     """
     try:
         import trl.trainer.utils as trl_utils
