@@ -1,6 +1,7 @@
 """DPO: srlm's DPO stage (TRL DPOTrainer, reference log-probs computed once, no reference copy in memory, batches
-grouped by length) vs TRL's DPOTrainer with default settings (a second model as reference, run at every step), on the
-same pairs; and srlm with and without length grouping, to show what grouping alone gives.
+grouped by length, the output head only at trained positions) vs TRL's DPOTrainer with default settings (a second
+model as reference, run at every step), on the same pairs; and srlm without length grouping, and with TRL's own
+output head on CPU (every position scored), to show what each gives alone.
 
     python benchmarks/dpo.py [--pairs 32] [--json]
 
@@ -16,6 +17,7 @@ the fraction is conservative. srlm's time includes loading and saving the model,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -35,6 +37,7 @@ def main() -> None:
     from srlm.config import DpoConfig
     from srlm.io import write_jsonl
     from srlm.models import load_model, resolve_model_path
+    from srlm.stages import training
     from srlm.stages.dpo import run_dpo
 
     texts = prompts(args.pairs)
@@ -51,6 +54,13 @@ def main() -> None:
         with Timer() as ungrouped:
             run_dpo(model_path, Path(tmp) / "pairs.jsonl", Path(tmp) / "out2", cfg.model_copy(update={"group_by_length": False}),
                     seed=0)
+        compact_head = training.head_on_labelled_positions_only
+        training.head_on_labelled_positions_only = contextlib.nullcontext
+        try:
+            with Timer() as every_position:
+                run_dpo(model_path, Path(tmp) / "pairs.jsonl", Path(tmp) / "out3", cfg, seed=0)
+        finally:
+            training.head_on_labelled_positions_only = compact_head
 
         lm = load_model(model_path)
         baseline_args = DPOConfig(output_dir=str(Path(tmp) / "baseline"), per_device_train_batch_size=2,
@@ -68,10 +78,13 @@ def main() -> None:
     bound_seconds = 8 * params * tokens / (bound["linear_gflops_at_these_shapes"] * 1e9)
     fast_rate, slow_rate = args.pairs / fast.seconds, args.pairs / slow.seconds
     ungrouped_rate = args.pairs / ungrouped.seconds
+    every_position_rate = args.pairs / every_position.seconds
     result = {"benchmark": "dpo", "pairs": args.pairs, "srlm_pairs_per_s": round(fast_rate, 3),
               "srlm_ungrouped_pairs_per_s": round(ungrouped_rate, 3),
               "trl_default_pairs_per_s": round(slow_rate, 3), "speedup": round(fast_rate / slow_rate, 2),
-              "grouping_speedup": round(fast_rate / ungrouped_rate, 2), "trained_tokens": tokens,
+              "grouping_speedup": round(fast_rate / ungrouped_rate, 2),
+              "srlm_every_position_head_pairs_per_s": round(every_position_rate, 3),
+              "head_speedup": round(fast_rate / every_position_rate, 2), "trained_tokens": tokens,
               "bound_seconds": round(bound_seconds, 1), "srlm_fraction_of_bound": round(bound_seconds / fast.seconds, 3),
               "trl_fraction_of_bound": round(bound_seconds / slow.seconds, 3), "bound": bound}
     report("DPO: precomputed reference vs TRL default (reference model at every step)", [
@@ -80,6 +93,8 @@ def main() -> None:
         ("TRL DPOTrainer default pairs/s (train only)", slow_rate, f"({slow.seconds:.1f} s)"),
         ("speedup vs TRL default", fast_rate / slow_rate, "x"),
         ("speedup from length grouping", fast_rate / ungrouped_rate, "x"),
+        ("srlm dpo with TRL's every-position head pairs/s", every_position_rate, f"({every_position.seconds:.1f} s)"),
+        ("speedup from the head at trained positions", fast_rate / every_position_rate, "x"),
         ("bound: 8 x params x tokens at the linear rate, s", bound_seconds,
          f"({tokens} tokens; {bound['linear_gflops_at_these_shapes']} GFLOP/s at 512 rows)"),
         ("srlm / TRL as a fraction of that bound", bound_seconds / fast.seconds,

@@ -24,7 +24,7 @@ policy did; and each run's wall time and peak memory. Those are quickstart sampl
 
 The judge-free measure is on a real sample: after its run, each policy's M3 answers the 150 reported IFEval prompts
 of ../shared/data/ifeval (`srlm eval ifeval`, greedy, 256 new tokens; the same half as benchmarks/evidence.py, the
-other half set apart), and so does the shared M1 once. The table gives M3's prompt-level strict accuracy and two
+other half set apart), and so do the shared M1 and the embedded model it was trained from, once. The table gives M3's prompt-level strict accuracy and two
 paired differences over the same prompts (bootstrap): M3 - M1 (did the two iterations help?) and M3 - best_worst's
 M3 (did the policy do better than the paper's?). IFEval runs outside the loops, so the wall times do not include it.
 
@@ -39,6 +39,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+from srlm.evaluation.metrics import paired_difference_by_key
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = {
@@ -68,14 +70,12 @@ def run(out: Path, policy: str) -> None:
 IFEVAL_MAX_NEW_TOKENS = 256  # as the evidence recipe's eval.ifeval_max_new_tokens
 
 
-def ifeval(out: Path, policy: str, model: str, reported: Path) -> Path:
-    """`srlm eval ifeval` for `model` (m1 or m3) of `policy`'s run, once: <run>/ifeval_<model>.json."""
-    result = out / policy / f"ifeval_{model}.json"
+def ifeval(result: Path, model: str, reported: Path) -> Path:
+    """`srlm eval ifeval` for `model` (a model folder, or "embedded"), once: its metrics at `result`."""
     if result.exists():
         return result
-    command = [sys.executable, "-m", "srlm", "eval", "ifeval", "--recipe", "quickstart", "--model",
-               str(out / policy / "models" / model), "--data", str(reported), "--out", str(result),
-               "--max-new-tokens", str(IFEVAL_MAX_NEW_TOKENS)]
+    command = [sys.executable, "-m", "srlm", "eval", "ifeval", "--recipe", "quickstart", "--model", model,
+               "--data", str(reported), "--out", str(result), "--max-new-tokens", str(IFEVAL_MAX_NEW_TOKENS)]
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True)
     return result
@@ -91,8 +91,6 @@ def _follows(result: Path) -> dict:
 
 
 def _ifeval_figures(out: Path, policy: str) -> dict:
-    from srlm.evaluation.metrics import paired_difference_by_key
-
     m3 = out / policy / "ifeval_m3.json"
     if not m3.exists():
         return {}
@@ -164,8 +162,11 @@ def _difference(d: dict | None) -> str:
 
 
 def render(rows: dict) -> str:
-    m1 = next((r for r in rows.values() if r.get("ifeval_m1")), {}).get("ifeval_m1")
+    shared = rows.get("best_worst", {})
+    m1, base = shared.get("ifeval_m1"), shared.get("ifeval_base")
     lines = [f"M1 (shared by every row): IFEval prompt strict {_interval(m1, 'prompt_level_strict_acc', 'n_prompts')}"
+             + (f"; the embedded model before SFT: {_interval(base, 'prompt_level_strict_acc', 'n_prompts')}, M1 - it "
+                f"{_difference(shared.get('ifeval_m1_minus_base'))} (paired)" if base else "")
              if m1 else "", "",
              "| policy | M3 IFEval prompt strict (150 prompts) | M3 - M1 (paired) | M3 - best_worst's M3 (paired) | "
              "M3 judge acc. (16 hh_test pairs) | M3 vs M1 win rate (8 prompts) | M3 / M1 mean length | "
@@ -209,15 +210,20 @@ def main() -> None:
         from evidence import split_ifeval
 
         reported, _set_apart = split_ifeval(Path(args.shared), args.out / "data")
+        ifeval(args.out / "ifeval_base.json", "embedded", reported)  # where every run started, before SFT
         for policy in args.policy or POLICIES:
             run(args.out, policy)
+            runs = args.out / policy
             if policy == "best_worst":
-                ifeval(args.out, policy, "m1", reported)
-            ifeval(args.out, policy, "m3", reported)
+                ifeval(runs / "ifeval_m1.json", str(runs / "models" / "m1"), reported)
+            ifeval(runs / "ifeval_m3.json", str(runs / "models" / "m3"), reported)
     rows = collect(args.out)
-    m1 = args.out / "best_worst" / "ifeval_m1.json"
+    m1, base = args.out / "best_worst" / "ifeval_m1.json", args.out / "ifeval_base.json"
     if m1.exists() and "best_worst" in rows:
         rows["best_worst"]["ifeval_m1"] = json.loads(m1.read_text())
+        if base.exists():
+            rows["best_worst"]["ifeval_base"] = json.loads(base.read_text())
+            rows["best_worst"]["ifeval_m1_minus_base"] = paired_difference_by_key(_follows(m1), _follows(base))
     (args.out / "pair_policies.json").write_text(json.dumps(rows, indent=2) + "\n")
     table = render(rows)
     if rows:

@@ -12,8 +12,8 @@ per-step losses (to 1e-3), which the script checks.
 
 The bound, measured in the same run (bound.py): LoRA training costs 2 x params FLOPs per token forward and 2 x
 params backward (the gradient reaching the inputs; the adapters' own gradients are about 1% of it), so 4 x params x
-tokens, at the rate the model's linear layers reach at a 512-row chunk. That is what TRL's head on every position
-computes. What training needs is less: the output projection (21% of the matmul FLOPs here, with the tied
+tokens, at the rate the model's linear layers reach at a 512-row chunk (the printed "every-position" bound; TRL's
+head costs more than that, as its backward recomputes each tile's logits). What training needs is less: the output projection (21% of the matmul FLOPs here, with the tied
 embedding) only at the trained positions, so the printed "needed" bound counts the body at every token and the head
 at trained tokens only. Attention's FLOPs are left out of the bound (small at these lengths), so each fraction says
 how far from pure matmul time an arm runs.

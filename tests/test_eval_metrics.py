@@ -357,3 +357,18 @@ def test_paired_difference_by_key_pairs_the_items_both_sides_measured():
     keyed = paired_difference_by_key(a, b, seed=3)
     assert keyed == paired_difference([0.5, 0.0, 1.0], [0.5, 1.0, 0.0], seed=3)
     assert keyed["n"] == 3 and keyed["difference"] == 0.0
+
+
+def test_a_sample_under_100_items_is_printed_as_a_demonstration_wherever_a_figure_is_shown():
+    from srlm.evaluation.judge_eval import format_accuracy
+    from srlm.evaluation.metrics import sample_size
+    from srlm.health import _ifeval_cell, _rate_cell
+
+    assert sample_size(300, "pairs") == "300 pairs" and sample_size(100, "prompts") == "100 prompts"
+    assert sample_size(12, "pairs") == "12 pairs: a demonstration (under 100)"
+    small = {"pairwise_accuracy": 0.5, "pairwise_accuracy_ci": [0.23, 0.8], "n_pairs": 12}
+    assert format_accuracy(small) == "0.500 [0.230, 0.800], 12 pairs: a demonstration (under 100)"
+    assert format_accuracy({**small, "n_pairs": 300}) == "0.500 [0.230, 0.800], 300 pairs"
+    assert _rate_cell({"win_rate": 0.62, "win_rate_ci": [0.25, 1.0], "n": 8}) == \
+        "0.62 [0.25, 1.00], 8 prompts: a demonstration (under 100)"
+    assert _ifeval_cell({"prompt_level_strict_acc": 0.2, "n_prompts": 150}) == "0.200, 150 prompts"

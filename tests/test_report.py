@@ -93,7 +93,7 @@ def test_markdown_has_the_same_numbers(run_dir):
     # Iteration 1's histogram comes from judgements.jsonl (3.67 rounds to 4; None is missing), 2's from the summary.
     assert "| 1 | 1 | 0 | 0 | 0 | 3 | 1 | 1 | 6 | iter_1/judgements.jsonl |" in md
     assert "| 2 | 1 | 2 | 3 | 10 | 15 | 5 | 4 | 40 | summary.json |" in md
-    assert "| 2 | winrate_vs_previous | 50.0% | 30.0% | 20.0% | 65.0% | 60.0% | 20 |" in md
+    assert "| 2 | winrate_vs_previous | 50.0% | 30.0% | 20.0% | 65.0% | 60.0% | 20 prompts: a demonstration (under 100) |" in md
     # The judge table has one row per model (M_t+1 of iteration t), with the interval and the length baseline.
     assert "| m3 | 0.800 [0.600, 0.800] | 0.610 [0.560, 0.660] | above chance | 0.4 | 0.1 | 0.25 | 0.2 | 5.0% |" in md
     assert "| 2 | 3 | 0.693 | 0.5 | 1 |" in md  # DPO: steps, first and last loss, last reward accuracy

@@ -331,13 +331,14 @@ def test_the_head_on_labelled_positions_only_trains_as_trl_does_and_is_undone_af
 
     ift, eft, pairs = data
     original = trl_utils._use_triton
-    seen, rows = [], {"compact": 0, "every_position": 0}
+    seen = []
+    rows = {(arm, part): 0 for arm in ("compact", "every_position") for part in ("trained", "no_grad")}
     scoring = trl_utils._ChunkedLogProbFunction
 
-    class CountingRows:  # counts the positions the head scored
+    class CountingRows:  # counts the positions the head scored: in training, and without grad (DPO's reference pass)
         @staticmethod
         def apply(hidden, *args):
-            rows[run] += hidden.shape[0]
+            rows[run, "trained" if torch.is_grad_enabled() else "no_grad"] += hidden.shape[0]
             return scoring.apply(hidden, *args)
 
     monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", CountingRows)
@@ -358,7 +359,8 @@ def test_the_head_on_labelled_positions_only_trains_as_trl_does_and_is_undone_af
         run = "every_position"
         every_position = train("every_position")
     assert seen  # TRL's fused head did ask, and scored every position
-    assert 0 < rows["compact"] < 0.75 * rows["every_position"], rows  # the prompts (and padding) were not scored
+    for part in ("trained", "no_grad") if stage == "dpo" else ("trained",):  # DPO's reference pass too
+        assert 0 < rows["compact", part] < 0.75 * rows["every_position", part], rows  # prompts, padding not scored
     assert len(compact) == len(every_position) > 0
     for a, b in zip(compact, every_position):
         for key in a:

@@ -5,7 +5,7 @@ computed from that row with their warnings, and the table on the terminal."""
 from __future__ import annotations
 
 from srlm.evaluation.judge_eval import format_accuracy
-from srlm.evaluation.metrics import format_with_interval
+from srlm.evaluation.metrics import format_with_interval, sample_size
 
 
 # Collapse monitors (failure modes measured by later self-rewarding work): a warning is printed when one crosses its
@@ -202,22 +202,22 @@ def _accuracy_cell(metrics: dict | None) -> str:
 
 def _rate_cell(metrics: dict) -> str:
     shown = format_with_interval(metrics, "win_rate", digits=2)
-    return "n/a" if shown is None else f"{shown} (n={metrics.get('n')})"
+    return "n/a" if shown is None else f"{shown}, {sample_size(metrics.get('n'), 'prompts')}"
 
 
 def _ifeval_cell(metrics: dict) -> str:
     shown = format_with_interval(metrics, "prompt_level_strict_acc")
-    return "n/a" if shown is None else f"{shown}, {metrics.get('n_prompts')} prompts"
+    return "n/a" if shown is None else f"{shown}, {sample_size(metrics.get('n_prompts'), 'prompts')}"
 
 
 def _harness_cell(figures: dict) -> str:
-    """The first metric of one lm-eval task, e.g. 'acc 0.6000 ± 0.2449 (n=5)'."""
+    """The first metric of one lm-eval task, e.g. 'acc 0.6000 ± 0.2449, 5 items: a demonstration (under 100)'."""
     from srlm.evaluation.harness import format_value
 
     metric = next((k for k in figures if k != "n" and not k.endswith("_stderr")), None)
     if metric is None:
         return "n/a"
-    return f"{metric} {format_value(figures[metric], figures.get(f'{metric}_stderr'))} (n={figures.get('n')})"
+    return f"{metric} {format_value(figures[metric], figures.get(f'{metric}_stderr'))}, {sample_size(figures.get('n'), 'items')}"
 
 
 def _pct(value) -> str:

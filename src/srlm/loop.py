@@ -440,7 +440,7 @@ def check_judge_signal(cfg: Config, t: int, accuracy: dict | None) -> None:
     loop.require_judge_signal, stop before DPO trains on those pairs."""
     if accuracy is None or accuracy.get("judge_signal", "none") == "above chance":
         return
-    measured = f"m{t}'s judge pairwise accuracy {format_accuracy(accuracy)} on {cfg.eval.judge_data}"
+    measured = f"m{t}'s judge pairwise accuracy on {cfg.eval.judge_data}: {format_accuracy(accuracy)}"
     if cfg.loop.require_judge_signal:
         raise SrlmError(
             f"{measured}: the 95% interval does not lie above 0.5, so iteration {t}'s preference pairs are no better "

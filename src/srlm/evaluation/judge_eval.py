@@ -34,7 +34,7 @@ from typing import Any, Iterable
 from srlm.backends import GenerationRequest
 from srlm.errors import DataError
 from srlm.evaluation.human_data import RankedGroup, read_oasst_trees, read_preference_pairs
-from srlm.evaluation.metrics import format_with_interval, judge_agreement, length_split_accuracy
+from srlm.evaluation.metrics import format_with_interval, judge_agreement, length_split_accuracy, sample_size
 from srlm.io import stable_seed, write_json, write_jsonl
 from srlm.judge import Judge, average_score
 from srlm.progress import chunks, progress
@@ -259,9 +259,10 @@ def judge_signal(metrics: dict) -> str:
 
 
 def format_accuracy(metrics: dict) -> str:
-    """'0.553 [0.504, 0.601], 400 pairs' for a judge-accuracy metrics dict (one line for tables and logs)."""
+    """'0.553 [0.504, 0.601], 400 pairs' for a judge-accuracy metrics dict (one line for tables and logs); a
+    sample under 100 pairs says it is a demonstration."""
     shown = format_with_interval(metrics, "pairwise_accuracy")
-    return "n/a" if shown is None else f"{shown}, {metrics.get('n_pairs')} pairs"
+    return "n/a" if shown is None else f"{shown}, {sample_size(metrics.get('n_pairs'), 'pairs')}"
 
 
 def items_path_for(out_path: str | Path) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from srlm.evaluation.metrics import format_with_interval
+from srlm.evaluation.metrics import format_with_interval, sample_size
 from srlm.report.collect import SCORE_BINS, _judge_training_steps, _number
 
 JUDGE_METRICS = (
@@ -28,6 +28,11 @@ def _fmt(value: Any, kind: str = "num") -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
+
+
+def _count(n: Any, unit: str) -> str:
+    """A sample's size; under 100 it says it is a demonstration (srlm.evaluation.metrics.sample_size)."""
+    return "n/a" if n is None else sample_size(n, unit)
 
 
 def _iteration_table(data: dict) -> tuple[list[str], list[list[str]]]:
@@ -83,7 +88,7 @@ def _winrate_table(data: dict) -> tuple[list[str], list[list[str]]]:
         for name, m in it["winrates"].items():
             rows.append([str(it["iteration"]), name, _fmt(m.get("win"), "pct"), _fmt(m.get("tie"), "pct"),
                          _fmt(m.get("loss"), "pct"), _fmt(m.get("win_rate"), "pct"),
-                         _fmt(m.get("length_controlled_win_rate"), "pct"), _fmt(m.get("n"))])
+                         _fmt(m.get("length_controlled_win_rate"), "pct"), _count(m.get("n"), "prompts")])
     return header, rows
 
 
@@ -101,7 +106,7 @@ def _judge_table(data: dict) -> tuple[list[str], list[list[str]]]:
             continue
         rows.append([entry["model"], _with_ci(m, "pairwise_accuracy"), _with_ci(m.get("length_baseline"), "pairwise_accuracy"),
                      _fmt(m.get("judge_signal")), *[_fmt(m.get(key)) for key, _ in JUDGE_METRICS[1:]],
-                     _fmt(m.get("parse_failure_rate"), "pct"), _fmt(m.get("n_pairs")), _fmt(m.get("data"))])
+                     _fmt(m.get("parse_failure_rate"), "pct"), _count(m.get("n_pairs"), "pairs"), _fmt(m.get("data"))])
     return header, rows
 
 
@@ -115,7 +120,7 @@ def _ifeval_table(data: dict) -> tuple[list[str], list[list[str]]]:
         rows.append([entry["model"], *[_with_ci(m, f"{level}_level_{kind}_acc")
                                        for level, kind in (("prompt", "strict"), ("prompt", "loose"),
                                                            ("inst", "strict"), ("inst", "loose"))],
-                     _fmt(m.get("n_prompts"))])
+                     _count(m.get("n_prompts"), "prompts")])
     return header, rows
 
 

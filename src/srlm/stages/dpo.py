@@ -66,7 +66,7 @@ def run_dpo(
     placement = training.Placement.of(model)
     out_dir = Path(out_dir)
     key = training.resume_key_if_saving(cfg, "dpo", model_path, pairs, cfg.model_dump(mode="json"), seed)
-    with training.scratch_dir(out_dir, key) as scratch:
+    with training.scratch_dir(out_dir, key) as scratch, training.head_on_labelled_positions_only():
         args = DPOConfig(
             **placement.trainer_kwargs(cfg, seed=seed, output_dir=scratch, tracking=tracking),
             beta=cfg.beta,

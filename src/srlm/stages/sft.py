@@ -74,7 +74,7 @@ def run_sft(
     placement = training.Placement.of(model)
     out_dir = Path(out_dir)
     key = training.resume_key_if_saving(cfg, "sft", model_path, examples, cfg.model_dump(mode="json"), seed)
-    with training.scratch_dir(out_dir, key) as scratch:
+    with training.scratch_dir(out_dir, key) as scratch, training.head_on_labelled_positions_only():
         args = SFTConfig(
             **placement.trainer_kwargs(cfg, seed=seed, output_dir=scratch, tracking=tracking),
             completion_only_loss=True,

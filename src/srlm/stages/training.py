@@ -297,13 +297,13 @@ def train(trainer, scratch: str, save_every_steps: int | None) -> None:
     resume = last_checkpoint(scratch) if save_every_steps else None
     if resume:
         print(f"srlm: resuming training from {Path(resume).name} (saved every {save_every_steps} steps)", flush=True)
-    with head_on_labelled_positions_only():
-        trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume)
 
 
 @contextmanager
 def head_on_labelled_positions_only():
-    """TRL's fused output head, run only at the positions that have a label, on every device.
+    """TRL's fused output head, run only at the positions that have a label on CPU too: around a trainer's
+    construction (DPO computes the reference log-probabilities there) and its training.
 
     SFTTrainer and DPOTrainer score tokens through TRL's fused head (`add_fused_lm_head`): the output projection over
     the vocabulary and its log-softmax, in tiles, without the full logits. On CUDA it runs only at the positions
@@ -326,7 +326,7 @@ def head_on_labelled_positions_only():
         print("srlm: this TRL has no trl.trainer.utils._use_triton; its output head scores every position", flush=True)
         yield
         return
-    trl_utils._use_triton = lambda device: True if device.type == "cpu" else original(device)
+    trl_utils._use_triton = lambda device: True if device.type == "cpu" else original(device)  # others: as TRL does
     try:
         yield
     finally:

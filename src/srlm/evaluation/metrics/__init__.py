@@ -19,7 +19,9 @@ Intervals are 95% percentile bootstraps over groups (or items), drawn from `nump
 """
 
 from srlm.evaluation.metrics.ifeval import IFEVAL_AVERAGING, IFEVAL_INTERVALS, instruction_following
-from srlm.evaluation.metrics.intervals import format_with_interval, paired_difference, paired_difference_by_key
+from srlm.evaluation.metrics.intervals import (
+    DEMONSTRATION_BELOW, format_with_interval, paired_difference, paired_difference_by_key, sample_size,
+)
 from srlm.evaluation.metrics.judge import (
     CORRELATION_AVERAGING, FIVE_BEST_POLICY, FIVE_THRESHOLD, JUDGE_METRIC_POLICIES, TIE_POLICY, judge_agreement,
     length_split_accuracy, pair_credits, score_histogram,
@@ -27,9 +29,9 @@ from srlm.evaluation.metrics.judge import (
 from srlm.evaluation.metrics.winrate import WINRATE_RULE, winrate_from_verdicts
 
 __all__ = [
-    "CORRELATION_AVERAGING", "FIVE_BEST_POLICY", "FIVE_THRESHOLD", "IFEVAL_AVERAGING", "IFEVAL_INTERVALS",
+    "CORRELATION_AVERAGING", "DEMONSTRATION_BELOW", "FIVE_BEST_POLICY", "FIVE_THRESHOLD", "IFEVAL_AVERAGING", "IFEVAL_INTERVALS",
     "JUDGE_METRIC_POLICIES", "TIE_POLICY", "WINRATE_RULE", "format_with_interval", "instruction_following",
     "judge_agreement", "length_split_accuracy", "pair_credits", "paired_difference",
-    "paired_difference_by_key", "score_histogram",
+    "paired_difference_by_key", "sample_size", "score_histogram",
     "winrate_from_verdicts",
 ]

@@ -10,6 +10,9 @@ from typing import Any
 import numpy as np
 
 CONFIDENCE = 0.95
+# A rate over fewer items than this is printed as a demonstration, not a result: its 95% interval is wider than
+# about +-0.1, too wide to tell two models or settings apart at the differences this loop makes.
+DEMONSTRATION_BELOW = 100
 # Bootstrap weights are drawn in blocks so that memory stays bounded (about this many cells per block).
 BOOTSTRAP_BLOCK_CELLS = 2_000_000
 
@@ -100,3 +103,11 @@ def format_with_interval(metrics: Mapping | None, key: str, digits: int = 3) -> 
     if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(isinstance(v, Real) for v in interval):
         shown += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
     return shown
+
+
+def sample_size(n: Any, unit: str) -> str:
+    """'300 pairs', or '12 pairs: a demonstration (under 100)' where the sample is too small to be a result."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        return f"{n} {unit}"
+    shown = f"{n} {unit}"
+    return shown if n >= DEMONSTRATION_BELOW else f"{shown}: a demonstration (under {DEMONSTRATION_BELOW})"

@@ -230,7 +230,7 @@ def length_split_accuracy(groups: Sequence[Sequence[tuple[int, float | None, int
     for g, replies in enumerate(groups):
         for i in range(len(replies)):
             for j in range(i + 1, len(replies)):
-                (rank_i, score_i, len_i), (rank_j, score_j, len_j) = replies[i], replies[j]
+                (rank_i, _, len_i), (rank_j, _, len_j) = replies[i], replies[j]
                 if rank_i == rank_j or len_i == len_j:
                     continue
                 (_, s_best, l_best), (_, s_other, l_other) = ((replies[i], replies[j]) if rank_i < rank_j
