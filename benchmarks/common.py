@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
@@ -37,6 +38,20 @@ def machine() -> dict:
     from bound import cpu_facts
 
     return {**cpu_facts(), "platform": platform.platform(), "cuda": torch.cuda.is_available()}
+
+
+@contextlib.contextmanager
+def trl_head_at_every_position():
+    """srlm's training with TRL's own output head on CPU, which scores every position: the baseline arm of sft.py
+    and dpo.py against `srlm.stages.training.head_on_labelled_positions_only`, put back afterwards."""
+    from srlm.stages import training
+
+    compact = training.head_on_labelled_positions_only
+    training.head_on_labelled_positions_only = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        training.head_on_labelled_positions_only = compact
 
 
 class Timer:

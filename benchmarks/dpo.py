@@ -17,12 +17,11 @@ the fraction is conservative. srlm's time includes loading and saving the model,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tempfile
 from pathlib import Path
 
 from bound import describe
-from common import Timer, prompts, report
+from common import Timer, prompts, report, trl_head_at_every_position
 
 
 def main() -> None:
@@ -37,7 +36,6 @@ def main() -> None:
     from srlm.config import DpoConfig
     from srlm.io import write_jsonl
     from srlm.models import load_model, resolve_model_path
-    from srlm.stages import training
     from srlm.stages.dpo import run_dpo
 
     texts = prompts(args.pairs)
@@ -54,13 +52,8 @@ def main() -> None:
         with Timer() as ungrouped:
             run_dpo(model_path, Path(tmp) / "pairs.jsonl", Path(tmp) / "out2", cfg.model_copy(update={"group_by_length": False}),
                     seed=0)
-        compact_head = training.head_on_labelled_positions_only
-        training.head_on_labelled_positions_only = contextlib.nullcontext
-        try:
-            with Timer() as every_position:
-                run_dpo(model_path, Path(tmp) / "pairs.jsonl", Path(tmp) / "out3", cfg, seed=0)
-        finally:
-            training.head_on_labelled_positions_only = compact_head
+        with trl_head_at_every_position(), Timer() as every_position:
+            run_dpo(model_path, Path(tmp) / "pairs.jsonl", Path(tmp) / "out3", cfg, seed=0)
 
         lm = load_model(model_path)
         baseline_args = DPOConfig(output_dir=str(Path(tmp) / "baseline"), per_device_train_batch_size=2,

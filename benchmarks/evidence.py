@@ -70,6 +70,12 @@ def _items(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def ifeval_outcomes(items: Path) -> dict:
+    """IFEval outcomes by prompt key (1.0 = every instruction followed, strict) from an `.items.jsonl` file; {} when
+    there is none. What a paired IFEval difference is computed over."""
+    return {r["key"]: float(r["follow_all_instructions_strict"]) for r in _items(items)}
+
+
 def _ci(metrics: dict | None, key: str, digits: int = 3) -> str:
     if not metrics or metrics.get(key) is None:
         return "n/a"
@@ -157,12 +163,10 @@ def collect(run_dir: Path, reference_run: Path | None = None) -> dict:
                 pair_credits(m1_items), pair_credits(other))
     last = f"m{t}"
     for model in (last,):
-        first_items = _items(folders["m1"] / "ifeval.items.jsonl")
-        last_items = _items(folders.get(model, Path("/nonexistent")) / "ifeval.items.jsonl")
-        if first_items and last_items:
-            a = {r["key"]: float(r["follow_all_instructions_strict"]) for r in last_items}
-            b = {r["key"]: float(r["follow_all_instructions_strict"]) for r in first_items}
-            comparisons[f"ifeval prompt strict {model} - m1"] = paired_difference_by_key(a, b)
+        first = ifeval_outcomes(folders["m1"] / "ifeval.items.jsonl")
+        last_outcomes = ifeval_outcomes(folders.get(model, Path("/nonexistent")) / "ifeval.items.jsonl")
+        if first and last_outcomes:
+            comparisons[f"ifeval prompt strict {model} - m1"] = paired_difference_by_key(last_outcomes, first)
     outside = {name: _read(folder / "finished_outside_the_loop.json") for name, folder in folders.items()
                if (folder / "finished_outside_the_loop.json").exists()}
     return {"run_dir": str(run_dir), "seconds": summary.get("seconds"), "models": table, "comparisons": comparisons,

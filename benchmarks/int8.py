@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from common import machine, prompts
-from evidence import split_ifeval
+from evidence import ifeval_outcomes, split_ifeval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,8 +87,7 @@ def main() -> None:
         judge[kind] = judge_accuracy(cfg, args.judge_model, folder)
         seconds[f"judge_{kind}"] = round(time.perf_counter() - start, 1)
 
-    follows = {kind: {r["key"]: float(r["follow_all_instructions_strict"])
-                      for r in iter_jsonl(out / kind / "ifeval.items.jsonl")} for kind in weights}
+    follows = {kind: ifeval_outcomes(out / kind / "ifeval.items.jsonl") for kind in weights}
     ifeval_diff = paired_difference_by_key(follows["int8"], follows["fp32"])
     judge_items = {kind: list(iter_jsonl(out / kind / "judge_accuracy.items.jsonl")) for kind in weights}
     credits = {kind: pair_credits(items) for kind, items in judge_items.items()}

@@ -40,6 +40,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from evidence import ifeval_outcomes, split_ifeval
 from srlm.evaluation.metrics import paired_difference_by_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,12 +83,8 @@ def ifeval(result: Path, model: str, reported: Path) -> Path:
 
 
 def _follows(result: Path) -> dict:
-    """IFEval outcomes by prompt key (1.0 = every instruction followed, strict), from a result's items file."""
-    items = result.with_name(result.stem + ".items.jsonl")
-    if not items.exists():
-        return {}
-    rows = [json.loads(line) for line in items.read_text().splitlines() if line.strip()]
-    return {r["key"]: float(r["follow_all_instructions_strict"]) for r in rows}
+    """IFEval outcomes by prompt key, from the items file beside `srlm eval ifeval`'s metrics file `result`."""
+    return ifeval_outcomes(result.with_name(result.stem + ".items.jsonl"))
 
 
 def _ifeval_figures(out: Path, policy: str) -> dict:
@@ -143,6 +140,12 @@ def collect(out: Path) -> dict:
             **_timing(out / f"{policy}.time.txt"),
             **_ifeval_figures(out, policy),
         }
+    m1, base = out / "best_worst" / "ifeval_m1.json", out / "ifeval_base.json"
+    if m1.exists() and "best_worst" in rows:  # shared by every row: M1 and the model it was trained from
+        rows["best_worst"]["ifeval_m1"] = json.loads(m1.read_text())
+        if base.exists():
+            rows["best_worst"]["ifeval_base"] = json.loads(base.read_text())
+            rows["best_worst"]["ifeval_m1_minus_base"] = paired_difference_by_key(_follows(m1), _follows(base))
     return rows
 
 
@@ -207,8 +210,6 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
-        from evidence import split_ifeval
-
         reported, _set_apart = split_ifeval(Path(args.shared), args.out / "data")
         ifeval(args.out / "ifeval_base.json", "embedded", reported)  # where every run started, before SFT
         for policy in args.policy or POLICIES:
@@ -218,12 +219,6 @@ def main() -> None:
                 ifeval(runs / "ifeval_m1.json", str(runs / "models" / "m1"), reported)
             ifeval(runs / "ifeval_m3.json", str(runs / "models" / "m3"), reported)
     rows = collect(args.out)
-    m1, base = args.out / "best_worst" / "ifeval_m1.json", args.out / "ifeval_base.json"
-    if m1.exists() and "best_worst" in rows:
-        rows["best_worst"]["ifeval_m1"] = json.loads(m1.read_text())
-        if base.exists():
-            rows["best_worst"]["ifeval_base"] = json.loads(base.read_text())
-            rows["best_worst"]["ifeval_m1_minus_base"] = paired_difference_by_key(_follows(m1), _follows(base))
     (args.out / "pair_policies.json").write_text(json.dumps(rows, indent=2) + "\n")
     table = render(rows)
     if rows:

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from bound import describe
-from common import Timer, report
+from common import Timer, report, trl_head_at_every_position
 
 
 def main() -> None:
@@ -42,7 +42,6 @@ def main() -> None:
     from srlm.judge import load_template
     from srlm.models import load_model, resolve_model_path
     from srlm.seed import resolve_data_path
-    from srlm.stages import training
     from srlm.stages.sft import build_sft_examples, read_eft, read_ift, run_sft
 
     cfg = SftConfig(epochs=1, learning_rate=1e-3, learning_rate_end=1e-4, batch_size=8, micro_batch_size=1,
@@ -50,19 +49,17 @@ def main() -> None:
                     lora={"enabled": True, "r": 16, "alpha": 32})
     model_path = resolve_model_path("embedded")
     ift, eft = resolve_data_path("builtin:ift"), resolve_data_path("builtin:eft")
-    compact_head = training.head_on_labelled_positions_only
     seconds = {"srlm": [], "trl_head": []}
     losses = {}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for arm in ("trl_head", "srlm") if repeat % 2 else ("srlm", "trl_head"):
-                training.head_on_labelled_positions_only = compact_head if arm == "srlm" else contextlib.nullcontext
-                with Timer() as t:
+                baseline = trl_head_at_every_position() if arm == "trl_head" else contextlib.nullcontext()
+                with baseline, Timer() as t:
                     stats = run_sft(model_path, ift, eft, Path(tmp) / f"{arm}_{repeat}", cfg, seed=0,
                                     max_ift_examples=args.ift, max_eft_examples=args.eft)
                 seconds[arm].append(stats.get("train_seconds") or t.seconds)
                 losses.setdefault(arm, [s["loss"] for s in stats["per_step"]])
-    training.head_on_labelled_positions_only = compact_head
     same_losses = len(losses["srlm"]) == len(losses["trl_head"]) and all(
         abs(a - b) <= 1e-3 for a, b in zip(losses["srlm"], losses["trl_head"]))
 

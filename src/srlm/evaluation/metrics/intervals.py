@@ -107,7 +107,7 @@ def format_with_interval(metrics: Mapping | None, key: str, digits: int = 3) -> 
 
 def sample_size(n: Any, unit: str) -> str:
     """'300 pairs', or '12 pairs: a demonstration (under 100)' where the sample is too small to be a result."""
-    if not isinstance(n, int) or isinstance(n, bool):
-        return f"{n} {unit}"
     shown = f"{n} {unit}"
-    return shown if n >= DEMONSTRATION_BELOW else f"{shown}: a demonstration (under {DEMONSTRATION_BELOW})"
+    if isinstance(n, bool) or not isinstance(n, int) or n >= DEMONSTRATION_BELOW:
+        return shown
+    return f"{shown}: a demonstration (under {DEMONSTRATION_BELOW})"
