@@ -360,6 +360,30 @@ def test_judge_training_makes_m1_from_the_eft_model_and_the_loop_judges_directly
     assert "train_judge: already done" in capsys.readouterr().out
 
 
+def test_loop_m1_base_skips_sft_and_can_train_the_base_models_judge(tiny_model_dir, tmp_path):
+    from srlm.cards import model_sha256
+
+    copied = run_loop(small_config(tiny_model_dir, "loop.iterations=1", "loop.m1=base"), tmp_path / "copied")
+    assert "sft" not in copied and "train_judge" not in copied
+    assert model_sha256(tmp_path / "copied" / "models" / "m1") == model_sha256(tiny_model_dir)
+    assert "without SFT (loop.m1=base)" in (tmp_path / "copied" / "models" / "m1" / "README.md").read_text()
+    assert (tmp_path / "copied" / "models" / "m2" / "model.safetensors").exists()
+
+    pairs = tmp_path / "human_pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"A full answer {i}.", "rejected": "No."})
+                             + "\n" for i in range(4)))
+    run_dir = tmp_path / "trained"
+    judged = ["loop.iterations=1", "loop.m1=base", f"judge_training.pairs={pairs}", "judge_training.batch_size=2",
+              "judge.method=direct", "judge.num_samples=1"]
+    summary = run_loop(small_config(tiny_model_dir, *judged), run_dir)
+    assert "sft" not in summary and summary["train_judge"]["pairs_trained"] == 4
+    assert not (run_dir / "models" / "m1_eft").exists()  # the judge was trained from the base model itself
+    assert model_sha256(run_dir / "models" / "m1") != model_sha256(tiny_model_dir)
+    lineage = json.loads((run_dir / "manifest.json").read_text())["lineage"]
+    assert lineage["m1"]["trained_from"] == str(tiny_model_dir)
+    assert "with its judge trained" in (run_dir / "models" / "m1" / "README.md").read_text()
+
+
 def test_a_run_can_start_from_an_m1_made_elsewhere(tiny_model_dir, tmp_path, capsys):
     from srlm.cards import model_sha256
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from srlm.config import Config
+from srlm.config import BASE_AS_M1, Config
 from srlm.evaluation.metrics import format_with_interval
 from srlm.io import write_text
 
@@ -161,6 +161,14 @@ def write_model_card(cfg: Config, rd, name: str, summary: dict) -> Path:
                "them itself; the best and worst of each prompt became a pair.")
         data = [entry.get("data")]
         sections = {k: dump[k] for k in ("dpo", "pairs", "judge", "respond", "prompts", "seed")}
+    elif name == "m1" and cfg.loop.m1 == BASE_AS_M1:
+        how = ("M1 of the self-rewarding loop without SFT (loop.m1=base): the base model itself"
+               + (", with its judge trained on human preference pairs (`srlm train-judge`: a Bradley-Terry loss on the "
+                  "expected score of the direct judge prompt; not in the paper). Judge with it through "
+                  "judge.method=direct." if cfg.judge_training.pairs else ", copied in unchanged."))
+        data = [data_record(cfg.judge_training.pairs, resolve_data_path(cfg.judge_training.pairs))
+                if cfg.judge_training.pairs else None]
+        sections = {k: dump[k] for k in ("model", "judge_training", "judge", "seed")}
     elif name == "m1" and cfg.loop.m1:
         how = (f"M1 given to this run (loop.m1=`{cfg.loop.m1}`), copied in, not trained by it; its own card, where it "
                "has one, says how it was made.")

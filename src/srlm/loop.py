@@ -22,11 +22,12 @@ from pathlib import Path
 
 from srlm import cards, tracking
 from srlm.backends import backend_for
-from srlm.config import Config, save_config
+from srlm.config import BASE_AS_M1, Config, save_config
 from srlm.errors import SrlmError
 from srlm.evaluation.judge_eval import format_accuracy
 from srlm.health import collapse_monitors, collapse_warnings, iteration_row, print_iteration_table
 from srlm.judge import check_judge_method
+from srlm.models import local_model_dir
 from srlm.io import iter_jsonl, write_json
 from srlm.report import write_report
 from srlm.rundir import RunDir
@@ -114,7 +115,7 @@ def copy_model(source: Path, out_dir: Path) -> dict:
 
 def check_judge_training(cfg: Config) -> None:
     """A judge trained by judge_training.pairs reads scores the way it was trained: judge.method=direct."""
-    if cfg.loop.m1:
+    if cfg.loop.m1 and cfg.loop.m1 != BASE_AS_M1:
         check_model_dir(Path(cfg.loop.m1))  # before anything runs, not after the evaluation files are checked
         if cfg.judge_training.pairs:
             raise SrlmError("loop.m1 gives the run its M1, so judge_training.pairs would train nothing: train that "
@@ -190,30 +191,39 @@ def check_before_training(cfg: Config) -> None:
 
 
 def make_m1(cfg: Config, rd: RunDir, summary: dict) -> None:
-    """models/m1, in one of three ways; each records where the model came from (the manifest's lineage)."""
+    """models/m1, in one of four ways; each records where the model came from (the manifest's lineage)."""
     m1 = rd.model_dir(1)
     ift_path, eft_path = resolve_data_path(cfg.data.ift), resolve_data_path(cfg.data.eft)
-    if cfg.loop.m1:  # an M1 made elsewhere, copied in: the run directory holds every model it used
+    trains_judge = bool(cfg.judge_training.pairs)
+    if cfg.loop.m1 == BASE_AS_M1:
+        # No SFT: an instruct model already follows instructions, and a short SFT on a few demonstrations can cost
+        # more of that than the loop wins back (README, "Does it work?"). With judge_training.pairs the judge is
+        # trained from the base model itself; without, M1 is a copy of it.
+        base = local_model_dir(cfg.model.name_or_path)
+        start = Path(base) if trains_judge else m1
+        summary["m1_base"] = rd.stage("m1_base", training.resume_key(base), [] if trains_judge else [m1 / "config.json"],
+                                      lambda: {"base": base} if trains_judge else copy_model(Path(base), m1))
+        if not trains_judge:
+            cards.record_lineage(rd, "m1", cfg.model.name_or_path, None, None)
+    elif cfg.loop.m1:  # an M1 made elsewhere, copied in: the run directory holds every model it used
         summary["m1_copy"] = rd.stage("m1_copy", training.resume_key(cfg.loop.m1), [m1 / "config.json"],
                                       lambda: copy_model(Path(cfg.loop.m1), m1))
         cards.record_lineage(rd, "m1", cfg.loop.m1, None, None)
-    elif cfg.judge_training.pairs:
-        # M1 in two steps: SFT (IFT + EFT) into models/m1_eft, then its judge trained on human pairs into models/m1.
-        m1_eft = rd.named_model_dir("m1_eft")
-        summary["sft"] = rd.stage("sft", stage_fingerprint(cfg, "sft"), [m1_eft / "config.json"],
-                                  lambda: _train_sft(cfg, rd, ift_path, eft_path, m1_eft))
+        return
+    else:  # the paper: SFT on IFT + EFT is M1; with judge_training.pairs, SFT first makes models/m1_eft
+        start = rd.named_model_dir("m1_eft") if trains_judge else m1
+        summary["sft"] = rd.stage("sft", stage_fingerprint(cfg, "sft"), [start / "config.json"],
+                                  lambda: _train_sft(cfg, rd, ift_path, eft_path, start))
+        cards.record_lineage(rd, start.name, cfg.model.name_or_path, None, None)
+    if trains_judge:  # M1's judge trained on human pairs, from `start` into models/m1
         summary["train_judge"] = rd.stage(
             "train_judge", stage_fingerprint(cfg, "train_judge"), [m1 / "config.json"],
-            lambda: run_train_judge(str(m1_eft), resolve_data_path(cfg.judge_training.pairs), m1, cfg.judge_training,
+            lambda: run_train_judge(str(start), resolve_data_path(cfg.judge_training.pairs), m1, cfg.judge_training,
                                     seed=cfg.seed, judge_template_file=cfg.judge.template_file, model=cfg.model,
                                     tracking=tracking.stage_tracking(cfg.tracking, rd.root, "train_judge")),
         )
-        cards.record_lineage(rd, "m1_eft", cfg.model.name_or_path, None, None)
-        cards.record_lineage(rd, "m1", str(m1_eft), None, None)
-    else:  # the paper: SFT on IFT + EFT is M1
-        summary["sft"] = rd.stage("sft", stage_fingerprint(cfg, "sft"), [m1 / "config.json"],
-                                  lambda: _train_sft(cfg, rd, ift_path, eft_path, m1))
-        cards.record_lineage(rd, "m1", cfg.model.name_or_path, None, None)
+        from_base = cfg.loop.m1 == BASE_AS_M1
+        cards.record_lineage(rd, "m1", cfg.model.name_or_path if from_base else str(start), None, None)
 
 
 # A model's evaluations on its own, each a side stage when configured: (summary key, stage suffix, output file,

@@ -145,6 +145,17 @@ def resolve_model_path(name_or_path: str) -> str:
     return resolve_hub_model(name_or_path)  # fails in seconds, with a clear message, when the Hub cannot be used
 
 
+def local_model_dir(name_or_path: str) -> str:
+    """A model folder on this machine: resolve_model_path's, or a hub model's downloaded (cached) snapshot."""
+    resolved = resolve_model_path(name_or_path)
+    if Path(resolved).is_dir():
+        return resolved
+    from huggingface_hub import snapshot_download
+
+    # safetensors weights and the config and tokenizer files only: srlm never loads pickle weights
+    return snapshot_download(resolved, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+
+
 def _read_template(chat_template: str) -> str:
     path = Path(chat_template)
     if "{" not in chat_template and path.exists():

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from srlm.config.sections import (
+    BASE_AS_M1,
     KNOWN_INTEGRATIONS,
     LOOP_TRACKERS,
     DataConfig,

@@ -367,6 +367,9 @@ class EvalConfig(_Section):
         return value
 
 
+BASE_AS_M1 = "base"  # loop.m1=base: M1 is the base model, no SFT
+
+
 class LoopConfig(_Section):
     iterations: int = Field(2, ge=0, description="Self-rewarding iterations after SFT (2 gives M3, as in the paper).")
     require_judge_signal: bool = Field(
@@ -379,7 +382,9 @@ class LoopConfig(_Section):
     )
     m1: str | None = Field(
         None, description="Start from an M1 made elsewhere (a model directory, e.g. from `srlm sft` then `srlm "
-        "train-judge`): it is copied into models/m1 and this run trains no M1. null = SFT trains M1 (the paper).",
+        "train-judge`): it is copied into models/m1 and this run trains no M1. `base`: no SFT, M1 is the base model "
+        "(model.name_or_path) itself, or with judge_training.pairs the base model with its judge trained (for an "
+        "instruct model, which already follows instructions). null = SFT trains M1 (the paper).",
     )
 
 
