@@ -126,6 +126,8 @@ def collect(run_dir: Path, reference_run: Path | None = None) -> dict:
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"iterations": []}
     stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
     folders = {"sft_baseline": run_dir / "eval_sft_baseline", "m1": run_dir / "eval_m1"}
+    if (run_dir / "eval_base").is_dir():  # loop.eval_base: the model the loop started from
+        folders = {"base": run_dir / "eval_base", **folders}
     dpo = {}
     t = 1
     while (stages.get(f"iter_{t}/dpo") or {}).get("status") == "done":  # every trained M_t+1, summarised or not
@@ -144,7 +146,7 @@ def collect(run_dir: Path, reference_run: Path | None = None) -> dict:
         table[model] = {
             "judge_accuracy": _read(folder / "judge_accuracy.json"),
             "ifeval": _read(folder / "ifeval.json"),
-            "winrate_vs_m1": None if model == "m1" else _read(vs_m1),
+            "winrate_vs_m1": None if model in ("m1", "base") else _read(vs_m1),
             "length": _length(run_dir / "eval_answers" / f"{model}.json"),
             "dpo_loss": dpo.get(model),
             "length_split": _length_split(groups, folder / "judge_accuracy.items.jsonl"),
@@ -161,12 +163,17 @@ def collect(run_dir: Path, reference_run: Path | None = None) -> dict:
         if other and m1_items:
             comparisons[f"judge_accuracy m1 - m1 of {reference_run}"] = paired_difference_by_key(
                 pair_credits(m1_items), pair_credits(other))
+    start_items = _items(folders.get("base", Path("/nonexistent")) / "judge_accuracy.items.jsonl")
+    if start_items and m1_items:
+        comparisons["judge_accuracy m1 - base"] = paired_difference_by_key(pair_credits(m1_items),
+                                                                           pair_credits(start_items))
     last = f"m{t}"
-    for model in (last,):
-        first = ifeval_outcomes(folders["m1"] / "ifeval.items.jsonl")
-        last_outcomes = ifeval_outcomes(folders.get(model, Path("/nonexistent")) / "ifeval.items.jsonl")
-        if first and last_outcomes:
-            comparisons[f"ifeval prompt strict {model} - m1"] = paired_difference_by_key(last_outcomes, first)
+    outcomes = {name: ifeval_outcomes(folders.get(name, Path("/nonexistent")) / "ifeval.items.jsonl")
+                for name in ("base", "m1", last)}
+    for newer, older in ((last, "m1"), ("m1", "base"), (last, "base")):
+        if newer != older and outcomes[newer] and outcomes[older]:
+            comparisons[f"ifeval prompt strict {newer} - {older}"] = paired_difference_by_key(outcomes[newer],
+                                                                                              outcomes[older])
     outside = {name: _read(folder / "finished_outside_the_loop.json") for name, folder in folders.items()
                if (folder / "finished_outside_the_loop.json").exists()}
     return {"run_dir": str(run_dir), "seconds": summary.get("seconds"), "models": table, "comparisons": comparisons,
@@ -214,7 +221,7 @@ def render(result: dict) -> str:
              + f" ({m['length_split']['preferred_longer_accuracy']:.2f} / {m['length_split']['preferred_shorter_accuracy']:.2f})"
              if m.get("length_split") and m["length_split"]["length_balanced_accuracy"] is not None else "n/a"),
             _ci(m["ifeval"], "prompt_level_strict_acc") + (f" n={m['ifeval']['n_prompts']}" if m["ifeval"] else ""),
-            "(the reference)" if model == "m1" else (
+            "(the reference)" if model == "m1" else "n/a" if model == "base" else (
                 _ci(m["winrate_vs_m1"], "win_rate", 2) + f" n={m['winrate_vs_m1']['n']}" if m["winrate_vs_m1"] else "n/a"),
             _ci(m["length"], "mean_len", 0),
             "n/a" if not m["dpo_loss"] else f"{m['dpo_loss'][0]} -> {m['dpo_loss'][1]}",

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,15 +154,21 @@ def test_side_stages_never_rerun_the_main_line(tiny_model_dir, tmp_path, capsys)
     capsys.readouterr()
     # Turning on evaluation and the SFT baseline afterwards runs only those.
     summary = run_loop(small_config(tiny_model_dir, "loop.iterations=1", "loop.sft_baseline=true",
-                                    *write_eval_files(tmp_path)), run_dir)
+                                    "loop.eval_base=true", *write_eval_files(tmp_path)), run_dir)
     out = capsys.readouterr().out
     for stage in ("sft", "iter_1/prompts", "iter_1/respond", "iter_1/judge", "iter_1/pairs", "iter_1/dpo"):
         assert f"{stage}: already done" in out
-    for stage in ("eval_m1", "iter_1/eval", "sft_baseline", "eval_sft_baseline"):
+    for stage in ("eval_m1", "iter_1/eval", "sft_baseline", "eval_sft_baseline", "eval_base"):
         assert f"{stage}: running" in out
     assert summary["sft_baseline"]["eft_examples"] == 0 and summary["sft_baseline"]["ift_examples"] == 6
     assert (run_dir / "models" / "sft_baseline" / "model.safetensors").exists()
     assert summary["sft_baseline_judge_accuracy"]["n"] == 4
+    # loop.eval_base: the model the run started from, judged on the same pairs, in the report beside M1
+    assert summary["base_judge_accuracy"]["n"] == 4 and (run_dir / "eval_base" / "judge_accuracy.json").exists()
+    from srlm.report import write_report
+
+    write_report(run_dir)
+    assert re.search(r"^\| base\s+\|", (run_dir / "report.md").read_text(), re.MULTILINE)
 
 
 def test_generated_prompts_are_decontaminated(tiny_model_dir, tmp_path):

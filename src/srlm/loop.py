@@ -164,6 +164,8 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         record_iteration(cfg, rd, summary, row)
     if cfg.loop.sft_baseline:
         make_sft_baseline(cfg, rd, summary)  # side: the paper's comparison model, IFT only, and its evaluations
+    if cfg.loop.eval_base:  # side: the model the loop started from, measured as M1 is
+        evaluate_model(cfg, rd, summary, "base", model=local_model_dir(cfg.model.name_or_path))
     finish_run(cfg, rd, summary, started)
     return summary
 
@@ -235,9 +237,10 @@ MODEL_EVALS = (
 )
 
 
-def evaluate_model(cfg: Config, rd: RunDir, summary: dict, name: str) -> None:
-    """models/<name>'s evaluations (MODEL_EVALS) into rd.eval_dir(name), their figures into summary[<name>_<key>]."""
-    model, out_dir = str(rd.named_model_dir(name)), rd.eval_dir(name)
+def evaluate_model(cfg: Config, rd: RunDir, summary: dict, name: str, model: str | None = None) -> None:
+    """models/<name>'s (or `model`'s) evaluations (MODEL_EVALS) into rd.eval_dir(name), their figures into
+    summary[<name>_<key>]."""
+    model, out_dir = model or str(rd.named_model_dir(name)), rd.eval_dir(name)
     for key, suffix, output, evaluate, wanted in MODEL_EVALS:
         if wanted(cfg.eval):
             summary[f"{name}_{key}"] = rd.stage(f"eval_{name}{suffix}", stage_fingerprint(cfg, f"eval_m1{suffix}"),

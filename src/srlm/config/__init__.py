@@ -118,7 +118,7 @@ ADDED_KEYS: dict[str, dict[str, object]] = {
     "eval": {"winrate_method": "pairwise", "select_checkpoint": False, "selection_prompts": None, "selection_limit": 32,
              "selection_judge": "previous", "ifeval_prompts": None, "ifeval_limit": None, "ifeval_max_new_tokens": 384,
              "harness_tasks": [], "harness_limit": None, "harness_include_path": None},
-    "loop": {"require_judge_signal": False, "m1": None},
+    "loop": {"require_judge_signal": False, "m1": None, "eval_base": False},
     "pairs": {"policy": "best_worst"},
     "judge_training": {"length_balance": False},
     "meta": {"method": "generate"},

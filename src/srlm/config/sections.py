@@ -380,6 +380,10 @@ class LoopConfig(_Section):
         False, description="Also train the paper's SFT baseline (IFT only) into models/sft_baseline, judged like M1 "
         "when eval.judge_data is set.",
     )
+    eval_base: bool = Field(
+        False, description="Also evaluate the base model (model.name_or_path) as M1 is, into eval_base/ (judge "
+        "accuracy, IFEval, lm-eval tasks, whichever eval sets): where the loop started, which M1's SFT can lower.",
+    )
     m1: str | None = Field(
         None, description="Start from an M1 made elsewhere (a model directory, e.g. from `srlm sft` then `srlm "
         "train-judge`): it is copied into models/m1 and this run trains no M1. `base`: no SFT, M1 is the base model "

@@ -199,11 +199,14 @@ def collect_report_data(run_dir: str | Path) -> dict:
 
 
 def _model_evals(summary: dict, iterations: list[dict]) -> list[dict]:
-    """Per model (SFT baseline, M1, then each M_t+1): its judge accuracy and IFEval metrics, where measured."""
+    """Per model (the base model, SFT baseline, M1, then each M_t+1): its judge accuracy and IFEval metrics, where measured."""
     def metrics(value: Any) -> dict | None:
         return value if isinstance(value, dict) else None
 
     models = []
+    if summary.get("base_judge_accuracy") or summary.get("base_ifeval") or summary.get("base_harness"):
+        models.append({"model": "base", "judge_accuracy": metrics(summary.get("base_judge_accuracy")),
+                       "ifeval": metrics(summary.get("base_ifeval")), "harness": metrics(summary.get("base_harness"))})
     if (summary.get("sft_baseline_judge_accuracy") or summary.get("sft_baseline_ifeval")
             or summary.get("sft_baseline_harness")):
         models.append({"model": "sft_baseline", "judge_accuracy": metrics(summary.get("sft_baseline_judge_accuracy")),
