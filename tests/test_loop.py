@@ -169,6 +169,10 @@ def test_side_stages_never_rerun_the_main_line(tiny_model_dir, tmp_path, capsys)
 
     write_report(run_dir)
     assert re.search(r"^\| base\s+\|", (run_dir / "report.md").read_text(), re.MULTILINE)
+    capsys.readouterr()
+    run_loop(small_config(tiny_model_dir, "loop.iterations=1", "loop.sft_baseline=true", "loop.eval_base=true",
+                          *write_eval_files(tmp_path)), run_dir)
+    assert "eval_base: already done" in capsys.readouterr().out
 
 
 def test_generated_prompts_are_decontaminated(tiny_model_dir, tmp_path):
@@ -389,6 +393,11 @@ def test_loop_m1_base_skips_sft_and_can_train_the_base_models_judge(tiny_model_d
     lineage = json.loads((run_dir / "manifest.json").read_text())["lineage"]
     assert lineage["m1"]["trained_from"] == str(tiny_model_dir)
     assert "with its judge trained" in (run_dir / "models" / "m1" / "README.md").read_text()
+    # judge training turned off on the same run directory: M1 is the base model again, not the trained judge
+    untrained = [o for o in judged if not o.startswith("judge_training.")]
+    summary = run_loop(small_config(tiny_model_dir, *untrained), run_dir)
+    assert "train_judge" not in summary and "train_judge" not in json.loads((run_dir / "manifest.json").read_text())["stages"]
+    assert model_sha256(run_dir / "models" / "m1") == model_sha256(tiny_model_dir)
 
 
 def test_a_run_can_start_from_an_m1_made_elsewhere(tiny_model_dir, tmp_path, capsys):

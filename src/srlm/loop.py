@@ -11,12 +11,13 @@
 Each line is a stage from `srlm.stages`, run through `RunDir.stage`, which skips what is finished and resumes what
 was interrupted. After each iteration a table of its health metrics is printed and `summary.json` is rewritten.
 Off the paper's path, behind keys: M1's judge trained on human pairs (judge_training.pairs), an M1 made elsewhere
-(loop.m1), pair policies that need more answers or judgements (pairs.policy: `run_policy_stages`), checkpoint
+(loop.m1) or the base model as M1, with no SFT (loop.m1=base), pair policies that need more answers or judgements (pairs.policy: `run_policy_stages`), checkpoint
 selection (eval.select_checkpoint), and the side stages (evaluations, the SFT baseline).
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -148,14 +149,17 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
     check_before_training(cfg)
     rd = RunDir(run_dir)
     if cfg.loop.iterations == 0:
-        print("srlm: loop.iterations=0: this run trains M1 (SFT) and evaluates it, with no self-rewarding "
-              "iteration", flush=True)
+        print("srlm: loop.iterations=0: this run makes M1 and evaluates it, with no self-rewarding iteration",
+              flush=True)
     preview_changes(cfg, rd)
     save_config(cfg, rd.root / "config.yaml")
     started = time.perf_counter()
     summary = {"run_dir": str(rd.root), "iterations": []}
 
-    make_m1(cfg, rd, summary)  # SFT (the paper), SFT then train-judge, or a copy of loop.m1
+    if cfg.loop.eval_base:  # side: the model the loop starts from, measured as M1 is (it depends on nothing else)
+        base = local_model_dir(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+        evaluate_model(cfg, rd, summary, "base", model=base, fingerprint=training.resume_key(base))
+    make_m1(cfg, rd, summary)  # SFT (the paper), SFT then train-judge, the base model (loop.m1=base) or loop.m1's
     evaluate_model(cfg, rd, summary, "m1")  # side: M1's judge accuracy, IFEval, lm-eval tasks
     seeds = seed_prompt_texts(cfg)
     judge_of = {1: summary.get("m1_judge_accuracy")}  # t -> M_t's judge accuracy, the judge of iteration t
@@ -164,8 +168,6 @@ def run_loop(cfg: Config, run_dir: str | Path) -> dict:
         record_iteration(cfg, rd, summary, row)
     if cfg.loop.sft_baseline:
         make_sft_baseline(cfg, rd, summary)  # side: the paper's comparison model, IFT only, and its evaluations
-    if cfg.loop.eval_base:  # side: the model the loop started from, measured as M1 is
-        evaluate_model(cfg, rd, summary, "base", model=local_model_dir(cfg.model.name_or_path))
     finish_run(cfg, rd, summary, started)
     return summary
 
@@ -197,16 +199,21 @@ def make_m1(cfg: Config, rd: RunDir, summary: dict) -> None:
     m1 = rd.model_dir(1)
     ift_path, eft_path = resolve_data_path(cfg.data.ift), resolve_data_path(cfg.data.eft)
     trains_judge = bool(cfg.judge_training.pairs)
+    if not trains_judge and "train_judge" in rd.manifest["stages"]:
+        # models/m1 was made by a judge training now turned off: it is made again, not kept under another name
+        del rd.manifest["stages"]["train_judge"]
+        rd.save()
+        shutil.rmtree(m1, ignore_errors=True)
     if cfg.loop.m1 == BASE_AS_M1:
         # No SFT: an instruct model already follows instructions, and a short SFT on a few demonstrations can cost
         # more of that than the loop wins back (README, "Does it work?"). With judge_training.pairs the judge is
         # trained from the base model itself; without, M1 is a copy of it.
-        base = local_model_dir(cfg.model.name_or_path)
+        base = local_model_dir(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
         start = Path(base) if trains_judge else m1
-        summary["m1_base"] = rd.stage("m1_base", training.resume_key(base), [] if trains_judge else [m1 / "config.json"],
+        # the base model's files, and what generation reads besides the model (seed prompts, model settings)
+        fingerprint = training.resume_key(base) + cfg.fingerprint("seed", "model", "data")
+        summary["m1_base"] = rd.stage("m1_base", fingerprint, [] if trains_judge else [m1 / "config.json"],
                                       lambda: {"base": base} if trains_judge else copy_model(Path(base), m1))
-        if not trains_judge:
-            cards.record_lineage(rd, "m1", cfg.model.name_or_path, None, None)
     elif cfg.loop.m1:  # an M1 made elsewhere, copied in: the run directory holds every model it used
         summary["m1_copy"] = rd.stage("m1_copy", training.resume_key(cfg.loop.m1), [m1 / "config.json"],
                                       lambda: copy_model(Path(cfg.loop.m1), m1))
@@ -224,8 +231,8 @@ def make_m1(cfg: Config, rd: RunDir, summary: dict) -> None:
                                     seed=cfg.seed, judge_template_file=cfg.judge.template_file, model=cfg.model,
                                     tracking=tracking.stage_tracking(cfg.tracking, rd.root, "train_judge")),
         )
-        from_base = cfg.loop.m1 == BASE_AS_M1
-        cards.record_lineage(rd, "m1", cfg.model.name_or_path if from_base else str(start), None, None)
+    if cfg.loop.m1 == BASE_AS_M1 or trains_judge:  # the base model's folder is hashed: a hub id names no version
+        cards.record_lineage(rd, "m1", start if trains_judge else base, None, None)
 
 
 # A model's evaluations on its own, each a side stage when configured: (summary key, stage suffix, output file,
@@ -237,13 +244,15 @@ MODEL_EVALS = (
 )
 
 
-def evaluate_model(cfg: Config, rd: RunDir, summary: dict, name: str, model: str | None = None) -> None:
-    """models/<name>'s (or `model`'s) evaluations (MODEL_EVALS) into rd.eval_dir(name), their figures into
-    summary[<name>_<key>]."""
+def evaluate_model(cfg: Config, rd: RunDir, summary: dict, name: str, model: str | None = None,
+                   fingerprint: str = "") -> None:
+    """models/<name>'s (or the folder `model`'s, identified by `fingerprint`) evaluations (MODEL_EVALS) into
+    rd.eval_dir(name), their figures into summary[<name>_<key>]."""
     model, out_dir = model or str(rd.named_model_dir(name)), rd.eval_dir(name)
     for key, suffix, output, evaluate, wanted in MODEL_EVALS:
         if wanted(cfg.eval):
-            summary[f"{name}_{key}"] = rd.stage(f"eval_{name}{suffix}", stage_fingerprint(cfg, f"eval_m1{suffix}"),
+            summary[f"{name}_{key}"] = rd.stage(f"eval_{name}{suffix}",
+                                                stage_fingerprint(cfg, f"eval_m1{suffix}") + fingerprint,
                                                 [out_dir / output], lambda: evaluate(cfg, model, out_dir), side=True)
 
 

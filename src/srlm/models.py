@@ -145,15 +145,16 @@ def resolve_model_path(name_or_path: str) -> str:
     return resolve_hub_model(name_or_path)  # fails in seconds, with a clear message, when the Hub cannot be used
 
 
-def local_model_dir(name_or_path: str) -> str:
+def local_model_dir(name_or_path: str, trust_remote_code: bool = False) -> str:
     """A model folder on this machine: resolve_model_path's, or a hub model's downloaded (cached) snapshot."""
     resolved = resolve_model_path(name_or_path)
     if Path(resolved).is_dir():
         return resolved
     from huggingface_hub import snapshot_download
 
-    # safetensors weights and the config and tokenizer files only: srlm never loads pickle weights
-    return snapshot_download(resolved, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+    # safetensors weights, config and tokenizer files, never pickle weights; modelling code only when it may run
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+    return snapshot_download(resolved, allow_patterns=patterns + (["*.py"] if trust_remote_code else []))
 
 
 def _read_template(chat_template: str) -> str:

@@ -4,7 +4,7 @@
       config.yaml                 the fully resolved config of the run
       manifest.json               per stage: status, fingerprint, stats, seconds
       summary.json                per iteration: prompts, responses, parse rate, pairs, lengths, DPO metrics
-      models/m1/                  M1 = SFT on IFT + EFT (a plain Hugging Face checkpoint)
+      models/m1/                  M1 = SFT on IFT + EFT (a plain Hugging Face checkpoint; loop.m1=base: the base model)
       iter_1/prompts.jsonl        new prompts (+ prompts.attempts.jsonl: every raw attempt and its fate)
       iter_1/responses.jsonl      N candidates per prompt from M1
       iter_1/judgements.jsonl     K judgements per candidate, by M1

@@ -14,6 +14,8 @@ from srlm.rundir import RunDir
 # The config sections each stage reads: a stage reruns when one of them changed (or a main-line stage before it
 # reran). Groups are hashed separately and joined, as they always have been, so fingerprints stay what they were.
 STAGE_SECTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "m1_copy": (),  # fingerprinted by the copied model's files, not by settings
+    "m1_base": (("seed", "model", "data"),),  # and the base model's files
     "sft": (("seed", "model", "data", "sft"), ("judge",)),
     "eval_m1": (("eval", "judge"),),
     "eval_m1_ifeval": (("seed", "eval"),),
@@ -32,7 +34,7 @@ STAGE_SECTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
     "sft_baseline": (("seed", "model", "data", "sft"),),
     "train_judge": (("seed", "judge_training"), ("judge",)),
 }
-MAIN_LINE = ("sft", "train_judge", "prompts", "respond", "judge", "metajudge", "anchor_respond", "anchor_judge",
+MAIN_LINE = ("m1_copy", "m1_base", "sft", "train_judge", "prompts", "respond", "judge", "metajudge", "anchor_respond", "anchor_judge",
              "previous_judge", "pairs", "dpo")
 
 
@@ -94,7 +96,7 @@ def preview_changes(cfg: Config, rd: RunDir) -> None:
             rerun += [k for k in sorted(done) if k == stage or k.endswith(f"/{stage}")]
     side = [k for k in sorted(done) if k not in rerun and k.split("/")[-1] not in MAIN_LINE
             and (main_changed or any(changed_sections & set(g)
-                                     for g in STAGE_SECTIONS.get(k.split("/")[-1].replace("eval_sft_baseline", "eval_m1"), ())))]
+                                     for g in STAGE_SECTIONS.get(k.split("/")[-1].replace("eval_sft_baseline", "eval_m1").replace("eval_base", "eval_m1"), ())))]
     print(f"  finished stages that will rerun: {', '.join(rerun + side) or 'none'}", flush=True)
     (rd.root / "config.previous.yaml").write_text(old_path.read_text(encoding="utf-8"), encoding="utf-8")
     print(f"  the previous config is kept in {rd.root / 'config.previous.yaml'}", flush=True)
