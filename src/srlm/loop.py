@@ -11,8 +11,9 @@
 Each line is a stage from `srlm.stages`, run through `RunDir.stage`, which skips what is finished and resumes what
 was interrupted. After each iteration a table of its health metrics is printed and `summary.json` is rewritten.
 Off the paper's path, behind keys: M1's judge trained on human pairs (judge_training.pairs), an M1 made elsewhere
-(loop.m1) or the base model as M1, with no SFT (loop.m1=base), pair policies that need more answers or judgements (pairs.policy: `run_policy_stages`), checkpoint
-selection (eval.select_checkpoint), and the side stages (evaluations, the SFT baseline).
+(loop.m1) or the base model as M1, with no SFT (loop.m1=base), pair policies that need more answers or judgements
+(pairs.policy: `run_policy_stages`), checkpoint selection (eval.select_checkpoint), and the side stages
+(evaluations, the SFT baseline, the base model's evaluation).
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def make_m1(cfg: Config, rd: RunDir, summary: dict) -> None:
         base = local_model_dir(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
         start = Path(base) if trains_judge else m1
         # the base model's files, and what generation reads besides the model (seed prompts, model settings)
-        fingerprint = training.resume_key(base) + cfg.fingerprint("seed", "model", "data")
+        fingerprint = training.resume_key(base) + stage_fingerprint(cfg, "m1_base")
         summary["m1_base"] = rd.stage("m1_base", fingerprint, [] if trains_judge else [m1 / "config.json"],
                                       lambda: {"base": base} if trains_judge else copy_model(Path(base), m1))
     elif cfg.loop.m1:  # an M1 made elsewhere, copied in: the run directory holds every model it used

@@ -7,6 +7,8 @@ directory last ran and which finished stages that will rerun.
 
 from __future__ import annotations
 
+import re
+
 from srlm.config import Config
 from srlm.rundir import RunDir
 
@@ -34,8 +36,10 @@ STAGE_SECTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
     "sft_baseline": (("seed", "model", "data", "sft"),),
     "train_judge": (("seed", "judge_training"), ("judge",)),
 }
-MAIN_LINE = ("m1_copy", "m1_base", "sft", "train_judge", "prompts", "respond", "judge", "metajudge", "anchor_respond", "anchor_judge",
-             "previous_judge", "pairs", "dpo")
+MAIN_LINE = ("m1_copy", "m1_base", "sft", "train_judge", "prompts", "respond", "judge", "metajudge", "anchor_respond",
+             "anchor_judge", "previous_judge", "pairs", "dpo")
+# Other models' evaluations read what M1's read: eval_sft_baseline_ifeval has eval_m1_ifeval's sections.
+EVALUATED_AS_M1 = re.compile(r"^eval_(sft_baseline|base)")
 
 
 def stage_fingerprint(cfg: Config, stage: str) -> str:
@@ -96,7 +100,7 @@ def preview_changes(cfg: Config, rd: RunDir) -> None:
             rerun += [k for k in sorted(done) if k == stage or k.endswith(f"/{stage}")]
     side = [k for k in sorted(done) if k not in rerun and k.split("/")[-1] not in MAIN_LINE
             and (main_changed or any(changed_sections & set(g)
-                                     for g in STAGE_SECTIONS.get(k.split("/")[-1].replace("eval_sft_baseline", "eval_m1").replace("eval_base", "eval_m1"), ())))]
+                                     for g in STAGE_SECTIONS.get(EVALUATED_AS_M1.sub("eval_m1", k.split("/")[-1]), ())))]
     print(f"  finished stages that will rerun: {', '.join(rerun + side) or 'none'}", flush=True)
     (rd.root / "config.previous.yaml").write_text(old_path.read_text(encoding="utf-8"), encoding="utf-8")
     print(f"  the previous config is kept in {rd.root / 'config.previous.yaml'}", flush=True)

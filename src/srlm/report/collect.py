@@ -199,7 +199,8 @@ def collect_report_data(run_dir: str | Path) -> dict:
 
 
 def _model_evals(summary: dict, iterations: list[dict]) -> list[dict]:
-    """Per model (the base model, SFT baseline, M1, then each M_t+1): its judge accuracy and IFEval metrics, where measured."""
+    """Per model (the base model, SFT baseline, M1, then each M_t+1): its judge accuracy and IFEval metrics, where
+    measured."""
     def metrics(value: Any) -> dict | None:
         return value if isinstance(value, dict) else None
 
