@@ -14,7 +14,7 @@ table of what each model measured on data no model was trained on, every figure 
   passes (the first pass is a held-out check: every pair is new when it is trained on).
 
 The run directory resumes like any `srlm run`: run the script again after an interruption. The table goes to
-stdout, `<run-dir>/evidence.json` and `benchmarks/results/evidence.md`.
+stdout, `<run-dir>/evidence.json` and `benchmarks/results/<recipe>.md` (`evidence.md` for the default recipe).
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def render(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "evidence"))
-    parser.add_argument("--recipe", default="evidence", help="evidence (the paper's M1) or evidence-trained-judge")
+    parser.add_argument("--recipe", default="evidence", help="evidence (the paper's M1), evidence-trained-judge or evidence-base (no SFT)")
     parser.add_argument("--reference-run", type=Path, help="another run whose M1 judged the same pairs: their paired "
                         "difference is printed (e.g. runs/evidence beside runs/evidence_tj)")
     parser.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))

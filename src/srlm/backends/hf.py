@@ -419,16 +419,13 @@ class HFBackend:
 
     # -- next-token probabilities of candidates (expected-score judging) ---------------------------------------
     def score_token_probs(self, items, candidates):
-        """See `srlm.backends.base.ScoresNextTokens`: one teacher-forced forward pass per batch of
-        (prompt + continuation), reading the next-token distribution at the last position.
+        """See `srlm.backends.base.ScoresNextTokens`: the next-token distribution after (prompt + continuation).
 
-        Why a second pass rather than reading the distribution while decoding: which position holds the score is
-        known only once a judgement is finished and decoded (the LAST "Score:" line counts), the decode loop drops
-        rows as they finish, and the sampled tokens may spell " 4" or " " + "4". A separate pass over the finished
-        text needs none of that bookkeeping, works on text from any backend, and is checked against a plain
-        forward pass in the tests. It costs one prefill per judgement, with the prefix common to a batch (chat
-        header and judge rubric) prefilled once; next to decoding the judgement that is small (benchmarks/README.md
-        has measured figures).
+        Where `record_token_probs` was called before the `generate` that wrote the continuation, and the
+        continuation's tokens are the very tokens that sequence generated, the probabilities recorded at that decode
+        step are read back. Everything else (text from another backend, a re-tokenisation that differs) gets one
+        teacher-forced forward pass per batch, the prefix common to the batch (chat header and judge rubric)
+        prefilled once. The two give the same result (tested); benchmarks/README.md has the measured cost.
         """
         with _grouped_query_attention_in_sdpa(self.device):
             return self._score_token_probs(items, list(candidates))

@@ -1,7 +1,8 @@
 """Stage `eval` inside `srlm run`: how each new model compares with earlier ones, how good its judge is, and how
 well it follows verifiable instructions.
 
-After SFT (for M1, and for the SFT baseline when trained) and after iteration t has produced M_t+1:
+After SFT (for M1, for the SFT baseline when trained, and for the base model with `loop.eval_base`) and after
+iteration t has produced M_t+1:
 - the judge's agreement with human preferences (`eval.judge_data`: pairwise accuracy, 5-best, exact match,
   Spearman, Kendall tau with 95% intervals, plus the length baseline; paper section 6.5), so a run reports M1, M2,
   M3 as Table 4 does. `judge_signal` says whether the interval excludes 0.5; the loop prints a plain warning when
@@ -16,9 +17,9 @@ After SFT (for M1, and for the SFT baseline when trained) and after iteration t 
   contestant, and it does not change as the models it judges do. `next` makes M_t+1 its own judge, a number that
   flatters the newer model; the summary says which judge was used.
 
-Results go to `eval_m1/`, `iter_t/eval/` and `eval_sft_baseline/` (`*.json` with per-item JSONL beside them) and
-into `summary.json`. Each model's greedy answers to the held-out prompts are kept in `eval_answers/<model>.jsonl` and
-reused: M1's answers are generated once, not once per comparison.
+Results go to `eval_m1/`, `iter_t/eval/`, `eval_sft_baseline/` and, with `loop.eval_base`, `eval_base/` (`*.json`
+with per-item JSONL beside them) and into `summary.json`. Each model's greedy answers to the held-out prompts are
+kept in `eval_answers/<model>.json` and reused: M1's answers are generated once, not once per comparison.
 """
 
 from __future__ import annotations
