@@ -147,6 +147,8 @@ def collect(run_dir: Path, reference_run: Path | None = None) -> dict:
             "judge_accuracy": _read(folder / "judge_accuracy.json"),
             "ifeval": _read(folder / "ifeval.json"),
             "winrate_vs_m1": None if model in ("m1", "base") else _read(vs_m1),
+            "winrate_vs_previous": _read(folder / "winrate_vs_previous.json") if model not in ("m1", "m2", "base",
+                                                                                              "sft_baseline") else None,
             "length": _length(run_dir / "eval_answers" / f"{model}.json"),
             "dpo_loss": dpo.get(model),
             "length_split": _length_split(groups, folder / "judge_accuracy.items.jsonl"),
@@ -167,11 +169,16 @@ def collect(run_dir: Path, reference_run: Path | None = None) -> dict:
     if start_items and m1_items:
         comparisons["judge_accuracy m1 - base"] = paired_difference_by_key(pair_credits(m1_items),
                                                                            pair_credits(start_items))
+    # IFEval, paired over the same prompts: every M_t+1 against M_t and M1, M3 against M1 first, and everything
+    # against the base model the loop started from (loop.eval_base).
     last = f"m{t}"
-    outcomes = {name: ifeval_outcomes(folders.get(name, Path("/nonexistent")) / "ifeval.items.jsonl")
-                for name in ("base", "m1", last)}
-    for newer, older in ((last, "m1"), ("m1", "base"), (last, "base")):
-        if newer != older and outcomes[newer] and outcomes[older]:
+    outcomes = {name: ifeval_outcomes(folder / "ifeval.items.jsonl") for name, folder in folders.items()}
+    trained = [f"m{k}" for k in range(2, t + 1)]
+    order = [(last, "m1"), *((f"m{k}", f"m{k - 1}") for k in range(2, t + 1)),
+             *((m, "m1") for m in trained if m != last), ("m1", "base"), *((m, "base") for m in trained),
+             ("sft_baseline", "base")]
+    for newer, older in dict.fromkeys(order):
+        if newer != older and outcomes.get(newer) and outcomes.get(older):
             comparisons[f"ifeval prompt strict {newer} - {older}"] = paired_difference_by_key(outcomes[newer],
                                                                                               outcomes[older])
     outside = {name: _read(folder / "finished_outside_the_loop.json") for name, folder in folders.items()
@@ -234,6 +241,14 @@ def render(result: dict) -> str:
         if c.get("difference") is not None:
             low, high = c["difference_ci"]
             lines.append(f"\n{name}: {c['difference']:+.3f} [{low:+.3f}, {high:+.3f}] (paired bootstrap, n={c['n']})")
+    for model, m in result["models"].items():
+        for against, metrics in (("m1", m.get("winrate_vs_m1")), ("the previous model", m.get("winrate_vs_previous"))):
+            if metrics:
+                lc = metrics.get("length_controlled_win_rate")
+                lines.append(f"\n{model} vs {against} (judge {metrics.get('judge', '?')}): win / tie / loss "
+                             f"{metrics['win']:.0%} / {metrics['tie']:.0%} / {metrics['loss']:.0%}, win rate "
+                             f"{_ci(metrics, 'win_rate', 2)}" + (f", length-controlled {lc:.2f}" if lc is not None else "")
+                             + f", n={metrics['n']}")
     for name, note in result.get("finished_outside_the_loop", {}).items():
         lines.append(f"\n{name}: evaluated outside the loop, judge on the first {note['judge_limit']} pairs: {note['why']}")
     lines.append(f"\nrun: {result['run_dir']}; stage seconds: {json.dumps(result['stage_seconds'])}")
