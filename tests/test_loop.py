@@ -74,6 +74,9 @@ def test_loop_runs_m1_to_m3_and_a_rerun_does_nothing(tiny_model_dir, tmp_path, c
         assert row["dpo_steps"] and abs(row["dpo_steps"][0]["loss"] - 0.6931) < 1e-3
     assert "winrate_vs_m1" not in on_disk["iterations"][0]["eval"]  # M2's previous model is M1
     assert on_disk["iterations"][1]["eval"]["winrate_vs_m1"]["model_b"] == "m1"
+    # the fixed judge's grades are kept for the run: M1's answers are graded once, not in every comparison
+    assert (run_dir / "eval_answers" / "grades_by_m1.json").exists()
+    assert "answers_graded_before" in on_disk["iterations"][1]["eval"]["winrate_vs_m1"]
     assert on_disk["iterations"][1]["judge_accuracy"] == {
         k: on_disk["iterations"][0]["eval"]["judge_accuracy"].get(k) for k in on_disk["iterations"][1]["judge_accuracy"]}
     assert "m3 vs m1 (win/tie/loss)" in out and "judge (m1) pairwise acc." in out

@@ -258,3 +258,48 @@ def test_judge_prompts_over_the_limit_are_not_sent_and_are_counted():
                                 JudgeConfig(num_samples=1), seed=0, bootstrap_samples=0)
     assert additive["metrics"]["answers_skipped_prompt_too_long"] == 1 and len(sent) == 3
     assert additive["items"][1]["first_order"] is None and additive["metrics"]["n_unparsed"] == 1
+
+
+def test_additive_grades_kept_from_an_earlier_comparison_are_not_judged_again():
+    """The loop's fixed judge (M1) meets M1's answers in every iteration's comparison: graded once, reused after."""
+    from srlm.config import JudgeConfig
+    from srlm.evaluation.winrate import additive_winrate
+
+    scores = {"m1 one": 2, "m1 two": 4, "m2 one": 3, "m2 two": 5, "m3 one": 4, "m3 two": 1}
+
+    def judge_script(request, index):
+        content = request.messages[0]["content"]
+        return "Justified.\nScore: " + str(next(v for a, v in scores.items() if a in content))
+
+    script, calls = _counting(judge_script)
+    judge = make_backend("fake", script=script)
+    prompts, m1, m2, m3 = ["q1", "q2"], ["m1 one", "m1 two"], ["m2 one", "m2 two"], ["m3 one", "m3 two"]
+    grades = {}
+    first = additive_winrate(prompts, m2, m1, judge, JudgeConfig(num_samples=1), seed=0, bootstrap_samples=0,
+                             grades=grades)
+    assert len(calls) == 4 and len(grades) == 4 and first["metrics"]["answers_graded_before"] == 0
+    again = additive_winrate(prompts, m3, m1, judge, JudgeConfig(num_samples=1), seed=0, bootstrap_samples=0,
+                             grades=grades)
+    assert len(calls) == 6  # only M3's two answers were sent
+    assert again["metrics"]["answers_graded_before"] == 2
+    fresh = additive_winrate(prompts, m3, m1, make_backend("fake", script=judge_script), JudgeConfig(num_samples=1),
+                             seed=0, bootstrap_samples=0)
+    assert again["items"] == fresh["items"]  # the same verdicts as grading everything anew
+    assert [i["first_order"] for i in again["items"]] == ["A", "B"]
+
+
+def test_a_model_trained_again_at_the_same_path_is_not_taken_for_the_old_one(tmp_path):
+    """Held-out answers and grades are cached by model: the key follows the weight files, not only the path."""
+    from srlm.config import Config
+    from srlm.stages.evaluate import _model_key
+
+    model = tmp_path / "models" / "m1"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"old weights")
+    cfg = Config()
+    before = _model_key(cfg, str(model))
+    assert _model_key(cfg, str(model)) == before
+    (model / "model.safetensors").write_bytes(b"new weights, retrained")
+    assert _model_key(cfg, str(model)) != before
+    assert _model_key(cfg.model_copy(update={"seed": 1}), str(model)) != _model_key(cfg, str(model))

@@ -181,6 +181,7 @@ def additive_winrate(
     *,
     seed: int,
     bootstrap_samples: int = 1000,
+    grades: dict[str, dict] | None = None,
 ) -> dict[str, Any]:
     """A against B by single-answer grading: the additive 5-point judge (judge.* settings: template, samples,
     method) scores every answer on its own, and the higher score wins; equal scores are a tie, and an answer
@@ -191,19 +192,23 @@ def additive_winrate(
     parsable scores but rarely a parsable `Winner:` line. Each answer is shown alone, so there is no position to be
     biased by and no second order to judge: both verdict fields of an item hold the same verdict. Identical
     answers are a tie and are not judged.
+
+    `grades`: earlier grades by the same judge with the same settings and seed (answer id -> grade), e.g. of M1's
+    answers in an earlier iteration. An answer found there is not judged again, and every new grade is added to it,
+    so a run's fixed judge grades each distinct answer once, however many comparisons it appears in.
     """
     from srlm.judge import Judge, average_score
 
     _check_inputs(prompts, answers_a, answers_b)
     judge = Judge.from_config(judge_cfg, judge_backend)
     requests, seen = [], set()
-    graded: dict[str, dict] = {}
+    graded: dict[str, dict] = grades if grades is not None else {}
     for index, (prompt, a, b) in enumerate(zip(prompts, answers_a, answers_b)):
         if a == b:
             continue
         for answer in (a, b):
             answer_id = stable_id("answer", prompt, answer)  # one judgement per distinct (prompt, answer)
-            if answer_id not in seen:
+            if answer_id not in seen and answer_id not in graded:
                 seen.add(answer_id)
                 request = judge.request(answer_id, prompt, answer, stable_seed(seed, "winrate-additive", answer_id))
                 if judge.fits(judge_backend, request):
@@ -233,7 +238,10 @@ def additive_winrate(
                       # one verdict, stored in both order fields: for metrics that read pairwise items
                       "first_order": verdict, "second_order": {"A": "B", "B": "A"}.get(verdict, verdict)})
     metrics = _metrics(items, bootstrap_samples, seed)
-    metrics["answers_skipped_prompt_too_long"] = sum(1 for g in graded.values() if g.get("skipped"))
+    used = {stable_id("answer", prompt, answer)
+            for prompt, a, b in zip(prompts, answers_a, answers_b) if a != b for answer in (a, b)}
+    metrics["answers_skipped_prompt_too_long"] = sum(1 for answer_id in used if graded[answer_id].get("skipped"))
+    metrics["answers_graded_before"] = len(used) - len(seen)
     metrics["judge"] = {"method": "additive", "num_samples": judge_cfg.num_samples, "score_method": judge_cfg.method,
                         "temperature": judge_cfg.temperature, "max_new_tokens": judge_cfg.max_new_tokens,
                         "rule": "higher additive score wins; equal scores tie; identical answers are a tie, not judged"}

@@ -19,7 +19,9 @@ iteration t has produced M_t+1:
 
 Results go to `eval_m1/`, `iter_t/eval/`, `eval_sft_baseline/` and, with `loop.eval_base`, `eval_base/` (`*.json`
 with per-item JSONL beside them) and into `summary.json`. Each model's greedy answers to the held-out prompts are
-kept in `eval_answers/<model>.json` and reused: M1's answers are generated once, not once per comparison.
+kept in `eval_answers/<model>.json` and reused: M1's answers are generated once, not once per comparison; and, with
+`eval.winrate_method=additive`, each answer's grade by a judge in `eval_answers/grades_by_<judge>.json`, so the
+fixed judge grades each answer once per run. Both are keyed by the model's weight files, not only its path.
 """
 
 from __future__ import annotations
@@ -87,13 +89,22 @@ def heldout_prompts(cfg: Config) -> list[str]:
     return [r["prompt"] for r in iter_jsonl(path, {"prompt": str})][: cfg.eval.heldout_limit]
 
 
+def _model_key(cfg: Config, model_path: str) -> dict:
+    """What a model's outputs depend on besides the request: the model folder (its weight files' names, sizes and
+    times, so a model trained again at the same path is not mistaken for the old one) and the backend settings."""
+    from srlm.stages.training import resume_key
+
+    return {"model": model_path, "model_files": resume_key(model_path),
+            "backend": cfg.backend.model_dump(mode="json"), "seed": cfg.seed}
+
+
 def _answers(cfg: Config, model_path: str, prompts: list[str], cache: Path | None = None) -> list[str]:
     """Greedy answers of `model_path` to the held-out prompts, through the same path as `srlm eval generate`.
 
-    Kept in `cache` (when given) and reused while the prompts and generation settings are the same."""
+    Kept in `cache` (when given) and reused while the model, the prompts and generation settings are the same."""
     from srlm.evaluation.prompt_sets import PromptItem, generate_answers
 
-    key = {"prompts": prompts, "max_new_tokens": cfg.eval.max_new_tokens, "seed": cfg.seed, "model": model_path}
+    key = {"prompts": prompts, "max_new_tokens": cfg.eval.max_new_tokens, **_model_key(cfg, model_path)}
     if cache is not None and cache.exists():
         saved = read_json(cache)
         if saved.get("key") == key:
@@ -118,7 +129,14 @@ def winrate(cfg: Config, model_a: str, model_b: str, judge_path: str, out_path: 
     answers_b = _answers(cfg, model_b, prompts, answers_dir / f"{Path(model_b).name}.json")
     with closing(backend_for(cfg, judge_path)) as judge:
         if cfg.eval.winrate_method == "additive":
-            result = additive_winrate(prompts, answers_a, answers_b, judge, cfg.judge, seed=cfg.seed)
+            # Each answer's grade is kept per judge: the fixed judge (M1) grades M1's answers, and M_t's, once per
+            # run rather than once per comparison they appear in.
+            grades_file = answers_dir / f"grades_by_{Path(judge_path).name}.json"
+            key = {"judge": cfg.judge.model_dump(mode="json"), **_model_key(cfg, judge_path)}
+            saved = read_json(grades_file) if grades_file.exists() else {}
+            grades = saved["grades"] if saved.get("key") == key else {}
+            result = additive_winrate(prompts, answers_a, answers_b, judge, cfg.judge, seed=cfg.seed, grades=grades)
+            write_json(grades_file, {"key": key, "grades": grades})
         else:
             result = pairwise_winrate(prompts, answers_a, answers_b, judge, seed=cfg.seed,
                                       max_new_tokens=cfg.eval.max_new_tokens,
