@@ -147,8 +147,9 @@ def collect(run_dir: Path, reference_run: Path | None = None) -> dict:
             "judge_accuracy": _read(folder / "judge_accuracy.json"),
             "ifeval": _read(folder / "ifeval.json"),
             "winrate_vs_m1": None if model in ("m1", "base") else _read(vs_m1),
-            "winrate_vs_previous": _read(folder / "winrate_vs_previous.json") if model not in ("m1", "m2", "base",
-                                                                                              "sft_baseline") else None,
+            # beside the win rate vs M1, where that is not already the comparison with the previous model (M2's)
+            "winrate_vs_previous": None if vs_m1.name == "winrate_vs_previous.json"
+            else _read(folder / "winrate_vs_previous.json"),
             "length": _length(run_dir / "eval_answers" / f"{model}.json"),
             "dpo_loss": dpo.get(model),
             "length_split": _length_split(groups, folder / "judge_accuracy.items.jsonl"),
@@ -258,7 +259,8 @@ def render(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "evidence"))
-    parser.add_argument("--recipe", default="evidence", help="evidence (the paper's M1), evidence-trained-judge or evidence-base (no SFT)")
+    parser.add_argument("--recipe", default="evidence",
+                        help="evidence (the paper's M1), evidence-trained-judge or evidence-base (no SFT)")
     parser.add_argument("--reference-run", type=Path, help="another run whose M1 judged the same pairs: their paired "
                         "difference is printed (e.g. runs/evidence beside runs/evidence_tj)")
     parser.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))

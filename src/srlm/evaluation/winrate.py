@@ -201,20 +201,24 @@ def additive_winrate(
 
     _check_inputs(prompts, answers_a, answers_b)
     judge = Judge.from_config(judge_cfg, judge_backend)
-    requests, seen = [], set()
+    requests, used, graded_before = [], set(), 0
     graded: dict[str, dict] = grades if grades is not None else {}
     for index, (prompt, a, b) in enumerate(zip(prompts, answers_a, answers_b)):
         if a == b:
             continue
         for answer in (a, b):
             answer_id = stable_id("answer", prompt, answer)  # one judgement per distinct (prompt, answer)
-            if answer_id not in seen and answer_id not in graded:
-                seen.add(answer_id)
-                request = judge.request(answer_id, prompt, answer, stable_seed(seed, "winrate-additive", answer_id))
-                if judge.fits(judge_backend, request):
-                    requests.append(request)
-                else:  # not sent: a missing score, so the pair counts as unparsed (a tie), like a failed parse
-                    graded[answer_id] = {"judgements": [], "score": None, "skipped": "judge_prompt_too_long"}
+            if answer_id in used:
+                continue
+            used.add(answer_id)
+            if answer_id in graded:
+                graded_before += 1
+                continue
+            request = judge.request(answer_id, prompt, answer, stable_seed(seed, "winrate-additive", answer_id))
+            if judge.fits(judge_backend, request):
+                requests.append(request)
+            else:  # not sent: a missing score, so the pair counts as unparsed (a tie), like a failed parse
+                graded[answer_id] = {"judgements": [], "score": None, "skipped": "judge_prompt_too_long"}
 
     with progress(len(requests), "eval winrate (additive)", unit="answer") as bar:
         for chunk in chunks(requests, _CHUNK_REQUESTS):
@@ -238,10 +242,8 @@ def additive_winrate(
                       # one verdict, stored in both order fields: for metrics that read pairwise items
                       "first_order": verdict, "second_order": {"A": "B", "B": "A"}.get(verdict, verdict)})
     metrics = _metrics(items, bootstrap_samples, seed)
-    used = {stable_id("answer", prompt, answer)
-            for prompt, a, b in zip(prompts, answers_a, answers_b) if a != b for answer in (a, b)}
     metrics["answers_skipped_prompt_too_long"] = sum(1 for answer_id in used if graded[answer_id].get("skipped"))
-    metrics["answers_graded_before"] = len(used) - len(seen)
+    metrics["answers_graded_before"] = graded_before
     metrics["judge"] = {"method": "additive", "num_samples": judge_cfg.num_samples, "score_method": judge_cfg.method,
                         "temperature": judge_cfg.temperature, "max_new_tokens": judge_cfg.max_new_tokens,
                         "rule": "higher additive score wins; equal scores tie; identical answers are a tie, not judged"}

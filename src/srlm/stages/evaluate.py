@@ -98,6 +98,12 @@ def _model_key(cfg: Config, model_path: str) -> dict:
             "backend": cfg.backend.model_dump(mode="json"), "seed": cfg.seed}
 
 
+def _cached(path: Path | None, key: dict, field: str):
+    """`field` of the JSON cache file `path` when it was written under the same `key`; else None."""
+    saved = read_json(path) if path is not None and path.exists() else {}
+    return saved[field] if saved.get("key") == key else None
+
+
 def _answers(cfg: Config, model_path: str, prompts: list[str], cache: Path | None = None) -> list[str]:
     """Greedy answers of `model_path` to the held-out prompts, through the same path as `srlm eval generate`.
 
@@ -105,10 +111,9 @@ def _answers(cfg: Config, model_path: str, prompts: list[str], cache: Path | Non
     from srlm.evaluation.prompt_sets import PromptItem, generate_answers
 
     key = {"prompts": prompts, "max_new_tokens": cfg.eval.max_new_tokens, **_model_key(cfg, model_path)}
-    if cache is not None and cache.exists():
-        saved = read_json(cache)
-        if saved.get("key") == key:
-            return saved["answers"]
+    answers = _cached(cache, key, "answers")
+    if answers is not None:
+        return answers
     items = [PromptItem(id=f"heldout-{i}", turns=[p]) for i, p in enumerate(prompts)]
     greedy = Sampling(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.eval.max_new_tokens)
     with closing(backend_for(cfg, model_path)) as backend:
@@ -133,8 +138,7 @@ def winrate(cfg: Config, model_a: str, model_b: str, judge_path: str, out_path: 
             # run rather than once per comparison they appear in.
             grades_file = answers_dir / f"grades_by_{Path(judge_path).name}.json"
             key = {"judge": cfg.judge.model_dump(mode="json"), **_model_key(cfg, judge_path)}
-            saved = read_json(grades_file) if grades_file.exists() else {}
-            grades = saved["grades"] if saved.get("key") == key else {}
+            grades = _cached(grades_file, key, "grades") or {}
             result = additive_winrate(prompts, answers_a, answers_b, judge, cfg.judge, seed=cfg.seed, grades=grades)
             write_json(grades_file, {"key": key, "grades": grades})
         else:
