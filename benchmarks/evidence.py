@@ -14,7 +14,8 @@ table of what each model measured on data no model was trained on, every figure 
   passes (the first pass is a held-out check: every pair is new when it is trained on).
 
 The run directory resumes like any `srlm run`: run the script again after an interruption. The table goes to
-stdout, `<run-dir>/evidence.json` and `benchmarks/results/<recipe>.md` (`evidence.md` for the default recipe).
+stdout, `<run-dir>/evidence.json` and `benchmarks/results/<recipe>.md` (`evidence.md` for the default recipe;
+`--name` names it otherwise, for a run with overrides).
 """
 
 from __future__ import annotations
@@ -252,6 +253,12 @@ def render(result: dict) -> str:
                              + f", n={metrics['n']}")
     for name, note in result.get("finished_outside_the_loop", {}).items():
         lines.append(f"\n{name}: evaluated outside the loop, judge on the first {note['judge_limit']} pairs: {note['why']}")
+    for t, it in enumerate(result.get("iterations") or [], start=1):
+        lines.append(f"\niteration {t} pairs: {it.get('pairs')}, chosen / rejected length "
+                     f"{it.get('chosen_len_mean')} / {it.get('rejected_len_mean')} chars")
+    if result.get("recipe"):
+        lines.append(f"\nrecipe: {result['recipe']}" + (f", overrides: {' '.join(result['overrides'])}"
+                                                         if result.get("overrides") else ""))
     lines.append(f"\nrun: {result['run_dir']}; stage seconds: {json.dumps(result['stage_seconds'])}")
     return "\n".join(lines)
 
@@ -269,6 +276,8 @@ def main() -> None:
                         help="evaluate the last trained model outside the loop (see finish_outside_the_loop)")
     parser.add_argument("--baseline-winrate", action="store_true",
                         help="also grade the SFT baseline's answers against M1's (about 5 more minutes)")
+    parser.add_argument("--name", help="the results file's name, benchmarks/results/<name>.md (default: the recipe's "
+                        "name; give one when overrides make it a different run)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for the recipe")
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
@@ -280,9 +289,14 @@ def main() -> None:
         if args.baseline_winrate:
             baseline_winrate(run_dir)
     result = collect(run_dir, args.reference_run)
+    result["recipe"], result["overrides"] = args.recipe, args.overrides
+    summary = run_dir / "summary.json"
+    result["iterations"] = [{key: it.get(key) for key in ("pairs", "chosen_len_mean", "rejected_len_mean")}
+                            for it in (json.loads(summary.read_text())["iterations"] if summary.exists() else [])]
     (run_dir / "evidence.json").write_text(json.dumps(result, indent=1))
     table = render(result)
-    out = ROOT / "benchmarks" / "results" / ("evidence.md" if args.recipe == "evidence" else f"{args.recipe}.md")
+    name = args.name or ("evidence" if args.recipe == "evidence" else args.recipe)
+    out = ROOT / "benchmarks" / "results" / f"{name}.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(table + "\n")
     print(table)
