@@ -113,6 +113,7 @@ def _check_two_process_run(single: str, multi: str) -> None:
     assert _ranks_reporting(multi) == 2  # really two ranks, not a silent single one
 
 
+@pytest.mark.slow  # two torch processes on 2 cores: about 35 s
 def test_sft_two_gloo_processes_match_one_process(tiny_model_dir, tmp_path):
     from srlm.models import load_model
 
@@ -142,6 +143,7 @@ def pairs_file(tmp_path) -> Path:
     return tmp_path / "pairs.jsonl"
 
 
+@pytest.mark.slow  # two torch processes on 2 cores: about 35 s
 def test_dpo_two_gloo_processes_match_one_process(tiny_model_dir, tmp_path, pairs_file):
     common = ["--model", str(tiny_model_dir), "--pairs", str(pairs_file), *DPO_ARGS]
     single = _run_single(["dpo", "--out", str(tmp_path / "single"), *common, f"dpo.batch_size={GLOBAL_BATCH}"])

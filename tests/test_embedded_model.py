@@ -3,6 +3,7 @@ cached safetensors checkpoint, and the hf backend's decode loop against transfor
 The full loop on it is in the slow suite (`-m slow`)."""
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,30 @@ def test_judge_prompts_decode_exactly_as_generate_does(embedded):
         if tok.eos_token_id in new:
             new = new[: new.index(tok.eos_token_id)]
         assert outs[0].text == tok.decode(new, skip_special_tokens=True).strip()
+
+
+@pytest.mark.slow  # hashes, converts, saves and loads the 135M model: about 40 s
+def test_a_gguf_file_given_by_path_is_converted_once_and_loads_like_the_embedded_copy(embedded, tmp_path, monkeypatch):
+    """model.name_or_path=FILE.gguf: the same conversion as the embedded model's, cached under SRLM_CACHE by the
+    file's sha256; a second resolve reuses the copy, and a file that is not there, or not GGUF, is a clear error."""
+    import torch
+
+    from srlm.errors import SrlmError
+    from srlm.models import EMBEDDED_GGUF, EMBEDDED_PACKAGE, load_model, resolve_model_path
+
+    gguf_dir = importlib.util.find_spec(EMBEDDED_PACKAGE).submodule_search_locations[0]
+    gguf = f"{gguf_dir}/{EMBEDDED_GGUF}"
+    monkeypatch.setenv("SRLM_CACHE", str(tmp_path / "cache"))
+    path = resolve_model_path(gguf)
+    assert path.startswith(str(tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct.Q4_1-"))
+    written = (Path(path) / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model_path(gguf) == path  # converted once: the second resolve reuses the copy
+    assert (Path(path) / "model.safetensors").stat().st_mtime_ns == written
+    loaded = load_model(path)
+    for (name, ours), (_, theirs) in zip(loaded.model.state_dict().items(), embedded.model.state_dict().items()):
+        assert torch.equal(ours, theirs), name
+    with pytest.raises(SrlmError, match="GGUF file does not exist"):
+        resolve_model_path(str(tmp_path / "missing.gguf"))
+    (tmp_path / "not.gguf").write_bytes(b"not a gguf file")
+    with pytest.raises(SrlmError, match="transformers cannot load this GGUF file"):
+        resolve_model_path(str(tmp_path / "not.gguf"))

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from srlm.backends import GenerationRequest, Sampling, make_backend
-from srlm.config import JudgeConfig, JudgeTrainingConfig, ModelConfig, load_config
+from srlm.config import JudgeTrainingConfig, ModelConfig, load_config
 from srlm.errors import ConfigError, DataError
 from srlm.judge import DIRECT_PREFIX, SCORE_TOKENS, builtin_template, expected_score, judge_requests, parse_score, render
 

@@ -265,6 +265,8 @@ def test_additive_grades_kept_from_an_earlier_comparison_are_not_judged_again():
     from srlm.config import JudgeConfig
     from srlm.evaluation.winrate import additive_winrate
 
+    from srlm.evaluation.winrate import ungraded_answers
+
     scores = {"m1 one": 2, "m1 two": 4, "m2 one": 3, "m2 two": 5, "m3 one": 4, "m3 two": 1}
 
     def judge_script(request, index):
@@ -286,6 +288,11 @@ def test_additive_grades_kept_from_an_earlier_comparison_are_not_judged_again():
                              seed=0, bootstrap_samples=0)
     assert again["items"] == fresh["items"]  # the same verdicts as grading everything anew
     assert [i["first_order"] for i in again["items"]] == ["A", "B"]
+    # everything graded: nothing to send, so the caller need not load the judge model at all
+    assert ungraded_answers(prompts, m3, m1, grades) == 0 and ungraded_answers(prompts, m3, m1, {}) == 4
+    without_judge = additive_winrate(prompts, m3, m1, None, JudgeConfig(num_samples=1), seed=0, bootstrap_samples=0,
+                                     grades=grades)
+    assert without_judge["items"] == again["items"] and len(calls) == 6
 
 
 def test_a_model_trained_again_at_the_same_path_is_not_taken_for_the_old_one(tmp_path):

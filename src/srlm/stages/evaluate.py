@@ -26,7 +26,7 @@ fixed judge grades each answer once per run. Both are keyed by the model's weigh
 
 from __future__ import annotations
 
-from contextlib import closing
+from contextlib import closing, nullcontext
 from pathlib import Path
 
 from srlm.backends import Sampling, backend_for
@@ -127,21 +127,23 @@ def _answers(cfg: Config, model_path: str, prompts: list[str], cache: Path | Non
 def winrate(cfg: Config, model_a: str, model_b: str, judge_path: str, out_path: Path, answers_dir: Path) -> dict:
     """`model_a` (side A) vs `model_b` (side B) on the held-out prompts, judged by `judge_path`; writes `out_path`
     (metrics) and its items beside it."""
-    from srlm.evaluation.winrate import additive_winrate, pairwise_winrate
+    from srlm.evaluation.winrate import additive_winrate, pairwise_winrate, ungraded_answers
 
     prompts = heldout_prompts(cfg)
     answers_a = _answers(cfg, model_a, prompts, answers_dir / f"{Path(model_a).name}.json")
     answers_b = _answers(cfg, model_b, prompts, answers_dir / f"{Path(model_b).name}.json")
-    with closing(backend_for(cfg, judge_path)) as judge:
-        if cfg.eval.winrate_method == "additive":
-            # Each answer's grade is kept per judge: the fixed judge (M1) grades M1's answers, and M_t's, once per
-            # run rather than once per comparison they appear in.
-            grades_file = answers_dir / f"grades_by_{Path(judge_path).name}.json"
-            key = {"judge": cfg.judge.model_dump(mode="json"), **_model_key(cfg, judge_path)}
-            grades = _cached(grades_file, key, "grades") or {}
+    if cfg.eval.winrate_method == "additive":
+        # Each answer's grade is kept per judge: the fixed judge (M1) grades M1's answers, and M_t's, once per
+        # run rather than once per comparison they appear in; when all are graded the judge is not even loaded.
+        grades_file = answers_dir / f"grades_by_{Path(judge_path).name}.json"
+        key = {"judge": cfg.judge.model_dump(mode="json"), **_model_key(cfg, judge_path)}
+        grades = _cached(grades_file, key, "grades") or {}
+        needed = ungraded_answers(prompts, answers_a, answers_b, grades)
+        with closing(backend_for(cfg, judge_path)) if needed else nullcontext() as judge:
             result = additive_winrate(prompts, answers_a, answers_b, judge, cfg.judge, seed=cfg.seed, grades=grades)
-            write_json(grades_file, {"key": key, "grades": grades})
-        else:
+        write_json(grades_file, {"key": key, "grades": grades})
+    else:
+        with closing(backend_for(cfg, judge_path)) as judge:
             result = pairwise_winrate(prompts, answers_a, answers_b, judge, seed=cfg.seed,
                                       max_new_tokens=cfg.eval.max_new_tokens,
                                       max_prompt_tokens=cfg.judge.max_prompt_tokens)
