@@ -199,6 +199,7 @@ def test_generated_prompts_are_decontaminated(tiny_model_dir, tmp_path):
     assert not kept & {r["prompt"] for r in generated}
 
 
+@pytest.mark.slow  # launches the training stages as their own processes: about 40 s
 def test_training_stages_run_under_accelerate_launch(tiny_model_dir, tmp_path):
     # `launch.num_processes=2` runs SFT and DPO as 2 gloo processes on the run's saved config.
     run_dir = tmp_path / "run"

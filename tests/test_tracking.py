@@ -281,6 +281,7 @@ def test_loop_figures_reach_wandb_mlflow_and_trackio_through_their_apis(tmp_path
     assert [c[1]["project"] for c in calls if c[0] == "trackio.init"] == ["proj", "proj"]
 
 
+@pytest.mark.slow  # launches the training stages as their own processes: about 40 s
 def test_launched_training_stages_log_to_the_same_folders(tiny_model_dir, tmp_path):
     # launch.num_processes=2: SFT and DPO run as `accelerate launch -m srlm sft|dpo`, told their place in the run.
     run_dir = tmp_path / "run"
