@@ -186,7 +186,9 @@ def collect(run_dir: Path, reference_run: Path | None = None) -> dict:
     outside = {name: _read(folder / "finished_outside_the_loop.json") for name, folder in folders.items()
                if (folder / "finished_outside_the_loop.json").exists()}
     return {"run_dir": str(run_dir), "seconds": summary.get("seconds"), "models": table, "comparisons": comparisons,
-            "stage_seconds": {k: v.get("seconds") for k, v in stages.items()}, "finished_outside_the_loop": outside}
+            "stage_seconds": {k: v.get("seconds") for k, v in stages.items()}, "finished_outside_the_loop": outside,
+            "iterations": [{key: it.get(key) for key in ("pairs", "chosen_len_mean", "rejected_len_mean")}
+                           for it in summary["iterations"]]}
 
 
 def finish_outside_the_loop(run_dir: Path, judge_limit: int) -> None:
@@ -290,9 +292,6 @@ def main() -> None:
             baseline_winrate(run_dir)
     result = collect(run_dir, args.reference_run)
     result["recipe"], result["overrides"] = args.recipe, args.overrides
-    summary = run_dir / "summary.json"
-    result["iterations"] = [{key: it.get(key) for key in ("pairs", "chosen_len_mean", "rejected_len_mean")}
-                            for it in (json.loads(summary.read_text())["iterations"] if summary.exists() else [])]
     (run_dir / "evidence.json").write_text(json.dumps(result, indent=1))
     table = render(result)
     name = args.name or ("evidence" if args.recipe == "evidence" else args.recipe)

@@ -8,6 +8,7 @@ Any other GGUF file given as `model.name_or_path` (a path ending in .gguf) is co
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -123,15 +124,24 @@ def gguf_model_path(gguf_file: Path) -> Path:
     a changed file is converted again rather than taken for the old one."""
     if not gguf_file.is_file():
         raise SrlmError(f"{gguf_file}: GGUF file does not exist")
-    digest = hashlib.sha256()
-    with open(gguf_file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    target = cache_dir() / "models" / f"{gguf_file.stem}-{digest.hexdigest()[:16]}"
+    stat = gguf_file.stat()
+    digest = _file_sha256(gguf_file.resolve(), stat.st_size, stat.st_mtime_ns)
+    target = cache_dir() / "models" / f"{gguf_file.stem}-{digest[:16]}"
     if not (target / "model.safetensors").exists() and not (target / "model.safetensors.index.json").exists():
         print(f"srlm: converting {gguf_file} to safetensors (once) -> {target}", flush=True)
         convert_gguf(gguf_file, target)
     return target
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """The file's sha256, computed once per process while its size and modification time stay the same: a run's
+    stages resolve the base model many times, and a GGUF file is hundreds of megabytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def convert_gguf(gguf_file: Path, target: Path) -> None:

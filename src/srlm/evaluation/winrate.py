@@ -172,13 +172,22 @@ def _identical_item(index: int, prompt: str, answer: str) -> dict:
             "len_b": len(answer), "identical": True, "first_order": "tie", "second_order": "tie"}
 
 
+def _distinct_answers(prompts: Sequence[str], answers_a: Sequence[str], answers_b: Sequence[str]) -> dict:
+    """answer id -> (prompt, answer) for every distinct (prompt, answer) that additive grading judges, in order;
+    identical answers to a prompt are a tie and are not judged."""
+    distinct = {}
+    for prompt, a, b in zip(prompts, answers_a, answers_b):
+        if a != b:
+            for answer in (a, b):
+                distinct.setdefault(stable_id("answer", prompt, answer), (prompt, answer))
+    return distinct
+
+
 def ungraded_answers(prompts: Sequence[str], answers_a: Sequence[str], answers_b: Sequence[str],
                      grades: dict[str, dict]) -> int:
     """How many distinct answers `additive_winrate` would send to the judge, given the earlier `grades`: with 0 the
     judge model need not be loaded at all."""
-    ids = {stable_id("answer", prompt, answer)
-           for prompt, a, b in zip(prompts, answers_a, answers_b) if a != b for answer in (a, b)}
-    return len(ids - grades.keys())
+    return len(_distinct_answers(prompts, answers_a, answers_b).keys() - grades.keys())
 
 
 def additive_winrate(
@@ -211,24 +220,18 @@ def additive_winrate(
 
     _check_inputs(prompts, answers_a, answers_b)
     judge = Judge.from_config(judge_cfg, judge_backend)
-    requests, used, graded_before = [], set(), 0
+    requests, graded_before = [], 0
     graded: dict[str, dict] = grades if grades is not None else {}
-    for index, (prompt, a, b) in enumerate(zip(prompts, answers_a, answers_b)):
-        if a == b:
+    used = _distinct_answers(prompts, answers_a, answers_b)  # one judgement per distinct (prompt, answer)
+    for answer_id, (prompt, answer) in used.items():
+        if answer_id in graded:
+            graded_before += 1
             continue
-        for answer in (a, b):
-            answer_id = stable_id("answer", prompt, answer)  # one judgement per distinct (prompt, answer)
-            if answer_id in used:
-                continue
-            used.add(answer_id)
-            if answer_id in graded:
-                graded_before += 1
-                continue
-            request = judge.request(answer_id, prompt, answer, stable_seed(seed, "winrate-additive", answer_id))
-            if judge.fits(judge_backend, request):
-                requests.append(request)
-            else:  # not sent: a missing score, so the pair counts as unparsed (a tie), like a failed parse
-                graded[answer_id] = {"judgements": [], "score": None, "skipped": "judge_prompt_too_long"}
+        request = judge.request(answer_id, prompt, answer, stable_seed(seed, "winrate-additive", answer_id))
+        if judge.fits(judge_backend, request):
+            requests.append(request)
+        else:  # not sent: a missing score, so the pair counts as unparsed (a tie), like a failed parse
+            graded[answer_id] = {"judgements": [], "score": None, "skipped": "judge_prompt_too_long"}
 
     with progress(len(requests), "eval winrate (additive)", unit="answer") as bar:
         for chunk in chunks(requests, _CHUNK_REQUESTS):
