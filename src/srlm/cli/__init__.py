@@ -207,7 +207,8 @@ COMMANDS = (
             arg("--ift", help="IFT JSONL (default: data.ift of the config, the shipped demo set)"),
             one_of(arg("--eft", help="EFT JSONL (default: data.eft of the config)"),
                    arg("--no-eft", action="store_true", help="IFT only: the paper's SFT baseline")),
-            arg("--model", help="base model: hub id, local directory or 'embedded' (default: model.name_or_path)"),
+            arg("--model", help="base model: hub id, local directory, a .gguf file or 'embedded' "
+                "(default: model.name_or_path)"),
             arg("--out", required=True, help="output model directory"),
             STATS_OUT,
         ),

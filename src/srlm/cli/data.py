@@ -238,7 +238,8 @@ DATA_COMMANDS = (
                 help="ranked groups from `srlm data oasst` (eft_source_train.jsonl)"),
             arg("--out", required=True, metavar="FILE", help="output EFT JSONL"),
             arg("--model", default=None, metavar="TEACHER",
-                help="teacher model: hub id, local directory or 'embedded' (default: model.name_or_path)"),
+                help="teacher model: hub id, local directory, a .gguf file or 'embedded' "
+                "(default: model.name_or_path)"),
             # The default is srlm.data.eft.DEFAULT_MAX_PER_SCORE_SHARE, written out so `srlm --help` need not import
             # it.
             arg("--max-per-score-share", type=threshold, default=0.4, metavar="F",

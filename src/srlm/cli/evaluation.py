@@ -258,7 +258,7 @@ EVAL_COMMANDS = (
         help="any lm-evaluation-harness task (lm_eval.simple_evaluate) on a model",
         description=HARNESS_HELP,
         args=(
-            arg("--model", help="model to evaluate (default: model.name_or_path; 'embedded' works)"),
+            arg("--model", help="model to evaluate (default: model.name_or_path; 'embedded' and .gguf files work)"),
             arg("--tasks", required=True, help="lm-eval task names, comma-separated (globs and .yaml paths too)"),
             arg("--out", required=True, help="results JSON"),
             arg("--limit", type=positive_int, help="evaluate only the first N documents of each task"),
